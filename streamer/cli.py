@@ -1,0 +1,117 @@
+"""`uadf-stream` command line: serve, transcribe, eval, calibrate, bench."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+
+from streamer.config import Config, ConfigError, load_config
+
+# flag -> config key, shared by every subcommand that loads models
+SHORTCUTS = {
+    "model": "asr.model",
+    "device": "asr.device",
+    "compute_type": "asr.compute_type",
+    "mode": "fusion.mode",
+    "llm": "fusion.llm",
+}
+SERVER_SHORTCUTS = {
+    "host": "server.host",
+    "port": "server.port",
+    "max_sessions": "server.max_sessions",
+    "data_dir": "server.data_dir",
+    "token": "server.token",
+}
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="config file (default: the repository's config.toml)")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override any config key")
+    p.add_argument("--model", help="asr.model: 'embedded', a faster-whisper size name, or a CTranslate2 folder")
+    p.add_argument("--device", help="asr.device: auto, cpu or cuda")
+    p.add_argument("--compute-type", help="asr.compute_type")
+    p.add_argument("--mode", choices=["asr", "shallow", "uadf", "uadf-llm"], help="fusion.mode (default session mode)")
+    p.add_argument("--llm", help="fusion.llm: GGUF file, local folder or model id ('' for none)")
+
+
+def build_config(args: argparse.Namespace, shortcuts: dict[str, str]) -> Config:
+    overrides = [f"{key}={getattr(args, name)}" for name, key in shortcuts.items() if getattr(args, name, None) is not None]
+    return load_config(args.config, overrides + args.set)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from streamer.server import serve
+
+    asyncio.run(serve(build_config(args, SHORTCUTS | SERVER_SHORTCUTS)))
+    return 0
+
+
+def cmd_transcribe(args: argparse.Namespace) -> int:
+    from streamer.engine import Engine
+    from streamer.pipeline import transcribe_file
+    from streamer.protocol import Final, to_json
+
+    engine = Engine(build_config(args, SHORTCUTS))
+
+    def show(event) -> None:
+        if args.jsonl:
+            print(to_json(event), flush=True)
+        elif isinstance(event, Final) and event.text:
+            print(f"[{event.start:7.2f} - {event.end:7.2f}] {event.text}", flush=True)
+
+    for path in args.audio:
+        result = transcribe_file(path, engine, args.mode, show)
+        print(
+            f"# {path}: {result.audio_seconds:.1f} s of audio, decode {result.decode_seconds:.2f} s (RTF {result.rtf:.3f})",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="uadf-stream", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("serve", help="run the websocket daemon")
+    _add_common(p)
+    p.add_argument("--host")
+    p.add_argument("--port", type=int)
+    p.add_argument("--max-sessions", type=int)
+    p.add_argument("--data-dir")
+    p.add_argument("--token", help="bearer token required from clients (or UADF_TOKEN)")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("transcribe", help="run the streaming pipeline in-process on audio files, print finals")
+    _add_common(p)
+    p.add_argument("audio", nargs="+")
+    p.add_argument("--jsonl", action="store_true", help="print every message as JSON lines")
+    p.set_defaults(func=cmd_transcribe)
+
+    from streamer import evaluate
+    from fusion import calibrate_cmd
+    from streamer import bench
+
+    for name, module, text in (
+        ("eval", evaluate, "WER and fusion statistics of the streaming pipeline over a manifest"),
+        ("calibrate", calibrate_cmd, "fit ASR/LLM temperatures and the fusion gate on a manifest"),
+        ("bench", bench, "latency, accuracy and capacity of a running daemon over websockets"),
+    ):
+        p = sub.add_parser(name, help=text)
+        _add_common(p)
+        module.add_arguments(p)
+        p.set_defaults(func=lambda a, m=module: m.run(a, build_config(a, SHORTCUTS)))
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        parser.error(str(exc))
+    except KeyboardInterrupt:
+        return 130

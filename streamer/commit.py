@@ -1,0 +1,59 @@
+"""Commit policy: LocalAgreement-n over word hypotheses. Pure logic, no model, no I/O."""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+from streamer.asr_backend import Word
+
+_PUNCT = re.compile(r"[^\w']+")
+
+
+def normalize(word: str) -> str:
+    """Key for comparing words across hypotheses: case and punctuation do not count."""
+    return _PUNCT.sub("", word.lower())
+
+
+def common_prefix(a: Sequence[Word], b: Sequence[Word]) -> int:
+    """Number of leading words on which two hypotheses agree."""
+    n = 0
+    for x, y in zip(a, b):
+        if normalize(x.word) != normalize(y.word):
+            break
+        n += 1
+    return n
+
+
+def strip_committed(hypothesis: Sequence[Word], committed: Sequence[Word], committed_end: float) -> list[Word]:
+    """The part of a window's hypothesis that is not committed yet.
+
+    The window still holds the audio of `committed` (words final since the buffer was last trimmed).
+    When the hypothesis repeats them word for word they are cut by count; otherwise by time.
+    """
+    if not committed:
+        return list(hypothesis)
+    if common_prefix(hypothesis, committed) == len(committed):
+        return list(hypothesis[len(committed) :])
+    return [w for w in hypothesis if (w.start + w.end) / 2 > committed_end]
+
+
+class LocalAgreement:
+    """A prefix that `n` consecutive hypotheses agree on is final (whisper_streaming's policy)."""
+
+    def __init__(self, n: int = 2):
+        self.n = n
+        self._history: list[list[Word]] = []
+
+    def update(self, uncommitted: list[Word]) -> list[Word]:
+        """Add the newest uncommitted hypothesis; return the words that become final now."""
+        self._history = (self._history + [uncommitted])[-self.n :]
+        if len(self._history) < self.n:
+            return []
+        agreed = min(common_prefix(self._history[-1], h) for h in self._history[:-1])
+        done = uncommitted[:agreed]
+        self._history = [h[agreed:] for h in self._history]
+        return done
+
+    def reset(self) -> None:
+        self._history = []

@@ -1,0 +1,130 @@
+"""Typed configuration: one dataclass per concern, read from config.toml, overridable per key."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fusion.options import FusionOptions
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
+
+
+@dataclass
+class AsrOptions:
+    model: str = "embedded"
+    device: str = "auto"
+    compute_type: str = "auto"
+    cpu_threads: int = 0
+    language: str = "en"
+
+
+@dataclass
+class StreamingOptions:
+    step: float = 0.5
+    min_window: float = 0.3
+    max_window: float = 12.0
+    endpoint_silence: float = 0.5
+    prompt_words: int = 40
+    vad_threshold: float = 0.5
+    vad_neg_threshold: float = 0.35
+    no_speech_threshold: float = 0.6
+    logprob_threshold: float = -1.0
+    compression_ratio_threshold: float = 2.4
+
+
+@dataclass
+class SchedulerOptions:
+    max_batch: int = 4
+    max_wait_ms: float = 10.0
+
+
+@dataclass
+class ServerOptions:
+    host: str = "127.0.0.1"
+    port: int = 8765
+    max_sessions: int = 8
+    max_frame_bytes: int = 262144
+    max_session_seconds: float = 14400.0
+    idle_timeout: float = 60.0
+    max_rate: float = 4.0
+    send_queue: int = 256
+    data_dir: str = "data/sessions"
+    token: str = ""
+    allowed_origins: list[str] = field(default_factory=list)
+    tls_cert: str = ""
+    tls_key: str = ""
+
+
+@dataclass
+class Config:
+    asr: AsrOptions = field(default_factory=AsrOptions)
+    streaming: StreamingOptions = field(default_factory=StreamingOptions)
+    scheduler: SchedulerOptions = field(default_factory=SchedulerOptions)
+    server: ServerOptions = field(default_factory=ServerOptions)
+    fusion: FusionOptions = field(default_factory=FusionOptions)
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+def _coerce(value: Any, current: Any) -> Any:
+    """Convert a CLI string to the type of the field's current value."""
+    if not isinstance(value, str) or isinstance(current, str):
+        return value
+    if isinstance(current, bool):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"expected a boolean, got {value!r}")
+    if isinstance(current, int):
+        return int(value)
+    if isinstance(current, float):
+        return float(value)
+    if isinstance(current, list):
+        return [v for v in value.split(",") if v]
+    return value
+
+
+def apply(config: Config, section: str, key: str, value: Any) -> None:
+    """Set config.section.key, checking that both exist."""
+    options = getattr(config, section, None)
+    if options is None or not dataclasses.is_dataclass(options):
+        raise ConfigError(f"unknown config section [{section}]")
+    if not hasattr(options, key):
+        raise ConfigError(f"unknown config key {section}.{key}")
+    try:
+        setattr(options, key, _coerce(value, getattr(options, key)))
+    except ValueError as exc:
+        raise ConfigError(f"{section}.{key}: {exc}") from exc
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()) -> Config:
+    """Read the TOML file (default: the repository's config.toml), then `section.key=value` overrides."""
+    config = Config()
+    path = Path(path) if path else DEFAULT_CONFIG
+    if path.exists():
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+        for section, table in data.items():
+            if not isinstance(table, dict):
+                raise ConfigError(f"top-level key {section!r} must be a table")
+            for key, value in table.items():
+                apply(config, section, key, value)
+    elif path != DEFAULT_CONFIG:
+        raise ConfigError(f"config file not found: {path}")
+    for item in overrides:
+        name, sep, value = item.partition("=")
+        section, dot, key = name.strip().partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"override must look like section.key=value, got {item!r}")
+        apply(config, section, key, value.strip())
+    if not config.server.token:
+        config.server.token = os.environ.get("UADF_TOKEN", "")
+    return config

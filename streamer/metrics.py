@@ -1,0 +1,27 @@
+"""Prometheus metrics of the daemon (one registry per server, so tests can run several)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.sessions = Gauge("uadf_sessions", "Live sessions", registry=r)
+        self.sessions_total = Counter("uadf_sessions_total", "Sessions started", registry=r)
+        self.audio_seconds = Counter("uadf_audio_seconds_total", "Seconds of audio received", registry=r)
+        self.decode_seconds = Histogram(
+            "uadf_decode_seconds", "Wall time of one scheduler decode step (a batch)", registry=r,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5),
+        )
+        self.batch_size = Histogram("uadf_batch_size", "Windows decoded together", registry=r, buckets=(1, 2, 3, 4, 6, 8, 16))
+        self.queue_depth = Gauge("uadf_decode_queue_depth", "Windows waiting for the decoder", registry=r)
+        self.finals = Counter("uadf_finals_total", "Final messages committed", registry=r)
+        self.llm_calls = Counter("uadf_llm_calls_total", "LLM scoring calls made by fusion", registry=r)
+        self.errors = Counter("uadf_errors_total", "Errors sent to clients", ["code"], registry=r)
+        self.send_queue_dropped = Counter("uadf_partials_dropped_total", "Partials dropped for slow clients", registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

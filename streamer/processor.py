@@ -1,0 +1,207 @@
+"""Streaming processor: a session's audio buffer, when to decode, and what becomes partial or final.
+
+Knows nothing of models or sockets: it hands out WindowRequests and takes back Hypotheses, so the
+same object runs under the daemon's scheduler and in-process (`uadf-stream transcribe`, eval).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from streamer.asr_backend import Hypothesis, WindowRequest, Word
+from streamer.audio import SAMPLE_RATE
+from streamer.commit import LocalAgreement, strip_committed
+from streamer.config import StreamingOptions
+from streamer.protocol import Final, Partial, WordInfo
+from streamer.vad import StreamingVad
+
+PRE_ROLL = 0.4  # seconds kept before detected speech, so onsets are not clipped
+FINAL_TAIL = 0.3  # seconds kept after the last speech frame in an endpoint window
+MIN_SPEECH = 0.1  # seconds of VAD speech before a window is worth decoding
+
+
+@dataclass
+class StepStats:
+    decodes: int = 0
+    rejected: int = 0
+    llm_calls: int = 0
+    tokens: int = 0
+    fused_tokens: int = 0
+
+
+class StreamingProcessor:
+    """LocalAgreement-2 over a sliding buffer, with VAD endpointing and hallucination gates."""
+
+    def __init__(
+        self,
+        options: StreamingOptions,
+        mode: str = "asr",
+        fusion_context: Any = None,
+        start_time: float = 0.0,
+        first_segment: int = 0,
+        context: str = "",
+    ):
+        """start_time, first_segment and context continue a resumed session's stream."""
+        self.options = options
+        self.mode = mode
+        self.fusion_context = fusion_context
+        self.vad = StreamingVad(options.vad_threshold, options.vad_neg_threshold, start_time)
+        self.agreement = LocalAgreement(2)
+        self.buffer = np.zeros(0, np.float32)
+        self.buffer_start = start_time  # stream time of buffer[0]
+        self.committed_in_buffer: list[Word] = []
+        self.context_words: list[str] = context.split()[-options.prompt_words :]  # committed, out of the buffer
+        self.uncommitted: list[Word] = []
+        self.segment = first_segment
+        self.last_decode_end = start_time
+        self.flushed_until = start_time  # end of the last endpoint window: speech before it is handled
+        self.finalize_requested = False
+        self.partial_key: tuple[int, str] = (first_segment, "")
+        self.stats = StepStats()
+
+    # -- intake --------------------------------------------------------------------------------
+    @property
+    def stream_time(self) -> float:
+        return self.buffer_start + len(self.buffer) / SAMPLE_RATE
+
+    def insert_audio(self, audio: np.ndarray) -> None:
+        self.buffer = np.concatenate([self.buffer, audio.astype(np.float32, copy=False)])
+        self.vad.accept(audio)
+
+    def request_finalize(self) -> None:
+        """Commit everything pending at the next request (a client `finalize`, `stop`, or end of file)."""
+        self.finalize_requested = True
+
+    # -- scheduling ----------------------------------------------------------------------------
+    def _committed_end(self) -> float:
+        return self.committed_in_buffer[-1].end if self.committed_in_buffer else self.buffer_start
+
+    def next_request(self) -> WindowRequest | None:
+        """The window to decode now, or None when nothing is due (call whenever audio arrived)."""
+        now = min(self.stream_time, self.vad.processed_until)
+        pending_from = max(self._committed_end(), self.flushed_until)
+        speech_start = self.vad.first_speech_start(pending_from)
+        if speech_start is None or self.vad.speech_seconds(pending_from) < MIN_SPEECH:
+            if self.finalize_requested and self.uncommitted:
+                return self._request(now, final=True)
+            self.finalize_requested = False
+            if not self.uncommitted:
+                self._drop_silence(now)
+            return None
+        speech_end = self.vad.last_speech_end(pending_from) or now
+        too_long = now - self.buffer_start >= self.options.max_window * 1.5
+        if self.finalize_requested or too_long or now - speech_end >= self.options.endpoint_silence:
+            return self._request(now if too_long else min(now, speech_end + FINAL_TAIL), final=True)
+        if now - self.last_decode_end >= self.options.step and now - speech_start >= self.options.min_window:
+            return self._request(now, final=False)
+        return None
+
+    def _drop_silence(self, now: float) -> None:
+        """Nothing pending and no new speech: keep the committed words' audio as context, within
+        max_window, and a short pre-roll; drop the silence before it once the buffer grows long."""
+        if self.committed_in_buffer and now - self.buffer_start <= self.options.max_window:
+            return
+        self._retire_committed()
+        self._trim_to(max(now - PRE_ROLL, self.buffer_start))
+
+    def _request(self, end: float, final: bool) -> WindowRequest:
+        n = max(int(round((end - self.buffer_start) * SAMPLE_RATE)), 0)
+        self.last_decode_end = end
+        prompt = " ".join(self.context_words[-self.options.prompt_words :])
+        return WindowRequest(
+            audio=self.buffer[:n].copy(),
+            offset=self.buffer_start,
+            prompt=prompt,
+            mode=self.mode,
+            fusion_context=self.fusion_context,
+            final=final,
+            meta={"end": end},
+        )
+
+    # -- results -------------------------------------------------------------------------------
+    def accept_hypothesis(self, hyp: Hypothesis, request: WindowRequest) -> list[Partial | Final]:
+        """Apply a decoded window; return the messages it produces, finals first."""
+        self.stats.decodes += 1
+        self.stats.llm_calls += hyp.llm_calls
+        self.stats.tokens += hyp.tokens
+        self.stats.fused_tokens += hyp.fused_tokens
+        words = hyp.words
+        if self._rejected(hyp):
+            self.stats.rejected += 1
+            words = []
+        new = strip_committed(words, self.committed_in_buffer, self._committed_end())
+        events: list[Partial | Final] = []
+        if request.final:
+            self.finalize_requested = False
+            self.flushed_until = request.meta["end"]
+            if new:
+                events.append(self._commit(new, endpoint=True))
+            self.agreement.reset()
+            self.uncommitted = []
+        else:
+            done = self.agreement.update(new)
+            if done:
+                events.append(self._commit(done, endpoint=False))
+            self.uncommitted = new[len(done) :]
+        self._maybe_trim()
+        partial = " ".join(w.word for w in self.uncommitted)
+        if (self.segment, partial) != self.partial_key:
+            self.partial_key = (self.segment, partial)
+            start = self.uncommitted[0].start if self.uncommitted else self.stream_time
+            end = self.uncommitted[-1].end if self.uncommitted else self.stream_time
+            events.append(Partial(segment=self.segment, text=partial, start=start, end=end))
+        return events
+
+    def discard(self, request: WindowRequest) -> None:
+        """A window whose decode failed: forget it (an endpoint window counts as flushed)."""
+        if request.final:
+            self.finalize_requested = False
+            self.flushed_until = request.meta["end"]
+
+    def _rejected(self, hyp: Hypothesis) -> bool:
+        """The one hallucination gate: silence-like, or a decoder stuck repeating itself."""
+        o = self.options
+        if hyp.compression_ratio > o.compression_ratio_threshold:
+            return True
+        return hyp.no_speech_prob > o.no_speech_threshold and hyp.avg_logprob < o.logprob_threshold
+
+    def _commit(self, words: list[Word], endpoint: bool) -> Final:
+        final = Final(
+            segment=self.segment,
+            text=" ".join(w.word for w in words),
+            start=words[0].start,
+            end=words[-1].end,
+            endpoint=endpoint,
+            words=[WordInfo(w.word, w.start, w.end, w.probability, w.fused) for w in words],
+        )
+        self.segment += 1
+        self.committed_in_buffer.extend(words)
+        if self.fusion_context is not None:
+            self.fusion_context.commit(final.text)
+        return final
+
+    def _maybe_trim(self) -> None:
+        """Keep decode cost bounded: once the buffer is long, cut it after the last committed word."""
+        if self.stream_time - self.buffer_start <= self.options.max_window or not self.committed_in_buffer:
+            return
+        cut = self.committed_in_buffer[-1].end
+        if self.uncommitted:
+            cut = min(max(cut, (cut + self.uncommitted[0].start) / 2), self.uncommitted[0].start)
+        self._retire_committed()
+        self._trim_to(cut)
+
+    def _retire_committed(self) -> None:
+        """Committed words leave the window: from now on they reach Whisper as the prompt."""
+        self.context_words = (self.context_words + [w.word for w in self.committed_in_buffer])[-self.options.prompt_words :]
+        self.committed_in_buffer = []
+
+    def _trim_to(self, t: float) -> None:
+        drop = min(int(round((t - self.buffer_start) * SAMPLE_RATE)), len(self.buffer))
+        if drop <= 0:
+            return
+        self.buffer = self.buffer[drop:]
+        self.buffer_start += drop / SAMPLE_RATE
+        self.vad.forget_before(self.buffer_start)

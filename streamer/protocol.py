@@ -1,0 +1,194 @@
+"""Protocol v1: every message on the wire, with its validation. Used by the server and the clients."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from streamer.audio import AudioFormat
+from streamer.errors import StreamError
+
+PROTOCOL_VERSION = 1
+MODES = ("asr", "shallow", "uadf", "uadf-llm")
+
+
+# -- client -> server -----------------------------------------------------------------------------
+@dataclass
+class Start:
+    type: ClassVar[str] = "start"
+    format: AudioFormat
+    mode: str | None = None
+    session_id: str | None = None
+    resume_from: int = 0
+    language: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "type": "start",
+            "sample_rate": self.format.sample_rate,
+            "encoding": self.format.encoding,
+            "channels": self.format.channels,
+        }
+        for key in ("mode", "session_id", "language"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        if self.resume_from:
+            out["resume_from"] = self.resume_from
+        return out
+
+
+@dataclass
+class Finalize:
+    type: ClassVar[str] = "finalize"
+
+
+@dataclass
+class KeepAlive:
+    type: ClassVar[str] = "keepalive"
+
+
+@dataclass
+class Stop:
+    type: ClassVar[str] = "stop"
+
+
+ClientMessage = Start | Finalize | KeepAlive | Stop
+_SIMPLE = {"finalize": Finalize, "keepalive": KeepAlive, "stop": Stop}
+
+
+def _field(obj: dict, key: str, kind: type | tuple, required: bool = False, code: str = "bad_message") -> Any:
+    if key not in obj:
+        if required:
+            raise StreamError(code, f"start needs {key!r}")
+        return None
+    value = obj[key]
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise StreamError(code, f"{key!r} has the wrong type: {type(value).__name__}")
+    return value
+
+
+def parse_client_message(text: str) -> ClientMessage:
+    """Parse one text frame; raise StreamError with a stable code when it is not a valid v1 message."""
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise StreamError("bad_message", f"text frames must be JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise StreamError("bad_message", "text frames must be JSON objects")
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise StreamError("bad_message", "message needs a string 'type'")
+    if kind in _SIMPLE:
+        return _SIMPLE[kind]()
+    if kind != "start":
+        raise StreamError("unknown_type", f"unknown message type {kind[:40]!r}")
+    rate = _field(obj, "sample_rate", int, True, "bad_sample_rate")
+    encoding = _field(obj, "encoding", str, True, "bad_encoding")
+    channels = _field(obj, "channels", int, True, "bad_channels")
+    fmt = AudioFormat(sample_rate=rate, encoding=encoding, channels=channels)
+    fmt.validate()
+    mode = _field(obj, "mode", str, code="bad_mode")
+    if mode is not None and mode not in MODES:
+        raise StreamError("bad_mode", f"mode must be one of {list(MODES)}, got {mode[:40]!r}")
+    session_id = _field(obj, "session_id", str)
+    if session_id is not None and not (0 < len(session_id) <= 64 and session_id.replace("-", "").isalnum()):
+        raise StreamError("bad_message", "session_id must be 1-64 letters, digits or '-'")
+    resume_from = _field(obj, "resume_from", int) or 0
+    if resume_from < 0:
+        raise StreamError("bad_message", "resume_from must be >= 0")
+    language = _field(obj, "language", str)
+    if language not in (None, "", "en"):
+        raise StreamError("bad_message", f"language {language[:20]!r} is not served (only 'en')")
+    return Start(format=fmt, mode=mode, session_id=session_id, resume_from=resume_from, language=language)
+
+
+# -- server -> client -----------------------------------------------------------------------------
+@dataclass
+class WordInfo:
+    word: str
+    start: float
+    end: float
+    probability: float
+    fused: bool = False
+
+
+@dataclass
+class Partial:
+    type: ClassVar[str] = "partial"
+    segment: int
+    text: str
+    start: float
+    end: float
+
+
+@dataclass
+class Final:
+    type: ClassVar[str] = "final"
+    segment: int
+    text: str
+    start: float
+    end: float
+    endpoint: bool = False
+    words: list[WordInfo] = field(default_factory=list)
+
+
+@dataclass
+class Ready:
+    type: ClassVar[str] = "ready"
+    session_id: str
+    mode: str
+    model: str
+    sample_rate: int
+    resumed: bool = False
+    stream_time: float = 0.0
+    protocol: int = PROTOCOL_VERSION
+
+
+@dataclass
+class End:
+    type: ClassVar[str] = "end"
+    session_id: str
+    finals: int
+    audio_seconds: float
+
+
+@dataclass
+class Error:
+    type: ClassVar[str] = "error"
+    code: str
+    message: str
+
+
+ServerMessage = Partial | Final | Ready | End | Error
+
+
+def _round(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return round(obj, 3) if math.isfinite(obj) else None
+    if isinstance(obj, list):
+        return [_round(x) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _round(v) for k, v in obj.items()}
+    return obj
+
+
+def to_dict(message: ServerMessage) -> dict[str, Any]:
+    return {"type": message.type, **_round(asdict(message))}
+
+
+def to_json(message: ServerMessage) -> str:
+    return json.dumps(to_dict(message), ensure_ascii=False)
+
+
+def final_from_dict(obj: dict[str, Any]) -> Final:
+    """Rebuild a Final from its wire/JSONL form (transcript store, clients)."""
+    return Final(
+        segment=obj["segment"],
+        text=obj["text"],
+        start=obj["start"],
+        end=obj["end"],
+        endpoint=obj.get("endpoint", False),
+        words=[WordInfo(**w) for w in obj.get("words", [])],
+    )

@@ -1,0 +1,317 @@
+"""Transport: aiohttp websocket and HTTP endpoints. Moves bytes and JSON; sessions do the work."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import signal
+import ssl
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from aiohttp import WSMsgType, web
+
+from streamer.config import Config
+from streamer.engine import Engine
+from streamer.errors import CLOSE_NORMAL, CLOSE_POLICY, StreamError
+from streamer.formats import RENDERERS
+from streamer.metrics import Metrics
+from streamer.protocol import End, Finalize, KeepAlive, Start, Stop, parse_client_message, to_dict, to_json
+from streamer.scheduler import DecodeScheduler
+from streamer.session import Session
+from streamer.store import TranscriptStore
+
+log = logging.getLogger(__name__)
+
+WEB_ROOT = Path(__file__).resolve().parent.parent / "clients" / "web"
+PUBLIC_PREFIXES = ("/web/",)
+
+
+class Daemon:
+    """Shared state of one running server: engine, scheduler, live sessions, transcript store."""
+
+    def __init__(self, config: Config, engine: Engine):
+        self.config = config
+        self.options = config.server
+        self.engine = engine
+        self.metrics = Metrics()
+        self.store = TranscriptStore(self.options.data_dir)
+        self.scheduler = DecodeScheduler(engine.backend, config.scheduler, self.metrics)
+        self.sessions: dict[str, Session] = {}
+        self.connections: set[web.WebSocketResponse] = set()
+        self.accepting = True
+
+    # -- access ----------------------------------------------------------------------------------
+    def _authorized(self, request: web.Request) -> bool:
+        token = self.options.token
+        if not token:
+            return True
+        given = request.query.get("token", "")
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            given = header[7:]
+        return hmac.compare_digest(given.encode(), token.encode())
+
+    def _origin_allowed(self, request: web.Request) -> bool:
+        origin = request.headers.get("Origin")
+        if not origin or "*" in self.options.allowed_origins or origin in self.options.allowed_origins:
+            return True
+        return urlsplit(origin).netloc == request.host
+
+    @web.middleware
+    async def access(self, request: web.Request, handler):
+        if request.path != "/" and not request.path.startswith(PUBLIC_PREFIXES):
+            if not self._authorized(request):
+                self.metrics.errors.labels("unauthorized").inc()
+                raise web.HTTPUnauthorized(text="missing or wrong bearer token\n", headers={"WWW-Authenticate": "Bearer"})
+            if not self._origin_allowed(request):
+                raise web.HTTPForbidden(text="origin not allowed\n")
+        return await handler(request)
+
+    # -- HTTP --------------------------------------------------------------------------------------
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(WEB_ROOT / "index.html")
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "status": "ok" if self.accepting else "stopping",
+                "sessions": len(self.sessions),
+                "max_sessions": self.options.max_sessions,
+                "model": self.engine.backend.model_name,
+                "device": self.engine.backend.device,
+                "modes": ["asr"] + (["shallow", "uadf", "uadf-llm"] if self.engine.fusion else []),
+                "default_mode": self.engine.default_mode,
+                "queue_depth": self.scheduler.depth,
+            }
+        )
+
+    async def metrics_endpoint(self, request: web.Request) -> web.Response:
+        self.metrics.sessions.set(len(self.sessions))
+        return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
+
+    async def transcript(self, request: web.Request) -> web.Response:
+        session_id = request.match_info["session_id"]
+        if not session_id.replace("-", "").isalnum() or not self.store.exists(session_id):
+            raise web.HTTPNotFound(text="unknown session\n")
+        finals = self.store.read(session_id)
+        fmt = request.query.get("format", "json")
+        if fmt == "json":
+            return web.json_response({"session_id": session_id, "finals": [to_dict(f) for f in finals]})
+        if fmt not in RENDERERS:
+            raise web.HTTPBadRequest(text=f"format must be json, {', '.join(RENDERERS)}\n")
+        render, content_type = RENDERERS[fmt]
+        return web.Response(text=render(finals), content_type=content_type)
+
+    # -- websocket ---------------------------------------------------------------------------------
+    async def listen(self, request: web.Request) -> web.WebSocketResponse:
+        # aiohttp itself refuses frames past 4x the limit; up to that we answer frame_too_large and go on
+        ws = web.WebSocketResponse(max_msg_size=self.options.max_frame_bytes * 4, heartbeat=20.0)
+        await ws.prepare(request)
+        self.connections.add(ws)
+        session: Session | None = None
+        writer: asyncio.Task | None = None
+        try:
+            if not self.accepting:
+                raise StreamError("busy", "the daemon is shutting down")
+            session = await self._start(ws)
+            if session is None:
+                return ws
+            writer = asyncio.create_task(self._write(ws, session))
+            await self._read(ws, session)
+        except StreamError as exc:
+            await self._fail(ws, session, exc)
+        except Exception:
+            log.exception("connection failed")
+            await self._fail(ws, session, StreamError("internal", "internal error"))
+        finally:
+            if session is not None:
+                await self._end_session(session, writer)
+            self.connections.discard(ws)
+        return ws
+
+    async def _receive(self, ws: web.WebSocketResponse):
+        try:
+            return await ws.receive(timeout=self.options.idle_timeout)
+        except asyncio.TimeoutError:
+            raise StreamError("idle_timeout", f"no message for {self.options.idle_timeout:g} s", fatal=True) from None
+
+    async def _start(self, ws: web.WebSocketResponse) -> Session | None:
+        """Wait for a valid `start`; frames before it get not_started and are dropped."""
+        while True:
+            msg = await self._receive(ws)
+            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+                return None
+            if msg.type == WSMsgType.BINARY:
+                await self._send_error(ws, StreamError("not_started", "send a start message before audio"))
+                continue
+            try:
+                message = parse_client_message(msg.data)
+            except StreamError as exc:
+                if exc.fatal:
+                    raise
+                await self._send_error(ws, exc)
+                continue
+            if isinstance(message, Start):
+                return await self._open(ws, message)
+            await self._send_error(ws, StreamError("not_started", f"{message.type} before start"))
+
+    async def _open(self, ws: web.WebSocketResponse, start: Start) -> Session:
+        previous = []
+        session_id = start.session_id
+        if session_id:
+            old = self.sessions.get(session_id)
+            if old is not None:  # the client reconnected before we noticed it left
+                await self._end_session(old, None)
+            if not self.store.exists(session_id):
+                raise StreamError("unknown_session", f"no session {session_id!r} to resume", fatal=True)
+            previous = self.store.read(session_id)
+        elif len(self.sessions) >= self.options.max_sessions:
+            raise StreamError("busy", f"all {self.options.max_sessions} sessions are in use; try again later", fatal=True)
+        session = Session(
+            session_id or Session.new_id(), start, self.engine, self.scheduler, self.store, self.options, self.metrics, previous
+        )
+        self.sessions[session.id] = session
+        self.metrics.sessions_total.inc()
+        self.metrics.sessions.set(len(self.sessions))
+        await ws.send_str(to_json(session.ready(resumed=bool(start.session_id))))
+        for final in previous[start.resume_from :]:
+            await ws.send_str(to_json(final))
+        log.info("session %s started (%s)", session.id, session.mode)
+        return session
+
+    async def _read(self, ws: web.WebSocketResponse, session: Session) -> None:
+        while True:
+            msg = await self._receive(ws)
+            if msg.type == WSMsgType.BINARY:
+                self._guard(session, session.feed, msg.data)
+            elif msg.type == WSMsgType.TEXT:
+                message = self._guard(session, parse_client_message, msg.data)
+                if isinstance(message, Stop):
+                    await session.flush()
+                    session.outbox.put(End(session_id=session.id, finals=session.finals, audio_seconds=session.audio_seconds))
+                    return
+                if isinstance(message, Finalize):
+                    session.finalize()
+                elif isinstance(message, Start):
+                    session.send_error(StreamError("already_started", "this session has started already"))
+                elif isinstance(message, KeepAlive):
+                    pass
+            else:  # close, error
+                return
+            if session.outbox.overflowed:
+                raise StreamError("slow_consumer", "the client does not read its messages", fatal=True)
+
+    @staticmethod
+    def _guard(session: Session, fn, data):
+        """Per-frame errors go back to the client; fatal ones end the session."""
+        try:
+            return fn(data)
+        except StreamError as exc:
+            if exc.fatal:
+                raise
+            session.send_error(exc)
+            return None
+
+    async def _write(self, ws: web.WebSocketResponse, session: Session) -> None:
+        while (message := await session.outbox.get()) is not None:
+            await ws.send_str(to_json(message))
+            if isinstance(message, End):
+                await ws.close(code=CLOSE_NORMAL)
+                return
+
+    async def _send_error(self, ws: web.WebSocketResponse, exc: StreamError) -> None:
+        self.metrics.errors.labels(exc.code).inc()
+        if not ws.closed:
+            await ws.send_str(json.dumps({"type": "error", "code": exc.code, "message": exc.message}))
+
+    async def _fail(self, ws: web.WebSocketResponse, session: Session | None, exc: StreamError) -> None:
+        """A fatal error: what was said is kept (flushed to finals), the client is told, then closed."""
+        if session is not None and exc.code != "slow_consumer":
+            await session.flush()
+            while len(session.outbox) and not ws.closed:
+                await asyncio.sleep(0.01)
+        try:
+            await self._send_error(ws, exc)
+            await ws.close(code=exc.close_code if exc.fatal else CLOSE_POLICY, message=exc.code.encode())
+        except (ConnectionError, RuntimeError):
+            pass
+
+    async def _end_session(self, session: Session, writer: asyncio.Task | None) -> None:
+        """Connection gone (or taken over): pending audio still becomes finals on disk."""
+        if self.sessions.get(session.id) is not session:
+            return
+        try:
+            await session.flush()
+        finally:
+            del self.sessions[session.id]
+            self.metrics.sessions.set(len(self.sessions))
+            if writer is not None:
+                session.outbox.put(None)
+                try:
+                    await asyncio.wait_for(writer, 5)
+                except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+                    writer.cancel()
+            await session.close()
+            log.info("session %s ended: %d finals, %.1f s of audio", session.id, session.finals, session.audio_seconds)
+
+    # -- life cycle --------------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self.access], client_max_size=1024**2)
+        app.router.add_get("/", self.index)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics_endpoint)
+        app.router.add_get("/v1/listen", self.listen)
+        app.router.add_get("/v1/sessions/{session_id}/transcript", self.transcript)
+        if WEB_ROOT.is_dir():
+            app.router.add_static("/web/", WEB_ROOT, show_index=False)
+        return app
+
+    async def shutdown(self) -> None:
+        """Stop accepting; every session's pending audio becomes finals, sent, then a normal close."""
+        self.accepting = False
+        for session in list(self.sessions.values()):
+            await session.flush()
+            session.outbox.put(End(session_id=session.id, finals=session.finals, audio_seconds=session.audio_seconds))
+        for _ in range(200):
+            if not any(len(s.outbox) for s in self.sessions.values()):
+                break
+            await asyncio.sleep(0.01)
+        for ws in list(self.connections):
+            await ws.close(code=CLOSE_NORMAL, message=b"server shutting down")
+
+
+def ssl_context(config: Config) -> ssl.SSLContext | None:
+    if not config.server.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.server.tls_cert, config.server.tls_key or None)
+    return context
+
+
+async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    engine = await asyncio.to_thread(Engine, config)
+    daemon = Daemon(config, engine)
+    daemon.scheduler.start()
+    runner = web.AppRunner(daemon.app(), handle_signals=False, shutdown_timeout=5)
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.port, ssl_context=ssl_context(config))
+    await site.start()
+    port = runner.addresses[0][1] if runner.addresses else config.server.port
+    scheme = "https" if config.server.tls_cert else "http"
+    print(f"uadf-stream listening on {scheme}://{config.server.host}:{port} (websocket /v1/listen)", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    log.info("shutting down")
+    await site.stop()
+    await daemon.shutdown()
+    await runner.cleanup()
+    await daemon.scheduler.stop()

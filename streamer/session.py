@@ -1,0 +1,192 @@
+"""A live session: audio intake, its decode loop, limits, persistence, and the outbound queue.
+
+Transport-agnostic: the server feeds it frames and drains `outbox`; the session never touches a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import time
+import uuid
+
+from streamer.audio import AudioConverter
+from streamer.config import ServerOptions
+from streamer.engine import Engine
+from streamer.errors import StreamError
+from streamer.metrics import Metrics
+from streamer.protocol import Error, Final, Partial, Ready, ServerMessage, Start
+from streamer.scheduler import DecodeScheduler
+from streamer.store import TranscriptStore
+
+log = logging.getLogger(__name__)
+
+RATE_ALLOWANCE = 10.0  # seconds of audio a client may send ahead of real time before the rate limit
+
+
+class Outbox:
+    """Bounded send queue: at most one partial waits (newer replaces older); finals are never dropped.
+
+    If finals alone fill it, the client is not reading: `overflowed` is set and the server closes the
+    connection. The finals are on disk, so a reconnect with the session id gets them back.
+    """
+
+    def __init__(self, limit: int, metrics: Metrics | None = None):
+        self.limit = limit
+        self.metrics = metrics
+        self._items: collections.deque[ServerMessage | None] = collections.deque()
+        self._ready = asyncio.Event()
+        self.overflowed = False
+
+    def put(self, message: ServerMessage | None) -> None:
+        """Queue a message; None marks the end of the stream."""
+        if isinstance(message, Partial):
+            for i, item in enumerate(self._items):
+                if isinstance(item, Partial):
+                    del self._items[i]
+                    if self.metrics:
+                        self.metrics.send_queue_dropped.inc()
+                    break
+            if len(self._items) >= self.limit:
+                if self.metrics:
+                    self.metrics.send_queue_dropped.inc()
+                return
+        elif len(self._items) >= self.limit:
+            self.overflowed = True
+        self._items.append(message)
+        self._ready.set()
+
+    async def get(self) -> ServerMessage | None:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Session:
+    def __init__(
+        self,
+        session_id: str,
+        start: Start,
+        engine: Engine,
+        scheduler: DecodeScheduler,
+        store: TranscriptStore,
+        options: ServerOptions,
+        metrics: Metrics,
+        previous: list[Final] = (),
+    ):
+        self.id = session_id
+        self.engine = engine
+        self.scheduler = scheduler
+        self.options = options
+        self.metrics = metrics
+        self.mode = engine.check_mode(start.mode)
+        self.converter = AudioConverter(start.format)
+        previous = list(previous)
+        self.start_time = previous[-1].end if previous else 0.0
+        self.processor = engine.new_processor(
+            self.mode, start_time=self.start_time, first_segment=len(previous), context=" ".join(f.text for f in previous[-20:])
+        )
+        self.finals = len(previous)
+        self.writer = store.open(self.id, {"mode": self.mode, "format": start.to_dict(), "resumed_at": self.finals})
+        self.outbox = Outbox(options.send_queue, metrics)
+        self.audio_seconds = 0.0
+        self.started = time.monotonic()
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._task = asyncio.get_running_loop().create_task(self._decode_loop(), name=f"decode-{session_id}")
+        self.closed = False
+
+    @staticmethod
+    def new_id() -> str:
+        return uuid.uuid4().hex
+
+    def ready(self, resumed: bool) -> Ready:
+        return Ready(
+            session_id=self.id,
+            mode=self.mode,
+            model=self.engine.backend.model_name,
+            sample_rate=self.converter.fmt.sample_rate,
+            resumed=resumed,
+            stream_time=self.start_time,
+        )
+
+    # -- intake --------------------------------------------------------------------------------
+    def feed(self, data: bytes) -> None:
+        """One binary frame. Raises StreamError for a bad frame (dropped) or a broken limit (fatal)."""
+        if len(data) > self.options.max_frame_bytes:
+            raise StreamError("frame_too_large", f"audio frame of {len(data)} bytes exceeds {self.options.max_frame_bytes}")
+        audio = self.converter.decode(data)
+        seconds = len(audio) / 16000
+        if self.audio_seconds + seconds > self.options.max_session_seconds:
+            raise StreamError("session_too_long", f"session exceeds {self.options.max_session_seconds:.0f} s of audio", fatal=True)
+        allowed = (time.monotonic() - self.started) * self.options.max_rate + RATE_ALLOWANCE
+        if self.options.max_rate > 0 and self.audio_seconds + seconds > allowed:
+            raise StreamError(
+                "rate_limited", f"audio arrives faster than {self.options.max_rate:g}x real time", fatal=True
+            )
+        self.audio_seconds += seconds
+        self.metrics.audio_seconds.inc(seconds)
+        self.processor.insert_audio(audio)
+        self._wake.set()
+
+    def finalize(self) -> None:
+        self.processor.request_finalize()
+        self._wake.set()
+
+    # -- decoding ------------------------------------------------------------------------------
+    async def _decode_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            async with self._lock:
+                await self._drain()
+
+    async def _drain(self) -> None:
+        while (request := self.processor.next_request()) is not None:
+            try:
+                hyp = await self.scheduler.submit(request)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("session %s: decode failed", self.id)
+                self.processor.discard(request)
+                self.send_error(StreamError("internal", "decoding this window failed; the session goes on", fatal=False))
+                continue
+            self.metrics.llm_calls.inc(hyp.llm_calls)
+            for event in self.processor.accept_hypothesis(hyp, request):
+                if isinstance(event, Final):
+                    self.writer.append(event)  # on disk before it is sent
+                    self.finals += 1
+                    self.metrics.finals.inc()
+                self.outbox.put(event)
+            if not request.final:
+                return
+
+    async def flush(self) -> None:
+        """Turn every pending sample into finals (stop, disconnect, shutdown)."""
+        tail = self.converter.flush()
+        if len(tail):
+            self.processor.insert_audio(tail)
+        self.processor.request_finalize()
+        async with self._lock:
+            for _ in range(4):  # an endpoint window, then at most a few leftovers
+                await self._drain()
+                if not self.processor.finalize_requested:
+                    break
+
+    def send_error(self, error: StreamError) -> None:
+        self.metrics.errors.labels(error.code).inc()
+        self.outbox.put(Error(code=error.code, message=error.message))
+
+    async def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        self.writer.close()

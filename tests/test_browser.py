@@ -1,0 +1,296 @@
+"""End-to-end test of the captions page (clients/web) in real headless Chromium.
+
+Chromium (Debian's package at /usr/bin/chromium) is driven with Python Playwright using the system
+browser; `playwright install` is never run. The microphone is Chromium's fake capture device fed
+from a speech-dev WAV (Chromium loops the file), so the page streams real speech through
+getUserMedia -> AudioWorklet -> 16-bit PCM websocket frames to the real daemon (`daemon` fixture).
+
+What the test needs is installed by the test itself: the pinned `playwright` package (from the
+`test` extra in pyproject.toml) and `apt-get install chromium`. It is skipped, with the reason, only
+where neither can be installed. Screenshots and downloaded transcripts go to test-output/.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SPEECH_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech-dev"
+OUT_DIR = REPO / "test-output"
+CHROMIUM = Path("/usr/bin/chromium")
+CLIP = "jfk"  # 11 s; text in manifest.jsonl
+KEY_WORDS = ("fellow", "americans", "country")  # must all be on the page
+MIN_RECALL = 0.7  # share of the clip's reference words found in the captions
+CAPTION_TIMEOUT_S = 120.0
+
+pytestmark = pytest.mark.timeout(420)
+
+
+# -- installing what the test needs ---------------------------------------------------------------
+def _pinned_playwright() -> str:
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    for req in data["project"]["optional-dependencies"]["test"]:
+        if re.match(r"^playwright\s*==", req):
+            return req.replace(" ", "")
+    return "playwright"
+
+
+def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def _ensure_playwright():
+    try:
+        from playwright.sync_api import sync_playwright  # noqa: F401
+    except ImportError:
+        req = _pinned_playwright()
+        try:
+            res = _run([sys.executable, "-m", "pip", "install", "--quiet", req], timeout=600)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            pytest.skip(f"playwright is not installed and `pip install {req}` failed: {exc}")
+        if res.returncode != 0:
+            pytest.skip(f"playwright is not installed and `pip install {req}` failed: {res.stderr[-500:]}")
+        import importlib
+
+        importlib.invalidate_caches()
+    from playwright.sync_api import sync_playwright
+
+    return sync_playwright
+
+
+def _ensure_chromium() -> Path:
+    if CHROMIUM.exists():
+        return CHROMIUM
+    apt = shutil.which("apt-get")
+    if apt is None:
+        pytest.skip(f"{CHROMIUM} is missing and there is no apt-get to install Debian's chromium")
+    if hasattr(os, "geteuid") and os.geteuid() != 0:
+        pytest.skip(f"{CHROMIUM} is missing and apt-get needs root to install it (running as uid {os.geteuid()})")
+    install = [apt, "install", "-y", "--no-install-recommends", "chromium"]
+    log = []
+    for step in (install, [apt, "update"], install):
+        try:
+            res = _run(step, timeout=900)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            log.append(f"{' '.join(step)}: {exc}")
+            continue
+        log.append(f"{' '.join(step)}: rc={res.returncode} {res.stderr.strip()[-300:]}")
+        if step is install and res.returncode == 0 and CHROMIUM.exists():
+            return CHROMIUM
+    pytest.skip(f"no browser: {CHROMIUM} is missing and could not be installed: " + " | ".join(log))
+
+
+def _clip() -> tuple[Path, str]:
+    manifest = SPEECH_DEV / "manifest.jsonl"
+    if not manifest.exists():
+        pytest.skip(f"speech-dev data not found at {SPEECH_DEV}")
+    for line in manifest.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            if row["id"] == CLIP:
+                return SPEECH_DEV / row["audio"], row["text"]
+    pytest.skip(f"clip {CLIP!r} not in {manifest}")
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
+
+
+# -- browser fixtures -----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def clip() -> tuple[Path, str]:
+    return _clip()
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory, clip):
+    """A headless Chromium whose microphone plays the speech clip (in a loop)."""
+    sync_playwright = _ensure_playwright()
+    chromium = _ensure_chromium()
+    wav, _ = clip
+    args = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--autoplay-policy=no-user-gesture-required",
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}",
+    ]
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    with sync_playwright() as pw:
+        ctx = pw.chromium.launch_persistent_context(
+            str(profile),
+            executable_path=str(chromium),
+            headless=True,
+            args=args,
+            viewport={"width": 1100, "height": 640},
+            accept_downloads=True,
+        )
+        try:
+            yield ctx
+        finally:
+            ctx.close()
+
+
+@pytest.fixture
+def page(browser):
+    page = browser.new_page()
+    page.errors = []
+    page.on("pageerror", lambda exc: page.errors.append(str(exc)))
+    page.on("console", lambda msg: page.errors.append(msg.text) if msg.type == "error" else None)
+    yield page
+    page.close()
+
+
+def _open(page, daemon, mode: str = "asr") -> None:
+    page.goto(f"{daemon.http_url}/?mode={mode}&caption=0")
+    page.wait_for_function("() => window.captions && window.captions.state === 'idle'", timeout=15000)
+    # Record whether a dimmed partial was ever shown (partials are replaced, so look as they come).
+    page.evaluate(
+        """() => {
+          window.__partials = 0;
+          new MutationObserver(() => {
+            const p = document.querySelector('#captions .partial');
+            if (p && p.textContent.trim()) window.__partials++;
+          }).observe(document.getElementById('captions'), {subtree: true, childList: true, characterData: true});
+        }"""
+    )
+
+
+def _start(page) -> None:
+    page.click("#start")
+    page.wait_for_function("() => window.captions.state === 'live'", timeout=30000)
+
+
+def _wait_for_words(page, words, reference: str = "", timeout: float = CAPTION_TIMEOUT_S) -> tuple[str, float]:
+    """Wait until all `words` and MIN_RECALL of the reference's words are in the captions."""
+    ref = set(_words(reference))
+    deadline = time.monotonic() + timeout
+    text, recall = "", 0.0
+    while time.monotonic() < deadline:
+        text = page.inner_text("#captions")
+        found = set(_words(text))
+        recall = len(ref & found) / len(ref) if ref else 1.0
+        if all(w in found for w in words) and recall >= MIN_RECALL:
+            return text, recall
+        state = page.evaluate("window.captions.state")
+        assert state in ("live", "connecting", "reconnecting"), f"page left the live state: {state} ({text!r})"
+        time.sleep(0.5)
+    raise AssertionError(
+        f"after {timeout:.0f} s the page lacks some of {list(words)} or has only {recall:.0%} of the "
+        f"reference words {sorted(ref)}; it shows {text!r}"
+    )
+
+
+def _stop(page) -> None:
+    page.click("#stop")
+    page.wait_for_function("() => window.captions.state === 'stopped'", timeout=30000)
+
+
+# -- tests ----------------------------------------------------------------------------------------
+def test_live_captions_in_chromium(daemon, page, clip, record_property):
+    _, reference = clip
+    OUT_DIR.mkdir(exist_ok=True)
+    t0 = time.monotonic()
+    _open(page, daemon)
+    assert page.title() == "uadf-stream live captions"
+    _start(page)
+    assert page.evaluate("window.captions.sessionId"), "no session id after ready"
+    rate = page.evaluate("window.captions.sampleRate")
+    assert 8000 <= rate <= 48000
+
+    text, recall = _wait_for_words(page, KEY_WORDS, reference)
+    first_caption_s = time.monotonic() - t0
+    page.wait_for_function("() => window.captions.finals.length >= 1", timeout=60000)
+    assert page.evaluate("window.__partials") > 0, "no partial caption was ever shown"
+    assert page.locator("#captions .final").count() >= 1
+
+    shot = OUT_DIR / "browser-captions.png"
+    page.screenshot(path=str(shot))
+    record_property("screenshot", str(shot))
+    print(f"\nscreenshot: {shot}")
+
+    # Large-font caption mode.
+    normal_px = float(page.evaluate("parseFloat(getComputedStyle(document.getElementById('captions')).fontSize)"))
+    page.click("#bigmode")
+    assert page.evaluate("document.body.classList.contains('big')")
+    big_px = float(page.evaluate("parseFloat(getComputedStyle(document.getElementById('captions')).fontSize)"))
+    assert big_px >= 1.5 * normal_px, (normal_px, big_px)
+    big_shot = OUT_DIR / "browser-captions-large.png"
+    page.screenshot(path=str(big_shot))
+    record_property("screenshot_large", str(big_shot))
+    print(f"screenshot (caption mode): {big_shot}")
+    page.click("#exitbig")
+
+    _stop(page)
+    finals = page.evaluate("window.captions.finals")
+    assert finals and all(f["end"] >= f["start"] for f in finals)
+    assert page.locator("#captions .partial").count() == 0, "partial left on screen after stop"
+
+    # Downloads, built in the page from the finals.
+    saved = {}
+    for button, ext in (("#dl-txt", "txt"), ("#dl-srt", "srt"), ("#dl-vtt", "vtt")):
+        with page.expect_download() as info:
+            page.click(button)
+        dl = info.value
+        path = OUT_DIR / f"browser-transcript.{ext}"
+        dl.save_as(str(path))
+        saved[ext] = path.read_text(encoding="utf-8")
+        assert dl.suggested_filename.endswith("." + ext)
+    page_text = page.evaluate("window.captions.text()")
+    assert " ".join(saved["txt"].split()) == " ".join(page_text.split())
+    cue = r"(\d+)\n(\d\d:\d\d:\d\d)[,.](\d{3}) --> (\d\d:\d\d:\d\d)[,.](\d{3})\n(.+?)\n(?:\n|$)"
+    srt_cues = re.findall(cue.replace("[,.]", ","), saved["srt"], flags=re.S)
+    assert srt_cues and srt_cues[0][0] == "1", saved["srt"][:300]
+    assert saved["vtt"].startswith("WEBVTT\n\n")
+    vtt_cues = re.findall(cue.replace("[,.]", r"\."), saved["vtt"], flags=re.S)
+    assert len(vtt_cues) == len(srt_cues)
+    assert " ".join(" ".join(c[5].split()) for c in srt_cues).split() == page_text.split()
+    print(f"expected words on the page {first_caption_s:.1f} s after opening it; recall {recall:.0%}; {len(finals)} finals")
+    assert not [e for e in page.errors if "favicon" not in e], page.errors
+
+
+def test_reconnect_resumes_session(daemon, page):
+    """An unexpected close is followed by a reconnect that resumes the same session, without duplicates."""
+    _open(page, daemon)
+    _start(page)
+    page.wait_for_function("() => window.captions.finals.length >= 1", timeout=CAPTION_TIMEOUT_S * 1000)
+    session = page.evaluate("window.captions.sessionId")
+    before = page.evaluate("window.captions.finals")
+
+    page.evaluate("window.captions.simulateDrop()")
+    page.wait_for_function("() => window.captions.state !== 'live'", timeout=5000)
+    page.wait_for_function("() => window.captions.state === 'live'", timeout=30000)
+    assert page.evaluate("window.captions.sessionId") == session, "reconnect did not resume the session"
+    n = len(before)
+    page.wait_for_function(f"() => window.captions.finals.length > {n}", timeout=CAPTION_TIMEOUT_S * 1000)
+    _stop(page)
+
+    after = page.evaluate("window.captions.finals")
+    assert [f["text"] for f in after[:n]] == [f["text"] for f in before], "finals shown before the drop changed"
+    assert page.locator("#captions .final").count() == len(after), "a final is shown twice"
+    # The page's transcript is the server's transcript of that session.
+    url = f"{daemon.http_url}/v1/sessions/{session}/transcript?format=txt"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        server_text = resp.read().decode("utf-8")
+    page_text = page.evaluate("window.captions.text()")
+    assert " ".join(server_text.split()) == " ".join(page_text.split())
+    assert not [e for e in page.errors if "favicon" not in e], page.errors
