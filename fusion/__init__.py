@@ -1,0 +1,33 @@
+"""Uncertainty-aware dynamic fusion (UADF) of streaming Whisper with a small causal LLM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ctranslate2
+import torch
+from faster_whisper.tokenizer import Tokenizer
+
+from fusion.calibration import Calibration
+from fusion.decoder import DecodeResult, FusionContext, FusionDecoder
+from fusion.llm_loader import load_llm
+from fusion.llm_scorer import LLMScorer
+from fusion.options import FusionOptions
+
+# Shipped calibration of tiny.en + the default LLM (written by `uadf-stream calibrate`).
+DEFAULT_CALIBRATION = Path(__file__).with_name("calibration.json")
+
+__all__ = ["DecodeResult", "FusionContext", "FusionDecoder", "FusionOptions", "create_decoder"]
+
+
+def create_decoder(whisper: ctranslate2.models.Whisper, tokenizer: Tokenizer, options: FusionOptions) -> FusionDecoder:
+    """Load the calibration and, when `options.llm` is set, the LLM (never from a hub)."""
+    path = Path(options.calibration).expanduser() if options.calibration else DEFAULT_CALIBRATION
+    calibration = Calibration.load(path) if path.exists() else Calibration()
+    scorer = None
+    if options.llm:
+        if options.threads > 0:
+            torch.set_num_threads(options.threads)
+        llm = load_llm(options.llm, options.device, options.cache_dir)
+        scorer = LLMScorer(llm, calibration.llm_tau)
+    return FusionDecoder(whisper, tokenizer, options, scorer, calibration)

@@ -8,6 +8,8 @@ from typing import Sequence
 from streamer.asr_backend import Word
 
 _PUNCT = re.compile(r"[^\w']+")
+MAX_NGRAM = 5  # committed words looked for when a hypothesis rewrites the committed part
+NEAR = 1.0  # seconds: how far word timings may drift between hypotheses
 
 
 def normalize(word: str) -> str:
@@ -29,13 +31,22 @@ def strip_committed(hypothesis: Sequence[Word], committed: Sequence[Word], commi
     """The part of a window's hypothesis that is not committed yet.
 
     The window still holds the audio of `committed` (words final since the buffer was last trimmed).
-    When the hypothesis repeats them word for word they are cut by count; otherwise by time.
+    When the hypothesis repeats them word for word they are cut by count. When it has changed its
+    mind about them, the last committed words are looked for near `committed_end` (longest run
+    first, as whisper_streaming's n-gram check does) and the hypothesis is cut after them; failing
+    that, by time.
     """
     if not committed:
         return list(hypothesis)
     if common_prefix(hypothesis, committed) == len(committed):
         return list(hypothesis[len(committed) :])
-    return [w for w in hypothesis if (w.start + w.end) / 2 > committed_end]
+    keys = [normalize(w.word) for w in hypothesis]
+    tail = [normalize(w.word) for w in committed[-MAX_NGRAM:]]
+    for k in range(len(tail), 0, -1):
+        for j in range(len(hypothesis), k - 1, -1):
+            if keys[j - k : j] == tail[-k:] and abs(hypothesis[j - 1].end - committed_end) <= NEAR:
+                return list(hypothesis[j:])
+    return [w for w in hypothesis if w.start >= committed_end - 0.1]
 
 
 class LocalAgreement:

@@ -9,7 +9,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.sessions = Gauge("uadf_sessions", "Live sessions", registry=r)
+        self.sessions = Gauge("uadf_active_sessions", "Live sessions", registry=r)
         self.sessions_total = Counter("uadf_sessions_total", "Sessions started", registry=r)
         self.audio_seconds = Counter("uadf_audio_seconds_total", "Seconds of audio received", registry=r)
         self.decode_seconds = Histogram(

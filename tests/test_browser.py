@@ -141,7 +141,7 @@ def browser(tmp_path_factory, clip):
             executable_path=str(chromium),
             headless=True,
             args=args,
-            viewport={"width": 1100, "height": 640},
+            viewport={"width": 1280, "height": 720},
             accept_downloads=True,
         )
         try:

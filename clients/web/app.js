@@ -33,6 +33,7 @@
     ready: false,
     sessionId: null,
     freshNext: false,    // next connect starts a new session instead of resuming
+    restartNow: false,   // we closed the socket to start a new session: reconnect at once
     mode: "asr",
     model: "",
     sampleRate: 0,
@@ -314,7 +315,8 @@
         if (m.model) S.model = m.model;
         updateSession();
         updateInfo();
-        if (S.lastError && /^(connection|reconnect)/i.test(S.lastError)) showError("");
+        if (resuming && !resumed) showError("could not resume the session: continued in a new one");
+        else showError("");
         if (S.stopping || S.switching) {
           flushPending();
           send({ type: "stop" });
@@ -373,6 +375,7 @@
         if (code === "unknown_session" || code === "session_too_long") {
           // The server cannot resume this session: go on in a new one, keeping the captions.
           S.freshNext = true;
+          S.restartNow = true;
           if (S.ws) S.ws.close(4001, "new session");
         }
         break;
@@ -404,8 +407,10 @@
       setState("error");
       return;
     }
-    if (ev.code !== 4001 && !S.lastError) showError("connection lost (" + ev.code + (ev.reason ? " " + ev.reason : "") + ")");
-    scheduleReconnect(ev.code === 4001 ? 0 : undefined);
+    const now = S.restartNow;
+    S.restartNow = false;
+    if (!now && !S.lastError) showError("connection lost (" + ev.code + (ev.reason ? " " + ev.reason : "") + ")");
+    scheduleReconnect(now ? 0 : undefined);
   }
 
   function scheduleReconnect(delayMs) {

@@ -1,0 +1,1 @@
+"""Clients of the uadf-stream daemon: microphone, file, and the browser captions page (web/)."""

@@ -1,0 +1,108 @@
+"""Live captions from the microphone: the partial line is rewritten in place, finals are printed.
+
+    python -m clients.mic [--url ws://127.0.0.1:8765/v1/listen] [--device N] [--list-devices]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import sys
+
+import numpy as np
+
+from clients.stream import DEFAULT_URL, connect, start_message, to_pcm16
+
+
+class CaptionLine:
+    """Terminal caption display: finals scroll up, the partial stays on the last line."""
+
+    def __init__(self, stream=sys.stdout):
+        self.stream = stream
+        self.width = shutil.get_terminal_size((100, 20)).columns - 1
+
+    def partial(self, text: str) -> None:
+        shown = text[-self.width :]
+        self.stream.write("\r\033[2K\033[2m" + shown + "\033[0m")
+        self.stream.flush()
+
+    def final(self, text: str, endpoint: bool) -> None:
+        self.stream.write("\r\033[2K" + text + ("\n" if endpoint else " "))
+        self.stream.flush()
+
+
+async def run(args: argparse.Namespace) -> None:
+    import sounddevice as sd
+
+    info = sd.query_devices(args.device, "input")
+    rate = int(args.rate or info["default_samplerate"])
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[np.ndarray] = asyncio.Queue(maxsize=100)
+
+    def callback(indata, frames, time_info, status) -> None:  # audio thread
+        loop.call_soon_threadsafe(queue.put_nowait, indata[:, 0].copy())
+
+    display = CaptionLine()
+    async with connect(args.url, args.token) as ws:
+        await ws.send(start_message(rate, 1, args.mode))
+        ready = json.loads(await ws.recv())
+        if ready.get("type") != "ready":
+            raise SystemExit(f"server refused the session: {ready}")
+        print(f"# session {ready['session_id']} ({ready['mode']}, {ready['model']}); Ctrl-C to stop", file=sys.stderr)
+
+        async def send() -> None:
+            while True:
+                await ws.send(to_pcm16(await queue.get()))
+
+        async def receive() -> None:
+            pending = ""
+            async for raw in ws:
+                msg = json.loads(raw)
+                if msg["type"] == "partial":
+                    pending = msg["text"]
+                    display.partial(pending)
+                elif msg["type"] == "final":
+                    display.final(msg["text"], msg.get("endpoint", False))
+                elif msg["type"] == "error":
+                    print(f"\nerror {msg['code']}: {msg['message']}", file=sys.stderr)
+                elif msg["type"] == "end":
+                    return
+
+        with sd.InputStream(samplerate=rate, channels=1, dtype="float32", device=args.device, blocksize=int(rate * 0.05), callback=callback):
+            receiver = asyncio.create_task(receive())
+            sender = asyncio.create_task(send())
+            try:
+                await receiver
+            except asyncio.CancelledError:
+                pass
+            finally:
+                sender.cancel()
+                await ws.send(json.dumps({"type": "stop"}))
+                await asyncio.wait_for(receive(), 30)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m clients.mic", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--url", default=DEFAULT_URL)
+    p.add_argument("--device", type=lambda s: int(s) if s.isdigit() else s, help="input device index or name")
+    p.add_argument("--list-devices", action="store_true")
+    p.add_argument("--rate", type=int, help="capture sample rate (default: the device's)")
+    p.add_argument("--mode", choices=["asr", "shallow", "uadf", "uadf-llm"])
+    p.add_argument("--token")
+    args = p.parse_args(argv)
+    if args.list_devices:
+        import sounddevice as sd
+
+        print(sd.query_devices())
+        return 0
+    try:
+        asyncio.run(run(args))
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

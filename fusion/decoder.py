@@ -1,0 +1,209 @@
+"""ASR-led step-wise decoding over CTranslate2 Whisper with uncertainty-gated LLM fusion.
+
+One greedy `generate` gives the ASR path and its per-step logits. Walking the steps, the LLM is
+consulted only where the calibrated ASR entropy passes the gate (every step in `shallow` mode);
+the candidates are the ASR's own top-k tokens, compared as text. When the fused choice differs
+from the ASR's, decoding continues from the accepted prefix forced through the prompt (the
+forced positions come back teacher-forced, so earlier logits stay valid).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import ctranslate2
+import numpy as np
+from faster_whisper.tokenizer import Tokenizer
+
+from fusion.calibration import Calibration
+from fusion.candidates import WordPieces, complete_with_asr, select_candidates
+from fusion.llm_scorer import LLMScorer, LLMState
+from fusion.options import FusionOptions
+from fusion.uncertainty import entropy, fusion_weight, gate_open, log_softmax
+
+
+@dataclass
+class DecodeResult:
+    """One window's text tokens (no specials) with per-token ASR probabilities and fusion marks."""
+
+    tokens: list[int]
+    token_probs: list[float]
+    fused: list[bool]
+    avg_logprob: float
+    no_speech_prob: float
+    llm_calls: int = 0
+    steps: int = 0
+    llm_seconds: float = 0.0
+
+
+@dataclass
+class FusionContext:
+    """Per-session LLM context: the committed transcript and the KV cache that holds it."""
+
+    scorer: LLMScorer | None
+    max_tokens: int = 200
+    committed: str = ""
+    state: LLMState = field(default_factory=LLMState)
+
+    def commit(self, text: str) -> None:
+        """Append final text. The cache extends lazily at the next LLM call (only new tokens are
+        fed); past max_tokens the oldest words are dropped down to half, which rebuilds the
+        cache once every ~max_tokens/2 tokens instead of shifting it at every commit."""
+        self.committed = f"{self.committed} {text.strip()}".strip()
+        if self.scorer is not None and len(self.scorer.tokenize(self.committed)) > self.max_tokens:
+            words = self.committed.split()
+            keep = max(1, int(len(words) * self.max_tokens / 2 / len(self.scorer.tokenize(self.committed))))
+            self.committed = " ".join(words[-keep:])
+
+    def prefix_text(self, window_text: str) -> str:
+        """The LLM context: committed transcript followed by the window's accepted text."""
+        if not self.committed:
+            return window_text.lstrip()
+        return self.committed + (window_text if window_text.startswith(" ") else " " + window_text)
+
+
+class FusionDecoder:
+    """Built once per daemon; decode() serves every session and every mode."""
+
+    def __init__(
+        self,
+        whisper: ctranslate2.models.Whisper,
+        tokenizer: Tokenizer,
+        options: FusionOptions,
+        scorer: LLMScorer | None,
+        calibration: Calibration,
+    ) -> None:
+        self.whisper = whisper
+        self.tokenizer = tokenizer
+        self.options = options
+        self.scorer = scorer
+        self.calibration = calibration
+        self.gate = options.gate if options.gate is not None else calibration.gate
+        self.pieces = WordPieces(tokenizer)
+        self.eot = tokenizer.eot
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """Modes this decoder can serve (fusion modes need an LLM)."""
+        return ("asr",) if self.scorer is None else ("asr", "shallow", "uadf")
+
+    def new_context(self) -> FusionContext:
+        return FusionContext(scorer=self.scorer, max_tokens=self.options.context_tokens)
+
+    def _generate(self, encoder: ctranslate2.StorageView, prompt: list[int], max_length: int, first: bool):
+        return self.whisper.generate(
+            encoder,
+            [prompt],
+            beam_size=1,
+            max_length=max_length,
+            return_no_speech_prob=first,
+            return_logits_vocab=True,
+            suppress_blank=first,  # a forced prefix already decided the first step
+        )[0]
+
+    def _logits(self, step: ctranslate2.StorageView) -> np.ndarray:
+        """Logits over text tokens + eot; timestamps and other specials are never candidates."""
+        return np.array(step, dtype=np.float32).reshape(-1)[: self.eot + 1]
+
+    def decode(
+        self,
+        encoder_output: ctranslate2.StorageView,
+        prompt: list[int],
+        context: FusionContext,
+        mode: str,
+        max_length: int,
+    ) -> DecodeResult:
+        if mode != "asr" and self.scorer is None:
+            raise ValueError(f"mode {mode!r} needs an LLM (fusion.llm)")
+        result = self._generate(encoder_output, prompt, max_length, first=True)
+        no_speech = float(result.no_speech_prob)
+        tokens = list(result.sequences_ids[0])
+        logits = [self._logits(step) for step in result.logits[0]]
+        fused = [False] * len(tokens)
+        calls, llm_seconds, encoder_np = 0, 0.0, None
+        i = 0
+        while i < len(logits) and mode != "asr":
+            chosen = tokens[i] if i < len(tokens) else self.eot
+            if chosen < self.eot:
+                cal = log_softmax(logits[i], self.calibration.asr_tau)
+                h = float(entropy(cal))
+                if mode == "shallow" or gate_open(h, self.gate):
+                    cands = select_candidates(cal, self.eot, self.options.top_k, self.options.min_candidate_prob)
+                    if chosen not in cands:
+                        cands = [chosen] + cands[: self.options.top_k - 1]
+                    if len(cands) > 1:
+                        if encoder_np is None:
+                            encoder_np = np.array(encoder_output)
+                        t0 = time.perf_counter()
+                        llm_lp = self._llm_scores(encoder_np, prompt, tokens, i, cands, chosen, context)
+                        llm_seconds += time.perf_counter() - t0
+                        calls += 1
+                        if mode == "shallow":
+                            raw = log_softmax(logits[i])
+                            score = np.array([raw[c] for c in cands]) + self.options.shallow_weight * llm_lp
+                        else:
+                            p_llm = np.exp(llm_lp - llm_lp.max())
+                            p_llm /= p_llm.sum()
+                            score = np.exp([cal[c] for c in cands]) + fusion_weight(h) * p_llm
+                        winner = cands[int(np.argmax(score))]
+                        if winner != chosen:
+                            forced = self._generate(encoder_output, prompt + tokens[:i] + [winner], max_length, False)
+                            tokens = list(forced.sequences_ids[0])
+                            logits = logits[: i + 1] + [self._logits(s) for s in forced.logits[0][i + 1 :]]
+                            fused = fused[:i] + [True] + [False] * (len(tokens) - i - 1)
+            i += 1
+        return self._result(tokens, logits, fused, no_speech, calls, llm_seconds)
+
+    def _llm_scores(
+        self,
+        encoder_np: np.ndarray,
+        prompt: list[int],
+        tokens: list[int],
+        i: int,
+        cands: list[int],
+        chosen: int,
+        context: FusionContext,
+    ) -> np.ndarray:
+        """LLM log-prob of each candidate's text, on top of the cached shared context."""
+        limit = self.options.completion_tokens
+        j = self.pieces.word_start(tokens, i)
+        others = [c for c in cands if c != chosen]
+        completions = dict(
+            zip(others, complete_with_asr(self.whisper, encoder_np, prompt, tokens[:i], others, self.pieces, limit))
+        )
+        completions[chosen] = self.pieces.completion(tokens[i + 1 :], limit)
+        context_text = context.prefix_text(self.tokenizer.decode(tokens[:j]))
+        texts = [self.tokenizer.decode(tokens[j:i] + [c] + completions[c]) for c in cands]
+        if not context_text:
+            texts = [t.lstrip() for t in texts]
+        self.scorer.sync(context.state, self.scorer.context_ids(context_text))
+        return self.scorer.score(context.state, texts)
+
+    def _result(
+        self,
+        tokens: list[int],
+        logits: list[np.ndarray],
+        fused: list[bool],
+        no_speech: float,
+        calls: int,
+        llm_seconds: float,
+    ) -> DecodeResult:
+        """ASR probabilities of the final path; avg_logprob as faster-whisper (eot included)."""
+        def logprob(step: np.ndarray, token: int) -> float:
+            top = float(step.max())
+            return float(step[token]) - top - float(np.log(np.exp(step.astype(np.float64) - top).sum()))
+
+        token_lp = [logprob(logits[k], t) for k, t in enumerate(tokens)]
+        eot_lp = [logprob(logits[len(tokens)], self.eot)] if len(logits) > len(tokens) else []
+        total = token_lp + eot_lp
+        return DecodeResult(
+            tokens=tokens,
+            token_probs=[float(np.exp(x)) for x in token_lp],
+            fused=fused,
+            avg_logprob=sum(total) / (len(tokens) + 1),
+            no_speech_prob=no_speech,
+            llm_calls=calls,
+            steps=len(logits),
+            llm_seconds=llm_seconds,
+        )
