@@ -18,7 +18,7 @@ class FusionOptions:
     """
 
     mode: str = "asr"
-    llm: str = "smollm2"
+    llm: str = ""  # none: asr only; "smollm2", "gemma3-270m", a GGUF file, folder or local hub id
     calibration: str | None = None
     gate: float | None = None
     top_k: int = 4
@@ -28,7 +28,7 @@ class FusionOptions:
     completion_tokens: int = 3
     cache_dir: str = "~/.cache/uadf-stream/llm"
     device: str = "auto"
-    threads: int = 0
+    threads: int = 1  # torch threads for the LLM; 1 is fastest on a shared small CPU
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:

@@ -44,6 +44,7 @@ class AudioConverter:
             if fmt.sample_rate != SAMPLE_RATE
             else None
         )
+        self._flushed = False
 
     def decode(self, data: bytes) -> np.ndarray:
         """One binary frame -> 16 kHz mono float32. Raises StreamError(bad_audio) on a malformed frame."""
@@ -66,7 +67,10 @@ class AudioConverter:
         return self._resample(audio, last=False)
 
     def flush(self) -> np.ndarray:
-        """The resampler's delayed tail, at end of stream."""
+        """The resampler's delayed tail, at end of stream; later calls return nothing."""
+        if self._flushed:
+            return np.zeros(0, np.float32)
+        self._flushed = True
         return self._resample(np.zeros(0, np.float32), last=True)
 
     def _resample(self, audio: np.ndarray, last: bool) -> np.ndarray:

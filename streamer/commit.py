@@ -56,12 +56,18 @@ class LocalAgreement:
         self.n = n
         self._history: list[list[Word]] = []
 
-    def update(self, uncommitted: list[Word]) -> list[Word]:
-        """Add the newest uncommitted hypothesis; return the words that become final now."""
+    def update(self, uncommitted: list[Word], until: float = float("inf")) -> list[Word]:
+        """Add the newest uncommitted hypothesis; return the words that become final now.
+
+        Only words ending by `until` may be committed: words near the window's end are often cut
+        short or guessed from too little audio, and two guesses can agree by chance.
+        """
         self._history = (self._history + [uncommitted])[-self.n :]
         if len(self._history) < self.n:
             return []
         agreed = min(common_prefix(self._history[-1], h) for h in self._history[:-1])
+        while agreed and uncommitted[agreed - 1].end > until:
+            agreed -= 1
         done = uncommitted[:agreed]
         self._history = [h[agreed:] for h in self._history]
         return done

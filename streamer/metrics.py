@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 
 class Metrics:
@@ -21,7 +22,12 @@ class Metrics:
         self.finals = Counter("uadf_finals_total", "Final messages committed", registry=r)
         self.llm_calls = Counter("uadf_llm_calls_total", "LLM scoring calls made by fusion", registry=r)
         self.errors = Counter("uadf_errors_total", "Errors sent to clients", ["code"], registry=r)
+        self.send_queue_depth = Gauge("uadf_send_queue_depth", "Messages waiting in the sessions' send queues", registry=r)
+        self.send_queue_max = Gauge("uadf_send_queue_max", "Longest send queue of a session", registry=r)
+        self.connections = Gauge("uadf_connections", "Open websocket connections", registry=r)
         self.send_queue_dropped = Counter("uadf_partials_dropped_total", "Partials dropped for slow clients", registry=r)
+
+    content_type = CONTENT_TYPE_PLAIN_0_0_4  # the text format every Prometheus version scrapes
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -142,7 +142,7 @@ class StreamingProcessor:
             self.agreement.reset()
             self.uncommitted = []
         else:
-            done = self.agreement.update(new)
+            done = self.agreement.update(new, until=request.meta["end"] - self.options.commit_margin)
             if done:
                 events.append(self._commit(done, endpoint=False))
             self.uncommitted = new[len(done) :]

@@ -8,6 +8,7 @@ import json
 import logging
 import signal
 import ssl
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -18,12 +19,38 @@ from streamer.engine import Engine
 from streamer.errors import CLOSE_NORMAL, CLOSE_POLICY, StreamError
 from streamer.formats import RENDERERS
 from streamer.metrics import Metrics
-from streamer.protocol import End, Finalize, KeepAlive, Start, Stop, parse_client_message, to_dict, to_json
+from streamer.protocol import End, Error, Finalize, KeepAlive, Start, Stop, parse_client_message, to_dict, to_json
 from streamer.scheduler import DecodeScheduler
 from streamer.session import Session
 from streamer.store import TranscriptStore
 
 log = logging.getLogger(__name__)
+
+CLOSE_TIMEOUT = 5.0  # seconds a close handshake (or a send to a client that does not read) may take
+
+
+def parse_text(data: str, limit: int):
+    """A text frame -> a client message; anything malformed is a per-frame StreamError, never `internal`."""
+    if len(data) > limit:
+        raise StreamError("frame_too_large", f"text frame of {len(data)} characters exceeds {limit}")
+    try:
+        return parse_client_message(data)
+    except StreamError:
+        raise
+    except (ValueError, TypeError, RecursionError) as exc:  # e.g. an integer past Python's 4300-digit limit
+        raise StreamError("bad_message", f"text frames must be JSON: {str(exc)[:80]}") from None
+
+class _IdleTimer:
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.reset()
+
+    def reset(self) -> None:
+        self.deadline = time.monotonic() + self.seconds
+
+    def remaining(self) -> float:
+        return max(self.deadline - time.monotonic(), 0.0)
+
 
 WEB_ROOT = Path(__file__).resolve().parent.parent / "clients" / "web"
 PUBLIC_PREFIXES = ("/web/",)
@@ -41,6 +68,8 @@ class Daemon:
         self.scheduler = DecodeScheduler(engine.backend, config.scheduler, self.metrics)
         self.sessions: dict[str, Session] = {}
         self.connections: set[web.WebSocketResponse] = set()
+        self._sockets: dict[str, web.WebSocketResponse] = {}  # session id -> its connection
+        self._background: set[asyncio.Task] = set()
         self.accepting = True
 
     # -- access ----------------------------------------------------------------------------------
@@ -90,7 +119,12 @@ class Daemon:
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
         self.metrics.sessions.set(len(self.sessions))
-        return web.Response(body=self.metrics.render(), content_type="text/plain", charset="utf-8")
+        self.metrics.connections.set(len(self.connections))
+        depths = [len(s.outbox) for s in self.sessions.values()]
+        self.metrics.send_queue_depth.set(sum(depths))
+        self.metrics.send_queue_max.set(max(depths, default=0))
+        self.metrics.queue_depth.set(self.scheduler.depth)
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": self.metrics.content_type})
 
     async def transcript(self, request: web.Request) -> web.Response:
         session_id = request.match_info["session_id"]
@@ -107,48 +141,60 @@ class Daemon:
 
     # -- websocket ---------------------------------------------------------------------------------
     async def listen(self, request: web.Request) -> web.WebSocketResponse:
-        # aiohttp itself refuses frames past 4x the limit; up to that we answer frame_too_large and go on
+        # aiohttp itself refuses frames past 4x the limit (close 1009); up to that we answer
+        # frame_too_large and go on
         ws = web.WebSocketResponse(max_msg_size=self.options.max_frame_bytes * 4, heartbeat=20.0)
         await ws.prepare(request)
         self.connections.add(ws)
         session: Session | None = None
         writer: asyncio.Task | None = None
+        idle = _IdleTimer(self.options.idle_timeout)
         try:
             if not self.accepting:
-                raise StreamError("busy", "the daemon is shutting down")
-            session = await self._start(ws)
+                raise StreamError("busy", "the daemon is shutting down", fatal=True)
+            session = await self._start(ws, idle)
             if session is None:
                 return ws
-            writer = asyncio.create_task(self._write(ws, session))
-            await self._read(ws, session)
+            writer = asyncio.create_task(self._write(ws, session), name=f"send-{session.id}")
+            await self._read(ws, session, idle)
         except StreamError as exc:
-            await self._fail(ws, session, exc)
+            await self._fail(request, ws, session, writer, exc)
         except Exception:
             log.exception("connection failed")
-            await self._fail(ws, session, StreamError("internal", "internal error"))
+            await self._fail(request, ws, session, writer, StreamError("internal", "internal error"))
         finally:
             if session is not None:
                 await self._end_session(session, writer)
             self.connections.discard(ws)
         return ws
 
-    async def _receive(self, ws: web.WebSocketResponse):
+    async def _receive(self, ws: web.WebSocketResponse, idle: "_IdleTimer"):
+        """The next frame. Protocol pings do not count as activity: idle means no frame from the client."""
         try:
-            return await ws.receive(timeout=self.options.idle_timeout)
+            msg = await asyncio.wait_for(ws.receive(), idle.remaining())
         except asyncio.TimeoutError:
             raise StreamError("idle_timeout", f"no message for {self.options.idle_timeout:g} s", fatal=True) from None
+        idle.reset()
+        return msg
 
-    async def _start(self, ws: web.WebSocketResponse) -> Session | None:
+    async def _send_direct(self, ws: web.WebSocketResponse, text: str) -> None:
+        """A send outside the outbox (before the session's writer runs), bounded in time."""
+        try:
+            await asyncio.wait_for(ws.send_str(text), CLOSE_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise StreamError("slow_consumer", "the client does not read its messages", fatal=True) from None
+
+    async def _start(self, ws: web.WebSocketResponse, idle: "_IdleTimer") -> Session | None:
         """Wait for a valid `start`; frames before it get not_started and are dropped."""
         while True:
-            msg = await self._receive(ws)
+            msg = await self._receive(ws, idle)
             if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                 return None
             if msg.type == WSMsgType.BINARY:
                 await self._send_error(ws, StreamError("not_started", "send a start message before audio"))
                 continue
             try:
-                message = parse_client_message(msg.data)
+                message = parse_text(msg.data, self.options.max_frame_bytes)
             except StreamError as exc:
                 if exc.fatal:
                     raise
@@ -160,35 +206,53 @@ class Daemon:
 
     async def _open(self, ws: web.WebSocketResponse, start: Start) -> Session:
         previous = []
+        resume_at = None
         session_id = start.session_id
         if session_id:
-            old = self.sessions.get(session_id)
-            if old is not None:  # the client reconnected before we noticed it left
-                await self._end_session(old, None)
             if not self.store.exists(session_id):
                 raise StreamError("unknown_session", f"no session {session_id!r} to resume", fatal=True)
+            old = self.sessions.get(session_id)
+            if old is not None:  # the client reconnected before we noticed it left: the new connection wins
+                await self._take_over(old)
+            elif len(self.sessions) >= self.options.max_sessions:
+                raise StreamError("busy", f"all {self.options.max_sessions} sessions are in use; try again later", fatal=True)
             previous = self.store.read(session_id)
+            resume_at = self.store.stream_end(session_id)
         elif len(self.sessions) >= self.options.max_sessions:
             raise StreamError("busy", f"all {self.options.max_sessions} sessions are in use; try again later", fatal=True)
         session = Session(
-            session_id or Session.new_id(), start, self.engine, self.scheduler, self.store, self.options, self.metrics, previous
+            session_id or Session.new_id(), start, self.engine, self.scheduler, self.store, self.options, self.metrics, previous,
+            resume_at,
         )
         self.sessions[session.id] = session
+        self._sockets[session.id] = ws
         self.metrics.sessions_total.inc()
         self.metrics.sessions.set(len(self.sessions))
-        await ws.send_str(to_json(session.ready(resumed=bool(start.session_id))))
+        await self._send_direct(ws, to_json(session.ready(resumed=bool(start.session_id))))
         for final in previous[start.resume_from :]:
-            await ws.send_str(to_json(final))
-        log.info("session %s started (%s)", session.id, session.mode)
+            await self._send_direct(ws, to_json(final))
+        log.info("session %s %s (%s)", session.id, "resumed" if start.session_id else "started", session.mode)
         return session
 
-    async def _read(self, ws: web.WebSocketResponse, session: Session) -> None:
-        while True:
-            msg = await self._receive(ws)
+    async def _take_over(self, old: Session) -> None:
+        """A resume of a session that is still live: finish the old one (its audio becomes finals on disk)
+        and close its connection, so the new connection owns the session."""
+        old_ws = self._sockets.get(old.id)
+        await self._end_session(old, None)
+        if old_ws is not None and not old_ws.closed:
+            task = asyncio.create_task(self._close(old_ws, CLOSE_POLICY, b"session resumed on another connection"))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _read(self, ws: web.WebSocketResponse, session: Session, idle: "_IdleTimer") -> None:
+        while not session.closed:
+            msg = await self._receive(ws, idle)
+            if session.closed:  # taken over by a resume while we waited
+                return
             if msg.type == WSMsgType.BINARY:
                 self._guard(session, session.feed, msg.data)
             elif msg.type == WSMsgType.TEXT:
-                message = self._guard(session, parse_client_message, msg.data)
+                message = self._guard(session, parse_text, msg.data, self.options.max_frame_bytes)
                 if isinstance(message, Stop):
                     await session.flush()
                     session.outbox.put(End(session_id=session.id, finals=session.finals, audio_seconds=session.audio_seconds))
@@ -205,10 +269,10 @@ class Daemon:
                 raise StreamError("slow_consumer", "the client does not read its messages", fatal=True)
 
     @staticmethod
-    def _guard(session: Session, fn, data):
+    def _guard(session: Session, fn, *args):
         """Per-frame errors go back to the client; fatal ones end the session."""
         try:
-            return fn(data)
+            return fn(*args)
         except StreamError as exc:
             if exc.fatal:
                 raise
@@ -225,37 +289,59 @@ class Daemon:
     async def _send_error(self, ws: web.WebSocketResponse, exc: StreamError) -> None:
         self.metrics.errors.labels(exc.code).inc()
         if not ws.closed:
-            await ws.send_str(json.dumps({"type": "error", "code": exc.code, "message": exc.message}))
+            await self._send_direct(ws, json.dumps({"type": "error", "code": exc.code, "message": exc.message}))
 
-    async def _fail(self, ws: web.WebSocketResponse, session: Session | None, exc: StreamError) -> None:
-        """A fatal error: what was said is kept (flushed to finals), the client is told, then closed."""
-        if session is not None and exc.code != "slow_consumer":
-            await session.flush()
-            while len(session.outbox) and not ws.closed:
-                await asyncio.sleep(0.01)
+    async def _close(self, ws: web.WebSocketResponse, code: int, reason: bytes, transport=None) -> None:
+        """Close with a code; a peer that does not take part in the close handshake is cut off."""
         try:
-            await self._send_error(ws, exc)
-            await ws.close(code=exc.close_code if exc.fatal else CLOSE_POLICY, message=exc.code.encode())
-        except (ConnectionError, RuntimeError):
-            pass
+            await asyncio.wait_for(ws.close(code=code, message=reason), CLOSE_TIMEOUT)
+        except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+            if transport is not None:
+                transport.abort()
+
+    async def _fail(
+        self, request: web.Request, ws: web.WebSocketResponse, session: Session | None, writer: asyncio.Task | None, exc: StreamError
+    ) -> None:
+        """A fatal error: what was said is kept (flushed to finals), the client is told, then closed."""
+        code = exc.close_code if exc.fatal else CLOSE_POLICY
+        if session is not None and writer is not None and not writer.done():
+            # through the outbox, after the finals it holds; bounded, since the client may not read
+            if exc.code != "slow_consumer":
+                await session.flush()
+            self.metrics.errors.labels(exc.code).inc()
+            session.outbox.put(Error(code=exc.code, message=exc.message), force=True)
+            deadline = time.monotonic() + CLOSE_TIMEOUT
+            while len(session.outbox) and not writer.done() and not ws.closed and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        else:
+            if session is not None:
+                await session.flush()
+            try:
+                await self._send_error(ws, exc)
+            except (StreamError, ConnectionError, RuntimeError):
+                pass
+        await self._close(ws, code, exc.code.encode(), request.transport)
 
     async def _end_session(self, session: Session, writer: asyncio.Task | None) -> None:
         """Connection gone (or taken over): pending audio still becomes finals on disk."""
-        if self.sessions.get(session.id) is not session:
-            return
         try:
             await session.flush()
         finally:
-            del self.sessions[session.id]
+            if self.sessions.get(session.id) is session:
+                del self.sessions[session.id]
+                self._sockets.pop(session.id, None)
             self.metrics.sessions.set(len(self.sessions))
-            if writer is not None:
-                session.outbox.put(None)
+            if writer is not None and not writer.done():
+                session.outbox.put(None, force=True)
                 try:
-                    await asyncio.wait_for(writer, 5)
-                except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+                    await asyncio.wait_for(writer, CLOSE_TIMEOUT)
+                except (asyncio.TimeoutError, asyncio.CancelledError, ConnectionError, RuntimeError):
                     writer.cancel()
-            await session.close()
-            log.info("session %s ended: %d finals, %.1f s of audio", session.id, session.finals, session.audio_seconds)
+            if writer is not None and writer.done() and not writer.cancelled():
+                writer.exception()  # retrieved: a connection reset while sending is not an error of ours
+            if not session.closed:
+                await session.close()
+                log.info("session %s ended: %d finals, %.1f s of audio", session.id, session.finals, session.audio_seconds)
 
     # -- life cycle --------------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -272,15 +358,20 @@ class Daemon:
     async def shutdown(self) -> None:
         """Stop accepting; every session's pending audio becomes finals, sent, then a normal close."""
         self.accepting = False
-        for session in list(self.sessions.values()):
-            await session.flush()
-            session.outbox.put(End(session_id=session.id, finals=session.finals, audio_seconds=session.audio_seconds))
-        for _ in range(200):
-            if not any(len(s.outbox) for s in self.sessions.values()):
-                break
+        sessions = list(self.sessions.values())
+        for session in sessions:
+            session.stopping = True  # audio that still arrives is not taken (its finals could not be sent)
+        await asyncio.gather(*(self._finish(s) for s in sessions), return_exceptions=True)
+        await asyncio.gather(
+            *(self._close(ws, CLOSE_NORMAL, b"server shutting down") for ws in list(self.connections)), return_exceptions=True
+        )
+
+    async def _finish(self, session: Session) -> None:
+        await session.flush()
+        session.outbox.put(End(session_id=session.id, finals=session.finals, audio_seconds=session.audio_seconds), force=True)
+        deadline = time.monotonic() + CLOSE_TIMEOUT
+        while len(session.outbox) and not session.closed and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
-        for ws in list(self.connections):
-            await ws.close(code=CLOSE_NORMAL, message=b"server shutting down")
 
 
 def ssl_context(config: Config) -> ssl.SSLContext | None:

@@ -39,9 +39,12 @@ class Outbox:
         self._ready = asyncio.Event()
         self.overflowed = False
 
-    def put(self, message: ServerMessage | None) -> None:
-        """Queue a message; None marks the end of the stream."""
-        if isinstance(message, Partial):
+    def put(self, message: ServerMessage | None, force: bool = False) -> None:
+        """Queue a message; None marks the end of the stream. `force`: a last message (end, a fatal
+        error) that goes in whatever the queue holds."""
+        if force:
+            pass
+        elif isinstance(message, Partial):
             for i, item in enumerate(self._items):
                 if isinstance(item, Partial):
                     del self._items[i]
@@ -78,6 +81,7 @@ class Session:
         options: ServerOptions,
         metrics: Metrics,
         previous: list[Final] = (),
+        resume_at: float | None = None,
     ):
         self.id = session_id
         self.engine = engine
@@ -88,6 +92,8 @@ class Session:
         self.converter = AudioConverter(start.format)
         previous = list(previous)
         self.start_time = previous[-1].end if previous else 0.0
+        if resume_at is not None:  # where the previous connection's audio ended
+            self.start_time = max(self.start_time, resume_at)
         self.processor = engine.new_processor(
             self.mode, start_time=self.start_time, first_segment=len(previous), context=" ".join(f.text for f in previous[-20:])
         )
@@ -100,6 +106,7 @@ class Session:
         self._lock = asyncio.Lock()
         self._task = asyncio.get_running_loop().create_task(self._decode_loop(), name=f"decode-{session_id}")
         self.closed = False
+        self.stopping = False  # the daemon is shutting down: audio that still arrives is not taken
 
     @staticmethod
     def new_id() -> str:
@@ -118,6 +125,8 @@ class Session:
     # -- intake --------------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
         """One binary frame. Raises StreamError for a bad frame (dropped) or a broken limit (fatal)."""
+        if self.closed or self.stopping:
+            return
         if len(data) > self.options.max_frame_bytes:
             raise StreamError("frame_too_large", f"audio frame of {len(data)} bytes exceeds {self.options.max_frame_bytes}")
         audio = self.converter.decode(data)
@@ -169,6 +178,8 @@ class Session:
 
     async def flush(self) -> None:
         """Turn every pending sample into finals (stop, disconnect, shutdown)."""
+        if self.closed:
+            return
         tail = self.converter.flush()
         if len(tail):
             self.processor.insert_audio(tail)
@@ -189,4 +200,4 @@ class Session:
         self.closed = True
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
-        self.writer.close()
+        self.writer.close(stream_time=self.start_time + self.audio_seconds)

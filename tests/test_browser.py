@@ -12,12 +12,14 @@ where neither can be installed. Screenshots and downloaded transcripts go to tes
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 import urllib.request
@@ -26,12 +28,13 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+WEB_ROOT = REPO / "clients" / "web"
 SPEECH_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech-dev"
 OUT_DIR = REPO / "test-output"
 CHROMIUM = Path("/usr/bin/chromium")
 CLIP = "jfk"  # 11 s; text in manifest.jsonl
 KEY_WORDS = ("fellow", "americans", "country")  # must all be on the page
-MIN_RECALL = 0.7  # share of the clip's reference words found in the captions
+MIN_RECALL = 0.85  # share of the clip's reference words found in the captions
 CAPTION_TIMEOUT_S = 120.0
 
 pytestmark = pytest.mark.timeout(420)
@@ -78,7 +81,7 @@ def _ensure_chromium() -> Path:
         pytest.skip(f"{CHROMIUM} is missing and there is no apt-get to install Debian's chromium")
     if hasattr(os, "geteuid") and os.geteuid() != 0:
         pytest.skip(f"{CHROMIUM} is missing and apt-get needs root to install it (running as uid {os.geteuid()})")
-    install = [apt, "install", "-y", "--no-install-recommends", "chromium"]
+    install = [apt, "install", "-y", "chromium"]
     log = []
     for step in (install, [apt, "update"], install):
         try:
@@ -294,3 +297,202 @@ def test_reconnect_resumes_session(daemon, page):
     page_text = page.evaluate("window.captions.text()")
     assert " ".join(server_text.split()) == " ".join(page_text.split())
     assert not [e for e in page.errors if "favicon" not in e], page.errors
+
+
+# -- the page's protocol handling against a scripted server ---------------------------------------
+SID = "scripted-1"
+FINALS = [
+    {"type": "final", "segment": 0, "text": "And so my fellow Americans,", "start": 0.3, "end": 2.0, "endpoint": False,
+     "words": [{"word": w, "start": 0.3 + 0.34 * i, "end": 0.6 + 0.34 * i, "probability": 0.9, "fused": w == "fellow"}
+               for i, w in enumerate("And so my fellow Americans,".split())]},
+    {"type": "final", "segment": 1, "text": "ask not what your country can do for you.", "start": 2.1, "end": 5.0,
+     "endpoint": True,
+     "words": [{"word": w, "start": 2.1 + 0.32 * i, "end": 2.4 + 0.32 * i, "probability": 0.8, "fused": w == "country"}
+               for i, w in enumerate("ask not what your country can do for you.".split())]},
+    {"type": "final", "segment": 2, "text": "Ask what you can do for your country.", "start": 6.0, "end": 8.0, "endpoint": True,
+     "words": [{"word": w, "start": 6.0 + 0.25 * i, "end": 6.2 + 0.25 * i, "probability": 0.95, "fused": False}
+               for i, w in enumerate("Ask what you can do for your country.".split())]},
+]
+
+
+class ScriptedServer:
+    """A stand-in for the daemon on a thread: serves clients/web and plays a fixed message script.
+
+    Connection 1: ready, two partials and final 0, a partial for segment 1, then (when the test says
+    so) an abrupt close. Connection 2 must resume the session: it resends final 0 (the page must not
+    show it twice) and sends final 1; on `stop` it sends final 2 and `end`.
+    """
+
+    def __init__(self):
+        self.starts: list[dict] = []
+        self.frames: list[int] = []
+        self.problems: list[str] = []
+        self.drop = threading.Event()
+        self.started = threading.Event()
+        self.port = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _run(self) -> None:
+        from aiohttp import web
+
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        async def index(request):
+            return web.FileResponse(WEB_ROOT / "index.html")
+
+        async def healthz(request):
+            return web.json_response({"status": "ok", "modes": ["asr", "uadf"], "default_mode": "asr"})
+
+        app = web.Application()
+        app.router.add_get("/", index)
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/v1/listen", self._listen)
+        app.router.add_static("/web/", WEB_ROOT)
+        runner = web.AppRunner(app, shutdown_timeout=1)
+        self.loop.run_until_complete(runner.setup())
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        self.loop.run_until_complete(site.start())
+        self.port = site._server.sockets[0].getsockname()[1]
+        self.started.set()
+        self.loop.run_forever()
+        self.loop.run_until_complete(runner.cleanup())
+        self.loop.close()
+
+    async def _audio(self, ws, seconds: float, rate: int) -> None:
+        from aiohttp import WSMsgType
+
+        got = 0
+        while got < seconds * rate * 2:
+            msg = await ws.receive()
+            if msg.type != WSMsgType.BINARY:
+                self.problems.append(f"expected audio, got {msg.type} {msg.data!r}")
+                return
+            self.frames.append(len(msg.data))
+            got += len(msg.data)
+
+    async def _listen(self, request):
+        from aiohttp import WSMsgType, web
+
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        start = json.loads((await ws.receive()).data)
+        self.starts.append(start)
+        rate = start.get("sample_rate", 16000)
+        resumed = start.get("session_id") == SID
+        await ws.send_json({"type": "ready", "session_id": SID, "protocol": 1, "sample_rate": 16000,
+                            "mode": start.get("mode", "asr"), "model": "scripted", "resumed": resumed, "stream_time": 0.0})
+        if len(self.starts) == 1:
+            await self._audio(ws, 0.5, rate)
+            await ws.send_json({"type": "partial", "segment": 0, "text": "And so", "start": 0.3, "end": 0.9})
+            await ws.send_json({"type": "partial", "segment": 0, "text": "And so my fellow", "start": 0.3, "end": 1.5})
+            await ws.send_json(FINALS[0])
+            await ws.send_json({"type": "partial", "segment": 1, "text": "ask not what your", "start": 2.1, "end": 3.2})
+            await asyncio.get_running_loop().run_in_executor(None, self.drop.wait, 60)
+            await ws.close(code=1011, message=b"scripted drop")
+            return ws
+        for final in FINALS[:2]:  # final 0 again, as a server may resend it
+            await ws.send_json(final)
+        await ws.send_json({"type": "partial", "segment": 2, "text": "Ask what", "start": 6.0, "end": 6.5})
+        async for msg in ws:
+            if msg.type == WSMsgType.BINARY:
+                self.frames.append(len(msg.data))
+            elif msg.type == WSMsgType.TEXT and json.loads(msg.data).get("type") == "stop":
+                await ws.send_json(FINALS[2])
+                await ws.send_json({"type": "end", "session_id": SID, "finals": 3, "audio_seconds": 8.0})
+                await ws.close(code=1000)
+                break
+        return ws
+
+    def __enter__(self):
+        self.thread.start()
+        if not self.started.wait(15):
+            raise RuntimeError("scripted server did not start")
+        return self
+
+    def __exit__(self, *exc):
+        self.drop.set()
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(15)
+
+
+def test_page_protocol_fusion_and_resume(page, record_property):
+    """Wire format, partials replaced in place, fused words highlighted, resume without duplicates,
+    and the subtitle downloads, all against a scripted server (deterministic, no ASR involved)."""
+    OUT_DIR.mkdir(exist_ok=True)
+    with ScriptedServer() as server:
+        page.goto(f"{server.http_url}/?mode=uadf")
+        page.wait_for_function("() => window.captions && window.captions.state === 'idle'", timeout=15000)
+        page.evaluate(
+            """() => {
+              window.__maxPartials = 0;
+              new MutationObserver(() => {
+                window.__maxPartials = Math.max(window.__maxPartials, document.querySelectorAll('#captions .partial').length);
+              }).observe(document.getElementById('captions'), {subtree: true, childList: true});
+            }"""
+        )
+        page.click("#start")
+        page.wait_for_function("() => document.querySelector('#captions .partial')?.textContent.trim() === 'ask not what your'",
+                               timeout=30000)
+
+        start = server.starts[0]
+        rate = page.evaluate("window.captions.sampleRate")
+        assert start == {"type": "start", "sample_rate": rate, "encoding": "pcm_s16le", "channels": 1, "mode": "uadf"}
+        assert server.frames and all(n % 2 == 0 for n in server.frames)
+        assert abs(server.frames[0] - 2 * round(rate * 0.1)) <= 2, "audio frames should be 100 ms of 16-bit mono"
+
+        # Partial: dimmed, after the final, one at a time.
+        assert page.inner_text("#captions").split() == "And so my fellow Americans, ask not what your".split()
+        final_color = page.eval_on_selector("#captions .final", "e => getComputedStyle(e).color")
+        partial_color = page.eval_on_selector("#captions .partial", "e => getComputedStyle(e).color")
+        assert partial_color != final_color
+        # Fused word: marked, with a tooltip, highlighted on hover.
+        fused = page.locator("#captions .w.fused")
+        assert fused.all_inner_texts() == ["fellow"]
+        assert "fusion" in (fused.first.get_attribute("title") or "").lower()
+        before = fused.first.evaluate("e => getComputedStyle(e).backgroundColor")
+        fused.first.hover()
+        after = fused.first.evaluate("e => getComputedStyle(e).backgroundColor")
+        assert after != before and after not in ("rgba(0, 0, 0, 0)", "transparent"), (before, after)
+        page.mouse.move(5, 700)
+
+        # Drop: the page reconnects, resumes the same session, and shows no final twice.
+        server.drop.set()
+        page.wait_for_function("() => window.captions.finals.length === 2", timeout=30000)
+        assert len(server.starts) == 2
+        resume = server.starts[1]
+        assert resume["session_id"] == SID and resume["resume_from"] == 1, resume
+        assert page.locator("#captions .final").count() == 2
+        assert page.locator("#captions .w.fused").all_inner_texts() == ["fellow", "country"]
+        page.wait_for_function("() => document.querySelector('#captions .partial')?.textContent.trim() === 'Ask what'")
+        page.click("#showfused")
+        shot = OUT_DIR / "browser-fusion.png"
+        page.screenshot(path=str(shot))
+        record_property("screenshot_fusion", str(shot))
+
+        page.click("#stop")
+        page.wait_for_function("() => window.captions.state === 'stopped'", timeout=15000)
+        assert page.evaluate("window.__maxPartials") == 1
+        assert page.locator("#captions .partial").count() == 0
+        # Endpoint finals end a caption line.
+        assert page.locator("#captions p.line").all_inner_texts() == [
+            "And so my fellow Americans, ask not what your country can do for you.",
+            "Ask what you can do for your country.",
+        ]
+        assert page.evaluate("window.captions.txt()") == (
+            "And so my fellow Americans, ask not what your country can do for you.\n"
+            "Ask what you can do for your country.\n"
+        )
+        srt = page.evaluate("window.captions.srt()")
+        assert srt.startswith("1\n00:00:00,300 --> ")
+        assert srt.rstrip().endswith("00:00:06,000 --> 00:00:07,950\nAsk what you can do for your country.")
+        vtt = page.evaluate("window.captions.vtt()")
+        assert vtt.startswith("WEBVTT\n\n1\n00:00:00.300 --> ")
+        assert "-->" in vtt and "," not in vtt.split("\n")[3].split("-->")[0]
+        assert not server.problems, server.problems
+        assert not [e for e in page.errors if "favicon" not in e], page.errors

@@ -20,7 +20,7 @@
     start: $("start"), stop: $("stop"), mode: $("mode"), big: $("bigmode"), exitBig: $("exitbig"),
     showFused: $("showfused"), clear: $("clear"), dlTxt: $("dl-txt"), dlSrt: $("dl-srt"),
     dlVtt: $("dl-vtt"), state: $("state"), session: $("session"), info: $("info"), error: $("error"),
-    bigState: $("bigstate"), captions: $("captions"), placeholder: $("placeholder"), levelbar: $("levelbar"),
+    bigState: $("bigstate"), detail: $("detail"), captions: $("captions"), placeholder: $("placeholder"), levelbar: $("levelbar"),
   };
 
   const S = {
@@ -75,7 +75,9 @@
     S.state = state;
     ui.state.dataset.state = state;
     ui.state.className = "state " + state;
-    ui.state.textContent = detail ? state + " " + detail : state;
+    ui.state.textContent = state;
+    ui.state.title = detail ? state + " " + detail : state;
+    ui.detail.textContent = detail ? state + " " + detail : "";
     document.body.dataset.state = state;
     ui.bigState.className = ui.state.className;
     ui.bigState.textContent = ui.state.textContent;
@@ -112,6 +114,7 @@
 
   // --------------------------------------------------------------- rendering
   const view = { line: null, newLine: true, partialEl: el("span", "partial") };
+  view.partialEl.setAttribute("aria-hidden", "true"); // screen readers get the finals only
 
   function nearBottom() {
     const c = ui.captions;
@@ -311,7 +314,10 @@
         S.sessionId = m.session_id || S.sessionId;
         S.ready = true;
         S.attempts = 0;
-        if (m.mode) S.mode = m.mode;
+        if (m.mode) {
+          S.mode = m.mode;
+          if ([...ui.mode.options].some((o) => o.value === m.mode)) ui.mode.value = m.mode;
+        }
         if (m.model) S.model = m.model;
         updateSession();
         updateInfo();
@@ -364,8 +370,12 @@
           S.freshNext = true;
           S.ws = null; // the server closes the old socket; its events are ignored from here
           connect();
-        } else {
+        } else if (S.stopping || !S.running) {
           finishStop();
+        } else {
+          // Not asked for (the daemon is shutting down): the close follows, then we reconnect and
+          // resume; the session's finals are on the daemon's disk.
+          showError("the server ended the session; reconnecting");
         }
         break;
       }
@@ -595,7 +605,12 @@
   function switchMode() {
     const mode = ui.mode.value;
     savePref("mode", mode);
-    if (!S.running || mode === S.mode) return;
+    if (!S.running) {
+      S.mode = mode;
+      updateInfo();
+      return;
+    }
+    if (mode === S.mode) return;
     // Live switch: finish the current session (its finals are flushed), then start a new one.
     S.mode = mode;
     if (S.ws && S.ready && S.ws.readyState === WebSocket.OPEN) {
@@ -633,6 +648,33 @@
   }
   function loadPref(k) {
     try { return localStorage.getItem("uadf-captions." + k); } catch (e) { return null; }
+  }
+
+  // Which modes does this daemon serve? Fusion modes need an LLM; unavailable ones are disabled.
+  async function loadModes() {
+    const token = params.get("token");
+    try {
+      const resp = await fetch("/healthz" + (token ? "?token=" + encodeURIComponent(token) : ""), { cache: "no-store" });
+      if (!resp.ok) return;
+      const h = await resp.json();
+      if (!Array.isArray(h.modes)) return;
+      for (const o of ui.mode.options) {
+        const ok = h.modes.includes(o.value);
+        o.disabled = !ok;
+        o.title = ok ? "" : "not served: this daemon has no LLM for fusion (fusion.llm)";
+      }
+      const off = [...ui.mode.options].filter((o) => o.disabled).map((o) => o.value);
+      if (off.length) ui.mode.title = "Modes this daemon does not serve (no LLM configured): " + off.join(", ");
+      if (!h.modes.includes(ui.mode.value)) {
+        ui.mode.value = h.modes.includes(h.default_mode) ? h.default_mode : h.modes[0];
+        if (!S.running) {
+          S.mode = ui.mode.value;
+          updateInfo();
+        }
+      }
+    } catch (e) {
+      /* the daemon answers `bad_mode` if the mode is not served */
+    }
   }
 
   // --------------------------------------------------------------- downloads
@@ -771,9 +813,11 @@
   const bigWanted = params.get("caption") || loadPref("big");
   if (bigWanted === "1") setBig(true);
   if (params.get("fused") === "1") setShowFused(true);
+  S.mode = ui.mode.value;
   setState("idle");
   updateInfo();
   updateDownloads();
+  loadModes();
 
   // A small handle for tests and debugging in the console.
   window.captions = {

@@ -1,0 +1,178 @@
+"""`uadf-stream calibrate`: fit ASR and LLM temperatures and the UADF gate on held-out manifests.
+
+ASR: greedy tiny.en steps, a token counts as correct when its word is a hit in the jiwer
+alignment with the normalized reference. LLM: next-token prediction over the ASR hypotheses of
+the clips the ASR got right (cased, punctuated text like what the LLM sees at run time).
+Gate: the lowest-WER entropy threshold among a grid whose uadf WER is not above asr on any
+manifest (the LLM is never worth a regression on a condition).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import jiwer
+import numpy as np
+import soundfile as sf
+import torch
+from whisper_normalizer.english import EnglishTextNormalizer
+
+from fusion.calibration import Calibration, fit_temperature
+from fusion.offline import OfflineTranscriber
+from fusion.options import FusionOptions
+from fusion.uncertainty import log_softmax
+
+log = logging.getLogger(__name__)
+
+GATE_GRID = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5)
+NEVER = 1e9  # gate that never opens
+TOP = 256  # logits kept per step for the temperature fit
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--manifest", action="append", required=True, help="manifest.jsonl (repeatable)")
+    parser.add_argument("--out", default=None, help="calibration JSON (default: fusion.calibration of config)")
+    parser.add_argument("--llm", default=None, help="LLM to calibrate (default: fusion.llm of config)")
+    parser.add_argument("--gates", default=",".join(map(str, GATE_GRID)), help="comma-separated gate grid")
+
+
+def load_manifest(path: str) -> list[dict]:
+    base = os.path.dirname(os.path.abspath(path))
+    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    for row in rows:
+        row["path"] = os.path.join(base, row["audio"])
+    return rows
+
+
+def _token_correct(transcriber: OfflineTranscriber, tokens: list[int], reference: str, norm) -> list[bool]:
+    """Per token: does its word survive normalization as a hit against the reference?"""
+    pieces = transcriber.decoder.pieces
+    words: list[list[int]] = []
+    for t in tokens:
+        if not words or pieces.starts_word(t):
+            words.append([])
+        words[-1].append(t)
+    normed = [norm(transcriber.tokenizer.decode(w)).split() for w in words]
+    hyp = [x for n in normed for x in n]
+    ref = norm(reference).split()
+    hit = [False] * len(hyp)
+    if hyp and ref:
+        for chunk in jiwer.process_words(" ".join(ref), " ".join(hyp)).alignments[0]:
+            if chunk.type == "equal":
+                for k in range(chunk.hyp_start_idx, chunk.hyp_end_idx):
+                    hit[k] = True
+    out, k = [], 0
+    for w, n in zip(words, normed):
+        ok = all(hit[k : k + len(n)])
+        k += len(n)
+        out += [ok] * len(w)
+    return out
+
+
+def fit_asr(transcriber: OfflineTranscriber, rows: list[dict], norm) -> tuple[float, dict]:
+    dec, tok = transcriber.decoder, transcriber.tokenizer
+    tops, correct, hyps = [], [], []
+    for row in rows:
+        audio, _ = sf.read(row["path"], dtype="float32")
+        enc = transcriber.encoder_output(audio[: 30 * 16000], (row["id"], 0))
+        prompt = [tok.sot_prev] + list(tok.sot_sequence) + [tok.no_timestamps]
+        res = dec.whisper.generate(enc, [prompt], beam_size=1, return_logits_vocab=True)[0]
+        tokens = res.sequences_ids[0]
+        if not tokens or row["seconds"] > 30:
+            continue
+        ok = _token_correct(transcriber, tokens, row["text"], norm)
+        for step, good in zip(res.logits[0], ok):
+            z = np.array(step, dtype=np.float32).reshape(-1)[: tok.eot + 1]
+            tops.append(np.sort(z)[-TOP:])
+            correct.append(good)
+        if all(ok):
+            hyps.append(tok.decode(tokens).strip())
+    tau = fit_temperature(np.stack(tops), np.array(correct))
+    return tau, {"asr_steps": len(correct), "asr_accuracy": float(np.mean(correct)), "clean_hypotheses": hyps}
+
+
+@torch.inference_mode()
+def fit_llm(transcriber: OfflineTranscriber, texts: list[str]) -> tuple[float, dict]:
+    scorer = transcriber.decoder.scorer
+    tops, correct = [], []
+    for text in texts:
+        ids = scorer.context_ids(text)
+        logits = scorer.llm.model(input_ids=torch.tensor([ids], device=scorer.llm.device)).logits[0, :-1].float()
+        top = torch.topk(logits, TOP, dim=-1)
+        tops.append(top.values.cpu().numpy())
+        correct.append((top.indices[:, 0].cpu().numpy() == np.array(ids[1:])))
+    tau = fit_temperature(np.concatenate(tops), np.concatenate(correct))
+    return tau, {"llm_steps": int(sum(len(c) for c in correct)), "llm_accuracy": float(np.mean(np.concatenate(correct)))}
+
+
+def errors(transcriber: OfflineTranscriber, rows: list[dict], mode: str, norm) -> tuple[int, int]:
+    """Corpus word errors and reference words of one manifest in one mode."""
+    errs = words = 0
+    for row in rows:
+        audio, _ = sf.read(row["path"], dtype="float32")
+        hyp = norm(transcriber.transcribe(audio, mode, key=row["id"]).text)
+        ref = norm(row["text"])
+        out = jiwer.process_words(ref, hyp)
+        errs += out.substitutions + out.deletions + out.insertions
+        words += len(ref.split())
+    return errs, words
+
+
+def fit_gate(transcriber: OfflineTranscriber, sets: dict[str, list[dict]], grid: list[float], norm) -> tuple[float, dict]:
+    dec = transcriber.decoder
+    table: dict[str, dict[str, list[int]]] = {"asr": {n: list(errors(transcriber, r, "asr", norm)) for n, r in sets.items()}}
+    best, best_errs = NEVER, sum(e for e, _ in table["asr"].values())
+    for gate in grid:
+        dec.gate = gate
+        row = {n: list(errors(transcriber, r, "uadf", norm)) for n, r in sets.items()}
+        table[str(gate)] = row
+        log.info("gate %.2f: %s (asr %s)", gate, row, table["asr"])
+        safe = all(row[n][0] <= table["asr"][n][0] for n in sets)
+        total = sum(e for e, _ in row.values())
+        if safe and total < best_errs:
+            best, best_errs = gate, total
+    return best, {"gate_table": table}
+
+
+def run(args: argparse.Namespace, config) -> int:
+    """Needs the Whisper model and a fusion LLM; writes the calibration JSON."""
+    from faster_whisper import WhisperModel
+    from faster_whisper.tokenizer import Tokenizer
+
+    from fusion import create_decoder
+    from fusion.calibration import Calibration as _C  # noqa: F401  (kept for symmetry of imports)
+
+    logging.basicConfig(level=logging.INFO)
+    options: FusionOptions = replace(config.fusion, mode="uadf", gate=None)
+    if args.llm:
+        options = replace(options, llm=args.llm)
+    out = args.out or options.calibration or str(Path(__file__).with_name("calibration.json"))
+    model = WhisperModel(config.model_path, device="cpu", compute_type="int8")
+    tokenizer = Tokenizer(model.hf_tokenizer, False, task="transcribe", language="en")
+    options = replace(options, calibration=os.devnull + ".missing")  # start from tau = 1
+    decoder = create_decoder(model.model, tokenizer, options)
+    transcriber = OfflineTranscriber(model, decoder)
+    norm = EnglishTextNormalizer()
+    sets = {Path(m).parent.name: load_manifest(m) for m in args.manifest}
+    rows = [r for rs in sets.values() for r in rs]
+    asr_tau, asr_info = fit_asr(transcriber, rows, norm)
+    llm_tau, llm_info = fit_llm(transcriber, asr_info.pop("clean_hypotheses"))
+    decoder.calibration = Calibration(asr_tau=asr_tau, llm_tau=llm_tau)
+    decoder.scorer.tau = llm_tau
+    gate, gate_info = fit_gate(transcriber, sets, [float(g) for g in args.gates.split(",")], norm)
+    calibration = Calibration(
+        asr_tau=asr_tau,
+        llm_tau=llm_tau,
+        gate=gate,
+        llm=options.llm,
+        details={"manifests": args.manifest, **asr_info, **llm_info, **gate_info},
+    )
+    calibration.save(out)
+    print(json.dumps({k: v for k, v in calibration.__dict__.items() if k != "details"}, indent=2))
+    print(f"wrote {out}")
+    return 0

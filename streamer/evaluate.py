@@ -1,0 +1,116 @@
+"""`uadf-stream eval`: WER and fusion statistics of the in-process streaming pipeline.
+
+Every manifest entry is streamed through the same processor and backend the daemon uses
+(`streamer.pipeline.transcribe_file`). WER is jiwer's corpus WER after Whisper's English
+normalizer on both sides, reported per set and per `condition` when the manifest has one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import jiwer
+from whisper_normalizer.english import EnglishTextNormalizer
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--manifest", action="append", required=True, help="manifest.jsonl (repeatable)")
+    parser.add_argument("--condition", help="only entries with this `condition` field")
+    parser.add_argument("--limit", type=int, default=0, help="first N entries of each manifest (0: all)")
+    parser.add_argument("--json", dest="json_out", help="write the report (with per-utterance rows) here")
+
+
+def _group_report(rows: list[dict]) -> dict:
+    errors = sum(r["errors"] for r in rows)
+    words = sum(r["ref_words"] for r in rows)
+    tokens = sum(r["tokens"] for r in rows)
+    audio = sum(r["seconds"] for r in rows)
+    return {
+        "utterances": len(rows),
+        "ref_words": words,
+        "wer": errors / words if words else 0.0,
+        "llm_calls_per_100_tokens": 100.0 * sum(r["llm_calls"] for r in rows) / tokens if tokens else 0.0,
+        "fused_words": sum(r["fused_words"] for r in rows),
+        "fused_tokens_decoded": sum(r["fused_tokens"] for r in rows),
+        "rtf": sum(r["decode_seconds"] for r in rows) / audio if audio else 0.0,
+    }
+
+
+def evaluate(engine, manifests: list[str], mode: str, condition: str | None = None, limit: int = 0) -> dict:
+    """Stream every entry; return {"sets": {name: report}, "conditions": {...}, "rows": [...]}."""
+    from streamer.pipeline import transcribe_file
+
+    norm = EnglishTextNormalizer()
+    rows = []
+    for manifest in manifests:
+        base = os.path.dirname(os.path.abspath(manifest))
+        entries = [json.loads(line) for line in Path(manifest).read_text().splitlines() if line.strip()]
+        if condition:
+            entries = [e for e in entries if e.get("condition") == condition]
+        for entry in entries[: limit or None]:
+            t0 = time.perf_counter()
+            result = transcribe_file(os.path.join(base, entry["audio"]), engine, mode)
+            ref, hyp = norm(entry["text"]), norm(result.text)
+            out = jiwer.process_words(ref, hyp)
+            row = {
+                "set": Path(manifest).parent.name,
+                "id": entry["id"],
+                "condition": entry.get("condition", ""),
+                "seconds": result.audio_seconds,
+                "decode_seconds": result.decode_seconds,
+                "wall_seconds": time.perf_counter() - t0,
+                "ref_words": len(ref.split()),
+                "errors": out.substitutions + out.deletions + out.insertions,
+                "llm_calls": result.stats.llm_calls,
+                "tokens": result.stats.tokens,
+                "fused_tokens": result.stats.fused_tokens,
+                "fused_words": sum(1 for f in result.finals for w in f.words if getattr(w, "fused", False)),
+                "text": result.text,
+                "reference": entry["text"],
+            }
+            log.info("%s %s: %d/%d errors, %s", row["set"], row["id"], row["errors"], row["ref_words"], row["text"])
+            rows.append(row)
+    groups: dict[str, list[dict]] = defaultdict(list)
+    conditions: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[row["set"]].append(row)
+        if row["condition"]:
+            conditions[f'{row["set"]}/{row["condition"]}'].append(row)
+    return {
+        "mode": mode,
+        "sets": {k: _group_report(v) for k, v in groups.items()},
+        "conditions": {k: _group_report(v) for k, v in conditions.items()},
+        "all": _group_report(rows),
+        "rows": rows,
+    }
+
+
+def format_report(report: dict) -> str:
+    lines = [f"mode {report['mode']}", f"{'set':34s} {'utts':>5s} {'words':>6s} {'WER%':>6s} {'calls/100t':>10s} {'fused_w':>7s} {'RTF':>6s}"]
+    for name, r in [*report["sets"].items(), *report["conditions"].items(), ("all", report["all"])]:
+        lines.append(
+            f"{name:34s} {r['utterances']:5d} {r['ref_words']:6d} {100 * r['wer']:6.2f} "
+            f"{r['llm_calls_per_100_tokens']:10.1f} {r['fused_words']:7d} {r['rtf']:6.3f}"
+        )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, config) -> int:
+    from streamer.engine import Engine
+
+    engine = Engine(config)
+    mode = args.mode or engine.default_mode
+    report = evaluate(engine, args.manifest, mode, args.condition, args.limit)
+    print(format_report(report))
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
+    return 0

@@ -1,0 +1,160 @@
+"""Helpers for the reliability, fuzz and load tests: raw websocket exchanges, metrics, transcripts on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import psutil
+import soundfile as sf
+import soxr
+import websockets
+from prometheus_client.parser import text_string_to_metric_families
+
+from conftest import DATA
+
+START = {"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", "channels": 1}
+ERROR_CODES = {
+    "bad_message", "unknown_type", "not_started", "already_started", "bad_encoding", "bad_sample_rate",
+    "bad_channels", "bad_mode", "bad_audio", "frame_too_large", "rate_limited", "session_too_long",
+    "idle_timeout", "busy", "unknown_session", "unauthorized", "slow_consumer", "internal",
+}
+
+
+def start(**fields) -> str:
+    """A start message; fields override (None removes a field)."""
+    msg = {**START, **fields}
+    return json.dumps({k: v for k, v in msg.items() if v is not None})
+
+
+def pcm16(audio: np.ndarray) -> bytes:
+    return (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+
+
+def open_ws(url: str, token: str | None = None, ssl_context: ssl.SSLContext | None = None, **kw):
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    if ssl_context is not None:
+        kw["ssl"] = ssl_context
+    return websockets.connect(url, additional_headers=headers, max_size=2**24, open_timeout=30, **kw)
+
+
+async def recv(ws, timeout: float = 60.0) -> dict:
+    return json.loads(await asyncio.wait_for(ws.recv(), timeout))
+
+
+async def drain(ws, timeout: float = 180.0) -> list[dict]:
+    """Every message until the server closes the connection (then ws.close_code is set)."""
+    out: list[dict] = []
+
+    async def go():
+        try:
+            async for raw in ws:
+                out.append(json.loads(raw))
+        except websockets.ConnectionClosed:
+            pass
+
+    await asyncio.wait_for(go(), timeout)
+    return out
+
+
+def close_code(ws) -> int | None:
+    """The close code the server sent (None when the connection just dropped)."""
+    rcvd = ws.protocol.close_rcvd
+    return rcvd.code if rcvd is not None else None
+
+
+def http_get(url: str, headers: dict | None = None, ssl_context: ssl.SSLContext | None = None):
+    req = urllib.request.Request(url, headers=headers or {})
+    return urllib.request.urlopen(req, timeout=30, context=ssl_context)
+
+
+def metrics(daemon, headers: dict | None = None, ssl_context=None) -> dict[tuple, float]:
+    """Scrape /metrics with the Prometheus parser: {(sample name, ((label, value), ...)): value}."""
+    base = daemon.http_url.replace("http://", "https://") if ssl_context else daemon.http_url
+    text = http_get(base + "/metrics", headers, ssl_context).read().decode()
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def metric(scraped: dict, name: str, **labels) -> float:
+    return scraped.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def speech(entry_id: str = "jfk", folder: str = "speech-dev") -> np.ndarray:
+    """A clip of the shared speech data as 16 kHz mono float32."""
+    from conftest import manifest
+
+    entry = next(e for e in manifest(folder) if e["id"] == entry_id)
+    audio, rate = sf.read(entry["path"], dtype="float32", always_2d=True)
+    audio = audio.mean(axis=1)
+    if rate != 16000:
+        audio = soxr.resample(audio, rate, 16000).astype(np.float32)
+    return audio
+
+
+def reference(entry_id: str, folder: str = "speech-dev") -> str:
+    from conftest import manifest
+
+    return next(e for e in manifest(folder) if e["id"] == entry_id)["text"]
+
+
+def disk_finals(data_dir: Path, session_id: str) -> list[dict]:
+    """The finals in a session's JSONL transcript, as written (torn lines skipped)."""
+    out = []
+    for line in (Path(data_dir) / f"{session_id}.jsonl").read_text(encoding="utf-8").splitlines():
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if obj.get("type") == "final":
+            out.append(obj)
+    return out
+
+
+def same_final(a: dict, b: dict) -> bool:
+    keys = ("segment", "text", "start", "end", "endpoint")
+    return all(a.get(k) == b.get(k) for k in keys)
+
+
+def rss_mb(pid: int) -> float:
+    return psutil.Process(pid).memory_info().rss / 2**20
+
+
+def pink_noise(seconds: float, level: float = 0.05, seed: int = 0) -> np.ndarray:
+    """1/f noise (spectral shaping of white noise), normalised to `level` RMS."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * 16000)
+    spectrum = np.fft.rfft(rng.standard_normal(n))
+    f = np.fft.rfftfreq(n, 1 / 16000)
+    spectrum[1:] /= np.sqrt(f[1:])
+    spectrum[0] = 0
+    x = np.fft.irfft(spectrum, n)
+    return (x / np.sqrt(np.mean(x**2)) * level).astype(np.float32)
+
+
+def tones(seconds: float, seed: int = 0) -> np.ndarray:
+    """Steady tones, chords, beeps and a sweep, 2-6 s each, at speech-like loudness."""
+    rng = np.random.default_rng(seed)
+    parts, total = [], 0.0
+    while total < seconds:
+        d = float(rng.uniform(2, 6))
+        t = np.arange(int(d * 16000)) / 16000
+        kind = rng.integers(4)
+        if kind == 0:
+            x = np.sin(2 * np.pi * rng.uniform(100, 3000) * t)
+        elif kind == 1:
+            x = sum(np.sin(2 * np.pi * f * t) for f in rng.uniform(200, 1200, 3)) / 3
+        elif kind == 2:  # beeps: 1 kHz, 0.2 s on, 0.3 s off
+            x = np.sin(2 * np.pi * 1000 * t) * ((t % 0.5) < 0.2)
+        else:  # a sweep from 100 Hz to 4 kHz
+            x = np.sin(2 * np.pi * (100 * t + (3900 / (2 * d)) * t**2))
+        parts.append((x * 0.2).astype(np.float32))
+        total += d
+    return np.concatenate(parts)[: int(seconds * 16000)]

@@ -1,0 +1,95 @@
+"""`uadf-stream bench`: the latency bookkeeping on hand-made message logs, and a --quick run against a real daemon."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from streamer.bench_metrics import RefWord, align, file_latency, stream_words, tokens, utterances, wer
+from tests.conftest import manifest
+
+
+def _final(text: str) -> dict:
+    return {"type": "final", "text": text, "words": [{"word": w} for w in text.split()]}
+
+
+def _partial(text: str) -> dict:
+    return {"type": "partial", "text": text}
+
+
+REF = [RefWord("And", 0.2, 0.5), RefWord("so,", 0.5, 0.8), RefWord("my", 0.8, 1.0), RefWord("fellow", 1.0, 1.4),
+       RefWord("Americans.", 2.6, 3.0)]
+
+
+def test_align_maps_equal_and_substituted_words():
+    assert align(tokens("and so my yellow"), tokens("And so, my fellow Americans")) == {0: 0, 1: 1, 2: 2, 3: 3}
+    assert align(["a", "x", "b"], ["a", "b"]) == {0: 0, 2: 1}
+
+
+def test_utterances_split_at_pauses():
+    assert utterances(REF) == [(0, 4), (4, 5)]
+
+
+def test_first_seen_rewrites_and_latencies():
+    messages = [
+        ({"type": "ready"}, 0.0),
+        (_partial("and sew"), 0.9),  # "and" shown; "sew" is wrong
+        (_partial("and so my"), 1.2),  # rewrite: "sew" -> "so"
+        (_final("And so,"), 1.5),
+        (_partial("my fellow"), 1.6),
+        (_final("my fellow"), 2.0),
+        (_partial("Americans"), 3.1),
+        (_final("Americans."), 3.5),
+        ({"type": "end"}, 3.6),
+    ]
+    words, updates, rewrites = stream_words(messages)
+    assert [w.word for w in words] == ["and", "so", "my", "fellow", "americans"]
+    assert [w.first_seen for w in words] == [0.9, 1.2, 1.2, 1.6, 3.1]
+    assert [w.final_wall for w in words] == [1.5, 1.5, 2.0, 2.0, 3.5]
+    assert (updates, rewrites) == (7, 1)
+    lat = file_latency(messages, REF, speed=1.0, speech=[(0.3, 1.4), (2.6, 3.0)])
+    assert lat.final == pytest.approx([1.0, 0.7, 1.0, 0.6, 0.5])
+    assert lat.partial == pytest.approx([0.4, 0.4, 0.2, 0.2, 0.1])
+    assert lat.onset == pytest.approx([0.6, 0.5])  # VAD onset 0.3 is later than the aligned start 0.2
+    assert lat.finalization == pytest.approx([0.6, 0.5])
+    # at 2x speed the stream time of a word end is halved
+    assert file_latency(messages, REF, speed=2.0).final[0] == pytest.approx(1.25)
+
+
+def test_partial_word_far_from_its_final_position_is_not_credited():
+    messages = [(_partial("what you are"), 1.0), (_final("what your country can do for you"), 3.0)]
+    words, _, _ = stream_words(messages)
+    assert words[0].first_seen == 1.0 and words[-1].first_seen == 3.0
+
+
+def test_wer_uses_whisper_normaliser():
+    assert wer(["Mister Smith, ninety-five!"], ["mr smith 95"]) == 0.0
+
+
+@pytest.mark.timeout(240)
+def test_bench_quick(tmp_path):
+    manifest("speech-dev")  # skips when the data is absent
+    from streamer.cli import main
+
+    assert main(["bench", "--quick", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "bench.json").read_text())
+    overall = {r["mode"]: r for r in report["overall"]}
+    assert {"offline", "naive-2s", "asr"} <= set(overall)
+    asr = overall["asr"]
+    assert asr["files"] == 2 and not asr["errors"]
+    assert 0 <= asr["wer"] < 0.5 and 0 <= overall["offline"]["wer"] < 0.5
+    assert asr["final"]["n"] > 5
+    assert -1.0 < asr["partial"]["p50"] <= asr["final"]["p50"] < 10.0
+    assert 0 < asr["cpu_rtf"] < 2.0 and asr["rss_peak_mb"] > 50
+    assert [lvl["clients"] for lvl in report["capacity_levels"]] == [1, 2]
+    assert report["capacity"]["asr"] >= 1
+    md = (tmp_path / "bench.md").read_text()
+    assert "| asr | dev |" in md and "Capacity" in md
+    import matplotlib.image
+
+    for name in ("latency_cdf.png", "wer_latency.png", "capacity.png"):
+        image = matplotlib.image.imread(tmp_path / name)
+        assert image.shape[0] > 200 and image.shape[1] > 200
+        assert np.std(image[..., :3]) > 0.02, f"{name} is blank"

@@ -1,0 +1,54 @@
+"""Commit policy: pure logic, no model."""
+
+from streamer.asr_backend import Word
+from streamer.commit import LocalAgreement, common_prefix, normalize, strip_committed
+
+
+def words(text: str, start: float = 0.0, step: float = 0.5) -> list[Word]:
+    return [Word(w, start + i * step, start + (i + 1) * step - 0.05, 0.9) for i, w in enumerate(text.split())]
+
+
+def test_normalize_ignores_case_and_punctuation():
+    assert normalize("Americans.") == normalize("americans") == "americans"
+    assert normalize("aren't,") == "aren't"
+
+
+def test_local_agreement_commits_what_two_hypotheses_share():
+    la = LocalAgreement(2)
+    assert la.update(words("and so my")) == []
+    done = la.update(words("and so my fellow"))
+    assert [w.word for w in done] == ["and", "so", "my"]
+    # history keeps only the uncommitted tails: "fellow" vs "fellow Americans"
+    assert [w.word for w in la.update(words("fellow Americans", 1.5))] == ["fellow"]
+
+
+def test_local_agreement_waits_while_hypotheses_disagree():
+    la = LocalAgreement(2)
+    la.update(words("ask not"))
+    assert la.update(words("as well")) == []
+    assert [w.word for w in la.update(words("as well you"))] == ["as", "well"]
+
+
+def test_strip_committed_by_count_when_repeated():
+    committed = words("but by printers")
+    hyp = words("But by printers, in Strasburg")
+    assert [w.word for w in strip_committed(hyp, committed, committed[-1].end)] == ["in", "Strasburg"]
+
+
+def test_strip_committed_finds_rewritten_commit_by_ngram():
+    # committed "printers and Strasburg Basil", the new hypothesis rewrote "and" as "in"
+    committed = words("but by printers and Strasburg, Basil.")
+    hyp = words("but by printers in Strasburg, Basil, Paris,")
+    rest = strip_committed(hyp, committed, committed[-1].end)
+    assert [w.word for w in rest] == ["Paris,"]
+
+
+def test_strip_committed_falls_back_to_time():
+    committed = words("alpha beta", 0.0)
+    hyp = words("gamma delta epsilon", 0.0)
+    rest = strip_committed(hyp, committed, committed[-1].end)
+    assert [w.word for w in rest] == ["epsilon"]
+
+
+def test_common_prefix():
+    assert common_prefix(words("a b c"), words("A, b d")) == 2

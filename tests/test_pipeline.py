@@ -1,0 +1,81 @@
+"""The streaming processor with the real model, in-process (no server)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from conftest import DATA, manifest, offline_text, wer
+from streamer.audio import SAMPLE_RATE, load_audio
+from streamer.pipeline import run_stream, transcribe_file
+from streamer.processor import StreamingProcessor
+
+
+def test_in_process_wer_close_to_offline(engine, offline_model):
+    entries = [e for e in manifest("speech-dev") if e["id"].startswith(("4", "jfk"))]
+    refs = [e["text"] for e in entries]
+    streamed = wer(refs, [transcribe_file(e["path"], engine).text for e in entries])
+    offline = wer(refs, [offline_text(offline_model, e["path"]) for e in entries])
+    assert streamed <= offline + 0.02, (streamed, offline)
+
+
+def test_long_stream_keeps_the_window_bounded(engine):
+    """Minutes of speech: every decoded window stays within the trim bound, and the text keeps coming."""
+    audio = load_audio(str(DATA / "speech-long" / "dev-concat.wav"))[: SAMPLE_RATE * 90]
+    processor = engine.new_processor("asr")
+    windows: list[float] = []
+    original = engine.backend.transcribe
+
+    def spy(requests):
+        windows.extend(len(r.audio) / SAMPLE_RATE for r in requests)
+        return original(requests)
+
+    engine.backend.transcribe = spy
+    try:
+        result = run_stream(engine, processor, audio)
+    finally:
+        engine.backend.transcribe = original
+    limit = engine.config.streaming.max_window * 1.5 + engine.config.streaming.step + 0.5
+    assert max(windows) <= limit, max(windows)
+    assert len(result.text.split()) > 150
+    assert len(processor.buffer) / SAMPLE_RATE <= limit
+
+
+def test_finalize_commits_everything_pending(engine):
+    entry = next(e for e in manifest("speech-dev") if e["id"] == "jfk")
+    audio = load_audio(entry["path"])
+    processor = engine.new_processor("asr")
+    events = []
+    half = len(audio) // 2
+    for i in range(0, half, 1600):
+        processor.insert_audio(audio[i : i + 1600])
+        if (req := processor.next_request()) is not None:
+            events += processor.accept_hypothesis(engine.backend.transcribe([req])[0], req)
+    processor.request_finalize()
+    while (req := processor.next_request()) is not None:
+        events += processor.accept_hypothesis(engine.backend.transcribe([req])[0], req)
+    finals = [e for e in events if e.type == "final"]
+    assert finals and finals[-1].endpoint
+    assert not processor.uncommitted
+    assert "fellow" in " ".join(f.text for f in finals).lower()
+
+
+def test_silence_is_never_decoded(engine):
+    processor = engine.new_processor("asr")
+    calls = []
+    original = engine.backend.transcribe
+    engine.backend.transcribe = lambda reqs: calls.append(reqs) or original(reqs)
+    try:
+        result = run_stream(engine, processor, np.zeros(SAMPLE_RATE * 20, np.float32))
+    finally:
+        engine.backend.transcribe = original
+    assert calls == [] and result.finals == []
+    assert len(processor.buffer) <= SAMPLE_RATE  # silence is dropped, not buffered
+
+
+def test_processor_is_model_free():
+    """The processor hands out requests without a model: it can be driven by any backend."""
+    from streamer.config import StreamingOptions
+
+    p = StreamingProcessor(StreamingOptions())
+    p.insert_audio(np.zeros(SAMPLE_RATE, np.float32))
+    assert p.next_request() is None and p.stream_time == 1.0

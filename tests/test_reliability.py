@@ -1,0 +1,727 @@
+"""Reliability and security of the real daemon: bad input, limits, access, persistence, graceful faults.
+
+Every test talks to a daemon process over real sockets. Three kinds of daemon:
+- `daemon` (conftest): the shared default one (no token, max_rate=0, 4 sessions);
+- `strict` (this module): TLS, a bearer token, an origin list and small limits, as in production;
+- one per test where the test ends the process (SIGTERM, kill -9).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import websockets
+
+from conftest import Daemon, start_daemon, stop_daemon, wer
+from streamutil import (
+    close_code,
+    disk_finals,
+    drain,
+    http_get,
+    metric,
+    metrics,
+    open_ws,
+    pcm16,
+    pink_noise,
+    recv,
+    reference,
+    rss_mb,
+    same_final,
+    speech,
+    start,
+    tones,
+)
+
+TOKEN = "s3cret-token-for-tests"
+ORIGIN = "https://captions.example"
+STOP = json.dumps({"type": "stop"})
+
+
+async def send_audio(ws, audio: np.ndarray, speed: float, chunk: float = 0.1, stop: bool = True, sent: list | None = None):
+    """Stream float audio at `speed` x real time (0: as fast as possible); `sent[0]` tracks seconds sent."""
+    step = int(chunk * 16000)
+    t0 = time.monotonic()
+    for i in range(0, len(audio), step):
+        if speed > 0:
+            delay = t0 + i / 16000 / speed - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        await ws.send(pcm16(audio[i : i + step]))
+        if sent is not None:
+            sent[0] = (i + step) / 16000
+    if stop:
+        await ws.send(STOP)
+
+
+def finals_in(messages: list[dict]) -> list[dict]:
+    return [m for m in messages if m["type"] == "final"]
+
+
+async def wait_until_idle(d: Daemon, timeout: float = 60.0, headers=None, ssl_context=None) -> None:
+    base = d.http_url.replace("http://", "https://") if ssl_context else d.http_url
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if json.load(http_get(base + "/healthz", headers, ssl_context))["sessions"] == 0:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("sessions did not end")
+
+
+# ==================================================================================================
+# The strict daemon: TLS + token + origins + small limits
+# ==================================================================================================
+@dataclass
+class Strict:
+    daemon: Daemon
+    ssl: ssl.SSLContext
+
+    @property
+    def url(self) -> str:
+        return f"wss://127.0.0.1:{self.daemon.port}/v1/listen"
+
+    @property
+    def base(self) -> str:
+        return f"https://127.0.0.1:{self.daemon.port}"
+
+    def ws(self, token: str | None = TOKEN, **kw):
+        return open_ws(self.url, token, self.ssl, **kw)
+
+    def get(self, path: str, token: str | None = TOKEN, headers: dict | None = None):
+        h = dict(headers or {})
+        if token:
+            h["Authorization"] = f"Bearer {token}"
+        return http_get(self.base + path, h, self.ssl)
+
+    def metrics(self) -> dict:
+        return metrics(self.daemon, {"Authorization": f"Bearer {TOKEN}"}, self.ssl)
+
+
+@pytest.fixture(scope="module")
+def strict(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("strict")
+    cert, key = tmp / "cert.pem", tmp / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+         "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],
+        check=True, capture_output=True,
+    )
+    d = start_daemon(
+        tmp, "--token", TOKEN, "--max-sessions", "3",
+        "--set", f"server.tls_cert={cert}", "--set", f"server.tls_key={key}",
+        "--set", f"server.allowed_origins={ORIGIN}",
+        "--set", "server.max_frame_bytes=65536", "--set", "server.idle_timeout=3",
+        "--set", "server.max_session_seconds=20", "--set", "server.send_queue=16",
+    )  # max_rate stays at its default, 4x real time
+    yield Strict(d, ssl.create_default_context(cafile=str(cert)))
+    stop_daemon(d)
+
+
+def test_http_endpoints_need_the_token_over_tls(strict):
+    for path in ("/healthz", "/metrics", "/v1/sessions/abc/transcript"):
+        for token in (None, "wrong", TOKEN[:-1], TOKEN + "x"):
+            with pytest.raises(urllib.error.HTTPError) as err:
+                strict.get(path, token)
+            assert err.value.code == 401, (path, token)
+            assert err.value.headers["WWW-Authenticate"] == "Bearer"
+    assert json.load(strict.get("/healthz"))["status"] == "ok"
+    assert json.load(http_get(f"{strict.base}/healthz?token={TOKEN}", ssl_context=strict.ssl))["status"] == "ok"
+    assert strict.get("/", token=None).status == 200  # the captions page itself is public; it asks for the token
+    with pytest.raises(Exception):  # plain HTTP on the TLS port gets nowhere
+        http_get(strict.daemon.http_url + "/healthz").read()
+    assert metric(strict.metrics(), "uadf_errors_total", code="unauthorized") >= 12
+
+
+def test_websocket_needs_the_token(strict):
+    async def go():
+        for token in (None, "wrong"):
+            with pytest.raises(websockets.InvalidStatus) as err:
+                async with strict.ws(token):
+                    pass
+            assert err.value.response.status_code == 401
+        async with open_ws(f"{strict.url}?token={TOKEN}", None, strict.ssl) as ws:  # browsers: token in the URL
+            await ws.send(start())
+            assert (await recv(ws))["type"] == "ready"
+        async with strict.ws() as ws:
+            await ws.send(start())
+            assert (await recv(ws))["type"] == "ready"
+            await ws.send(STOP)
+            assert (await drain(ws))[-1]["type"] == "end" and close_code(ws) == 1000
+
+    asyncio.run(go())
+
+
+def test_browser_origins(strict):
+    async def go():
+        with pytest.raises(websockets.InvalidStatus) as err:
+            async with strict.ws(origin="https://evil.example"):
+                pass
+        assert err.value.response.status_code == 403
+        for origin in (ORIGIN, f"https://127.0.0.1:{strict.daemon.port}"):  # listed, and the daemon's own page
+            async with strict.ws(origin=origin) as ws:
+                await ws.send(start())
+                assert (await recv(ws))["type"] == "ready", origin
+
+    asyncio.run(go())
+    with pytest.raises(urllib.error.HTTPError) as err:
+        strict.get("/healthz", headers={"Origin": "https://evil.example"})
+    assert err.value.code == 403
+
+
+def test_idle_timeout_counts_frames_not_pings(strict):
+    async def go():
+        # websocket pings every 0.5 s keep the TCP connection busy, but no frame arrives: idle
+        async with strict.ws(ping_interval=0.5) as ws:
+            await ws.send(start())
+            assert (await recv(ws))["type"] == "ready"
+            msgs = await drain(ws, timeout=60)
+            assert msgs[-1]["type"] == "error" and msgs[-1]["code"] == "idle_timeout", msgs
+            assert close_code(ws) == 1008
+        # keepalive frames do count: 5 s of them outlive the 3 s timeout
+        async with strict.ws() as ws:
+            await ws.send(start())
+            assert (await recv(ws))["type"] == "ready"
+            for _ in range(10):
+                await asyncio.sleep(0.5)
+                await ws.send(json.dumps({"type": "keepalive"}))
+            await ws.send(STOP)
+            msgs = await drain(ws)
+            assert [m["type"] for m in msgs] == ["end"] and close_code(ws) == 1000
+        # a connection that never sends start is closed too
+        async with strict.ws() as ws:
+            msgs = await drain(ws, timeout=60)
+            assert msgs[-1]["code"] == "idle_timeout" and close_code(ws) == 1008
+
+    asyncio.run(go())
+
+
+def test_audio_far_faster_than_real_time_is_refused(strict):
+    async def go():
+        async with strict.ws() as ws:
+            await ws.send(start())
+            assert (await recv(ws))["type"] == "ready"
+            try:  # 16 s of audio at once: past the 10 s allowance at 4x real time
+                await send_audio(ws, np.zeros(16000 * 16, np.float32), speed=0, chunk=1.0, stop=False)
+            except websockets.ConnectionClosed:
+                pass
+            msgs = await drain(ws)
+            assert msgs[-1]["type"] == "error" and msgs[-1]["code"] == "rate_limited", msgs
+            assert close_code(ws) == 1008
+
+    asyncio.run(go())
+
+
+def test_session_length_limit(strict):
+    async def go():
+        async with strict.ws() as ws:
+            await ws.send(start())
+            assert (await recv(ws))["type"] == "ready"
+            try:  # 1 s frames at 5x real time (under the rate limit) past the 20 s session limit
+                await send_audio(ws, np.zeros(16000 * 25, np.float32), speed=5, chunk=1.0, stop=False)
+            except websockets.ConnectionClosed:
+                pass
+            msgs = await drain(ws)
+            assert msgs[-1]["code"] == "session_too_long", msgs
+            assert close_code(ws) == 1008
+
+    asyncio.run(go())
+
+
+def test_frame_size_limits(strict):
+    async def go():
+        async with strict.ws() as ws:
+            await ws.send(start())
+            assert (await recv(ws))["type"] == "ready"
+            await ws.send(b"\x00" * (65536 + 2))
+            err = await recv(ws)
+            assert err["code"] == "frame_too_large" and "65536" in err["message"]
+            await ws.send(json.dumps({"type": "keepalive", "pad": "x" * 70000}))
+            assert (await recv(ws))["code"] == "frame_too_large"
+            await ws.send(b"\x00" * 65536)  # exactly the limit is fine
+            await ws.send(STOP)
+            msgs = await drain(ws)
+            assert [m["type"] for m in msgs] == ["end"] and msgs[0]["audio_seconds"] == pytest.approx(2.048, abs=0.01)
+        # past 4x the limit aiohttp refuses the frame itself: close 1009 (message too big)
+        async with strict.ws() as ws:
+            await ws.send(start())
+            assert (await recv(ws))["type"] == "ready"
+            try:
+                await ws.send(b"\x00" * (4 * 65536 + 2))
+            except websockets.ConnectionClosed:
+                pass
+            await drain(ws)
+            assert close_code(ws) == 1009
+
+    asyncio.run(go())
+
+
+def test_max_sessions_also_bounds_resumes(strict):
+    async def go():
+        async with strict.ws() as ws:
+            await ws.send(start())
+            old = (await recv(ws))["session_id"]
+            await ws.send(STOP)
+            await drain(ws)
+        await wait_until_idle(strict.daemon, headers={"Authorization": f"Bearer {TOKEN}"}, ssl_context=strict.ssl)
+        conns = [strict.ws() for _ in range(3)]
+        live = [await c.__aenter__() for c in conns]
+        try:
+            for ws in live:
+                await ws.send(start())
+                assert (await recv(ws))["type"] == "ready"
+            async with strict.ws() as ws:
+                await ws.send(start(session_id=old))
+                msgs = await drain(ws)
+                assert msgs[-1]["code"] == "busy" and close_code(ws) == 1008
+        finally:
+            for c in conns:
+                await c.__aexit__(None, None, None)
+
+    asyncio.run(go())
+
+
+def test_slow_consumer_does_not_grow_server_memory(strict):
+    """A client that sends and never reads: its errors fill the bounded send queue, the server cuts it
+    off (slow_consumer) instead of buffering without bound, and serves others as before."""
+    pid = strict.daemon.process.pid
+    before = rss_mb(pid)
+    frames = 100_000  # each a bad frame, each answered by an error: ~13 MB of messages unread
+
+    async def go():
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", strict.daemon.port))
+        async with open_ws(strict.url, TOKEN, strict.ssl, sock=sock, server_hostname="127.0.0.1", max_queue=4) as ws:
+            await ws.send(start())
+            try:
+                for i in range(frames):
+                    await ws.send(b"\x01")
+            except websockets.ConnectionClosed:
+                pass
+            peak = rss_mb(pid)
+            await drain(ws, timeout=120)
+            return peak
+
+    peak = asyncio.run(go())
+    scraped = strict.metrics()
+    assert metric(scraped, "uadf_errors_total", code="slow_consumer") >= 1
+    assert metric(scraped, "uadf_errors_total", code="bad_audio") < frames  # it stopped reading them
+    print(f"slow consumer: daemon RSS {before:.0f} MB -> {peak:.0f} MB while flooded")
+    assert peak - before < 40
+    asyncio.run(wait_until_idle(strict.daemon, headers={"Authorization": f"Bearer {TOKEN}"}, ssl_context=strict.ssl))
+
+
+def test_tls_session_transcribes(strict):
+    async def go():
+        async with strict.ws() as ws:
+            await ws.send(start())
+            ready = await recv(ws)
+            await send_audio(ws, speech("jfk"), speed=3.5)  # under the 4x rate limit
+            msgs = await drain(ws)
+        return ready, msgs
+
+    ready, msgs = asyncio.run(go())
+    text = " ".join(m["text"] for m in finals_in(msgs))
+    assert wer([reference("jfk")], [text]) < 0.2, text
+    assert msgs[-1]["type"] == "end"
+    body = json.load(strict.get(f"/v1/sessions/{ready['session_id']}/transcript"))
+    assert [f["text"] for f in body["finals"]] == [m["text"] for m in finals_in(msgs)]
+
+
+def test_sigint_ends_sessions_normally_and_exits_0(strict):
+    """Last of the strict tests: SIGINT behaves like SIGTERM."""
+
+    async def go():
+        async with strict.ws() as ws:
+            await ws.send(start())
+            await recv(ws)
+            await send_audio(ws, speech("jfk")[: 16000 * 4], speed=0, stop=False)
+            strict.daemon.process.send_signal(signal.SIGINT)
+            msgs = await drain(ws)
+            return msgs, close_code(ws)
+
+    msgs, code = asyncio.run(go())
+    assert msgs[-1]["type"] == "end" and code == 1000
+    assert finals_in(msgs) and finals_in(msgs)[-1]["endpoint"]
+    assert strict.daemon.process.wait(60) == 0
+
+
+# ==================================================================================================
+# The shared daemon: bad input
+# ==================================================================================================
+BIG_INT = '{"type": "start", "sample_rate": ' + "9" * 5000 + ', "encoding": "pcm_s16le", "channels": 1}'
+
+PRE_START = [  # (frame, code, close code or None when the connection stays open)
+    ("not json", "bad_message", None),
+    ("{", "bad_message", None),
+    ("null", "bad_message", None),
+    ('"start"', "bad_message", None),
+    ("[1, 2]", "bad_message", None),
+    ("{}", "bad_message", None),
+    ('{"type": 5}', "bad_message", None),
+    ("[" * 100_000, "bad_message", None),
+    (BIG_INT, "bad_message", None),
+    (json.dumps({"type": "dance"}), "unknown_type", None),
+    (json.dumps({"type": "stop"}), "not_started", None),
+    (json.dumps({"type": "finalize"}), "not_started", None),
+    (json.dumps({"type": "keepalive"}), "not_started", None),
+    (b"\x00\x01" * 100, "not_started", None),
+    (start(sample_rate=7999), "bad_sample_rate", 1003),
+    (start(sample_rate=48001), "bad_sample_rate", 1003),
+    (start(sample_rate=16000.0), "bad_sample_rate", 1003),
+    (start(sample_rate=True), "bad_sample_rate", 1003),
+    (start(sample_rate="16000"), "bad_sample_rate", 1003),
+    (start(sample_rate=None), "bad_sample_rate", 1003),
+    (start(channels=0), "bad_channels", 1003),
+    (start(channels=3), "bad_channels", 1003),
+    (start(channels=-1), "bad_channels", 1003),
+    (start(channels="1"), "bad_channels", 1003),
+    (start(encoding="pcm_s24le"), "bad_encoding", 1003),
+    (start(encoding="mp3"), "bad_encoding", 1003),
+    (start(encoding=5), "bad_encoding", 1003),
+    (start(encoding=None), "bad_encoding", 1003),
+    (start(mode="magic"), "bad_mode", 1003),
+    (start(mode="uadf"), "bad_mode", 1003),  # the test daemon has no LLM
+    (start(session_id="../../etc/passwd"), "bad_message", None),
+    (start(session_id=""), "bad_message", None),
+    (start(session_id="deadbeef" * 4), "unknown_session", 1008),
+    (start(resume_from=-1), "bad_message", None),
+    (start(language="de"), "bad_message", None),
+]
+
+
+@pytest.mark.parametrize("frame, code, close", PRE_START, ids=[f"{c}-{i}" for i, (_, c, _) in enumerate(PRE_START)])
+def test_bad_input_before_start(daemon, frame, code, close):
+    async def go():
+        async with open_ws(daemon.ws_url) as ws:
+            await ws.send(frame)
+            err = await recv(ws)
+            assert err["type"] == "error" and err["code"] == code and len(err["message"]) > 5, err
+            if close is not None:
+                assert await drain(ws) == [] and close_code(ws) == close
+                return
+            # the frame was dropped; the connection still takes a start and serves
+            await ws.send(start())
+            assert (await recv(ws))["type"] == "ready"
+            await ws.send(STOP)
+            assert (await drain(ws))[-1]["type"] == "end" and close_code(ws) == 1000
+
+    asyncio.run(go())
+
+
+F32_NAN = np.array([0.1, np.nan, 0.2], "<f4").tobytes()
+F32_INF = np.array([0.1, np.inf, -np.inf], "<f4").tobytes()
+IN_SESSION = [  # (start fields, bad frame, code)
+    ({"encoding": "pcm_f32le"}, F32_NAN, "bad_audio"),
+    ({"encoding": "pcm_f32le"}, F32_INF, "bad_audio"),
+    ({"encoding": "pcm_f32le"}, b"\x00" * 6, "bad_audio"),
+    ({"encoding": "pcm_f32le", "channels": 2}, b"\x00" * 12, "bad_audio"),
+    ({"channels": 2}, b"\x00" * 6, "bad_audio"),
+    ({}, b"\x00" * 3, "bad_audio"),
+    ({}, b"\x00" * (256 * 1024 + 2), "frame_too_large"),
+    ({}, "][", "bad_message"),
+    ({}, BIG_INT, "bad_message"),
+    ({}, json.dumps({"type": "rewind"}), "unknown_type"),
+    ({}, start(), "already_started"),
+]
+
+
+@pytest.mark.parametrize("fields, frame, code", IN_SESSION, ids=[f"{c}-{i}" for i, (_, _, c) in enumerate(IN_SESSION)])
+def test_bad_frames_inside_a_session_leave_it_running(daemon, fields, frame, code):
+    fmt = {"sample_rate": 16000, "encoding": "pcm_s16le", "channels": 1, **fields}
+    one_second = np.zeros(16000 * fmt["channels"], "<f4" if fmt["encoding"] == "pcm_f32le" else "<i2").tobytes()
+
+    async def go():
+        async with open_ws(daemon.ws_url) as ws:
+            await ws.send(start(**fields))
+            assert (await recv(ws))["type"] == "ready"
+            await ws.send(one_second)
+            await ws.send(frame)
+            err = await recv(ws)
+            assert err["type"] == "error" and err["code"] == code and err["message"], err
+            await ws.send(b"")  # an empty frame is zero whole frames: fine
+            await ws.send(one_second)
+            await ws.send(STOP)
+            msgs = await drain(ws)
+            assert msgs[-1]["type"] == "end" and close_code(ws) == 1000
+            assert msgs[-1]["audio_seconds"] == pytest.approx(2.0, abs=0.01)  # the bad frame was dropped
+            assert not [m for m in msgs if m["type"] == "error"]
+
+    asyncio.run(go())
+
+
+def test_f32_stereo_48k_with_a_nan_frame_still_transcribes(daemon):
+    import soxr
+
+    mono = speech("jfk")
+    up = soxr.resample(mono, 16000, 48000).astype(np.float32)
+    stereo = np.stack([up, up * 0.5], axis=1).astype("<f4")
+    step = 4800
+
+    async def go():
+        async with open_ws(daemon.ws_url) as ws:
+            await ws.send(start(sample_rate=48000, encoding="pcm_f32le", channels=2))
+            assert (await recv(ws))["type"] == "ready"
+            for i in range(0, len(stereo), step):
+                if i == step * 20:
+                    bad = stereo[i : i + step].copy()
+                    bad[7, 1] = np.nan
+                    await ws.send(bad.tobytes())
+                await ws.send(stereo[i : i + step].tobytes())
+            await ws.send(STOP)
+            return await drain(ws)
+
+    msgs = asyncio.run(go())
+    assert [m["code"] for m in msgs if m["type"] == "error"] == ["bad_audio"]
+    assert wer([reference("jfk")], [" ".join(m["text"] for m in finals_in(msgs))]) < 0.2
+
+
+# ==================================================================================================
+# The shared daemon: resume, transcripts, metrics, hallucinations
+# ==================================================================================================
+def test_resume_gets_missed_finals_then_continues(daemon):
+    audio = speech("dev-concat", "speech-long")[: 16000 * 40]
+    part1, part2 = audio[: 16000 * 20], audio[16000 * 20 :]
+
+    async def go():
+        got: list[dict] = []
+        async with open_ws(daemon.ws_url) as ws:
+            await ws.send(start())
+            sid = (await recv(ws))["session_id"]
+            sender = asyncio.create_task(send_audio(ws, part1, speed=4, stop=False))
+            while not (sender.done() and finals_in(got)):
+                got.append(await recv(ws, 120))
+            await sender
+            ws.transport.abort()  # the network drops: no stop, no close handshake
+        received1 = finals_in(got)
+        await wait_until_idle(daemon)  # the server flushed the pending audio into finals on disk
+        on_disk = disk_finals(daemon.data_dir, sid)
+        assert len(on_disk) >= len(received1)
+        async with open_ws(daemon.ws_url) as ws:
+            await ws.send(start(session_id=sid, resume_from=len(received1)))
+            ready = await recv(ws)
+            resent = [await recv(ws) for _ in range(len(on_disk) - len(received1))]
+            await send_audio(ws, part2, speed=4)
+            rest = await drain(ws)
+        return sid, received1, on_disk, ready, resent, rest
+
+    sid, received1, on_disk, ready, resent, rest = asyncio.run(go())
+    assert ready["type"] == "ready" and ready["resumed"] and ready["session_id"] == sid
+    assert ready["stream_time"] == pytest.approx(20.0, abs=0.01)  # the stream clock continues
+    assert all(same_final(a, b) for a, b in zip(resent, on_disk[len(received1) :]))
+    assert [m["type"] for m in resent] == ["final"] * len(resent)
+    everything = received1 + resent + finals_in(rest)
+    assert [f["segment"] for f in everything] == list(range(len(everything)))
+    assert finals_in(rest) and all(f["start"] >= 19.5 for f in finals_in(rest))
+    assert rest[-1]["type"] == "end" and rest[-1]["finals"] == len(everything)
+    disk = disk_finals(daemon.data_dir, sid)
+    assert len(disk) == len(everything) and all(same_final(a, b) for a, b in zip(disk, everything))
+    body = json.load(daemon.get(f"/v1/sessions/{sid}/transcript"))
+    assert [f["text"] for f in body["finals"]] == [f["text"] for f in everything]
+
+
+def test_resume_while_the_old_connection_is_open_takes_it_over(daemon):
+    audio = speech("jfk")
+
+    async def go():
+        async with open_ws(daemon.ws_url) as old:
+            await old.send(start())
+            sid = (await recv(old))["session_id"]
+            await send_audio(old, audio[: 16000 * 5], speed=0, stop=False)
+            async with open_ws(daemon.ws_url) as new:
+                await new.send(start(session_id=sid))
+                ready = await recv(new, 120)
+                old_msgs = await drain(old)  # the old connection is closed by the server
+                resent = []
+                n_disk = len(disk_finals(daemon.data_dir, sid))
+                for _ in range(n_disk):
+                    resent.append(await recv(new))
+                await send_audio(new, audio[16000 * 5 :], speed=0)
+                rest = await drain(new)
+                return sid, ready, old_msgs, close_code(old), resent, rest
+
+    sid, ready, old_msgs, old_code, resent, rest = asyncio.run(go())
+    assert ready["resumed"] and old_code == 1008
+    everything = resent + finals_in(rest)
+    assert [f["segment"] for f in everything] == list(range(len(everything)))
+    assert rest[-1]["type"] == "end"
+    assert wer([reference("jfk")], [" ".join(f["text"] for f in everything)]) < 0.3
+
+
+def test_transcript_endpoint_formats(daemon):
+    async def go():
+        async with open_ws(daemon.ws_url) as ws:
+            await ws.send(start())
+            sid = (await recv(ws))["session_id"]
+            await send_audio(ws, speech("jfk"), speed=0)
+            return sid, finals_in(await drain(ws))
+
+    sid, finals = asyncio.run(go())
+    base = f"/v1/sessions/{sid}/transcript"
+    body = json.load(daemon.get(base))
+    assert body["session_id"] == sid and [f["text"] for f in body["finals"]] == [f["text"] for f in finals]
+    txt = daemon.get(base + "?format=txt").read().decode()
+    assert " ".join(txt.split()) == " ".join(f["text"] for f in finals if f["text"])
+    srt = daemon.get(base + "?format=srt").read().decode()
+    assert srt.startswith("1\n00:00:") and " --> " in srt
+    vtt = daemon.get(base + "?format=vtt")
+    assert vtt.headers["Content-Type"].startswith("text/vtt") and vtt.read().decode().startswith("WEBVTT\n\n00:00:")
+    for path, status in ((base + "?format=xml", 400), ("/v1/sessions/nope/transcript", 404),
+                         ("/v1/sessions/..%2F..%2Fetc%2Fpasswd/transcript", 404), ("/v1/sessions/a.b/transcript", 404)):
+        with pytest.raises(urllib.error.HTTPError) as err:
+            daemon.get(path)
+        assert err.value.code == status, path
+
+
+def test_metrics_are_prometheus_text(daemon):
+    response = daemon.get("/metrics")
+    assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+    from prometheus_client.parser import text_string_to_metric_families
+
+    families = {f.name: f for f in text_string_to_metric_families(response.read().decode())}
+    for name in ("uadf_active_sessions", "uadf_sessions", "uadf_audio_seconds", "uadf_decode_seconds", "uadf_llm_calls",
+                 "uadf_errors", "uadf_decode_queue_depth", "uadf_send_queue_depth", "uadf_finals", "uadf_connections"):
+        assert name in families, name
+    scraped = metrics(daemon)
+    assert metric(scraped, "uadf_audio_seconds_total") > 10 and metric(scraped, "uadf_decode_seconds_count") > 0
+    assert metric(scraped, "uadf_errors_total", code="bad_audio") > 0
+    assert metric(scraped, "uadf_errors_total", code="internal") == 0
+    assert json.load(daemon.get("/healthz"))["status"] == "ok"
+
+
+HALLUCINATION_SECONDS = 300
+
+
+@pytest.mark.parametrize("kind", ["silence", "pink-noise", "tones"])
+def test_five_minutes_of_non_speech_give_no_words(daemon, kind):
+    n = HALLUCINATION_SECONDS
+    audio = {"silence": lambda: np.zeros(16000 * n, np.float32), "pink-noise": lambda: pink_noise(n), "tones": lambda: tones(n)}[kind]()
+
+    async def go():
+        async with open_ws(daemon.ws_url) as ws:
+            await ws.send(start())
+            await recv(ws)
+            await send_audio(ws, audio, speed=0, chunk=1.0)
+            return await drain(ws, timeout=600)
+
+    msgs = asyncio.run(go())
+    words = [m["text"] for m in msgs if m["type"] in ("final", "partial") and m["text"]]
+    assert words == [], words[:10]
+    assert msgs[-1]["type"] == "end" and msgs[-1]["audio_seconds"] == pytest.approx(n, abs=0.1)
+
+
+# ==================================================================================================
+# Faults: SIGTERM and kill -9 of the daemon itself
+# ==================================================================================================
+def test_sigterm_delivers_pending_finals_closes_1000_and_exits_0(tmp_path):
+    d = start_daemon(tmp_path, "--set", "server.max_rate=0")
+    audio = speech("dev-concat", "speech-long")[: 16000 * 60]
+
+    async def client(first_final: asyncio.Event, offset: int):
+        async with open_ws(d.ws_url) as ws:
+            await ws.send(start())
+            sid = (await recv(ws))["session_id"]
+            sent = [0.0]
+            sender = asyncio.create_task(send_audio(ws, audio[16000 * offset :], speed=2, stop=False, sent=sent))
+            msgs: list[dict] = []
+            try:
+                async for raw in ws:
+                    msgs.append(json.loads(raw))
+                    if msgs[-1]["type"] == "final":
+                        first_final.set()
+            except websockets.ConnectionClosed:
+                pass
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+            return sid, msgs, close_code(ws), sent
+
+    async def go():
+        events = [asyncio.Event(), asyncio.Event()]
+        idle = await open_ws(d.ws_url).__aenter__()  # connected, never started
+        tasks = [asyncio.create_task(client(events[0], 0)), asyncio.create_task(client(events[1], 20))]
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), 180)
+        await asyncio.sleep(1.0)  # speech in flight: pending, not yet final
+        d.process.send_signal(signal.SIGTERM)
+        results = await asyncio.wait_for(asyncio.gather(*tasks), 120)
+        await drain(idle)
+        return results, close_code(idle)
+
+    try:
+        results, idle_code = asyncio.run(go())
+        assert d.process.wait(60) == 0
+    finally:
+        stop_daemon(d)
+    assert idle_code == 1000
+    for sid, msgs, code, sent in results:
+        finals = finals_in(msgs)
+        assert msgs[-1]["type"] == "end" and code == 1000, msgs[-3:]
+        assert msgs[-1]["finals"] == len(finals) and [f["segment"] for f in finals] == list(range(len(finals)))
+        assert not [m for m in msgs if m["type"] == "error"]
+        disk = disk_finals(d.data_dir, sid)
+        assert len(disk) == len(finals) and all(same_final(a, b) for a, b in zip(disk, finals))
+        # the speech sent before the signal is in the finals, up to its last pause
+        assert finals[-1]["end"] >= msgs[-1]["audio_seconds"] - 4.0
+
+
+def test_kill9_loses_no_received_final_and_the_session_resumes(tmp_path):
+    d = start_daemon(tmp_path, "--set", "server.max_rate=0")
+    audio = speech("dev-concat", "speech-long")
+
+    async def go():
+        received: list[dict] = []
+        async with open_ws(d.ws_url) as ws:
+            await ws.send(start())
+            sid = (await recv(ws))["session_id"]
+            sender = asyncio.create_task(send_audio(ws, audio, speed=4, stop=False))
+            try:
+                async for raw in ws:
+                    m = json.loads(raw)
+                    if m["type"] == "final":
+                        received.append(m)
+                        if len(received) == 4:
+                            d.process.kill()
+            except websockets.ConnectionClosed:
+                pass
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+        return sid, received
+
+    try:
+        sid, received = asyncio.run(go())
+        assert d.process.wait(30) == -signal.SIGKILL
+    finally:
+        stop_daemon(d)
+    disk = disk_finals(d.data_dir, sid)
+    assert len(received) >= 4 and len(disk) >= len(received)
+    assert all(same_final(a, b) for a, b in zip(received, disk))
+
+    # a new daemon on the same data directory serves the transcript and resumes the session
+    d2 = start_daemon(tmp_path, "--set", "server.max_rate=0")
+    try:
+        body = json.load(d2.get(f"/v1/sessions/{sid}/transcript"))
+        assert len(body["finals"]) == len(disk)
+
+        async def resume():
+            async with open_ws(d2.ws_url) as ws:
+                await ws.send(start(session_id=sid, resume_from=len(received)))
+                ready = await recv(ws)
+                await send_audio(ws, speech("jfk"), speed=0)
+                return ready, await drain(ws)
+
+        ready, msgs = asyncio.run(resume())
+    finally:
+        assert stop_daemon(d2) == 0
+    assert ready["resumed"] and ready["stream_time"] >= received[-1]["end"]
+    finals = finals_in(msgs)
+    assert [f["segment"] for f in finals] == list(range(len(received), len(received) + len(finals)))
+    assert all(same_final(a, b) for a, b in zip(finals, disk[len(received) :]))
+    assert msgs[-1]["finals"] == len(received) + len(finals) and len(finals) > len(disk) - len(received)

@@ -1,0 +1,64 @@
+"""Decode scheduler: batching, fairness and isolation (a recording fake backend; the real one is covered by test_server)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+
+from streamer.asr_backend import Hypothesis, WindowRequest
+from streamer.config import SchedulerOptions
+from streamer.scheduler import DecodeScheduler
+
+
+class RecordingBackend:
+    def __init__(self, fail_on: str | None = None):
+        self.batches: list[list[str]] = []
+        self.threads: set[str] = set()
+        self.fail_on = fail_on
+
+    def transcribe(self, requests):
+        self.threads.add(threading.current_thread().name)
+        names = [r.meta["name"] for r in requests]
+        self.batches.append(names)
+        if self.fail_on in names:
+            raise RuntimeError("bad window")
+        return [Hypothesis([], name, 0.0, 0.0, 0.0) for name in names]
+
+
+def request(name: str) -> WindowRequest:
+    return WindowRequest(audio=np.zeros(1600, np.float32), offset=0.0, meta={"name": name})
+
+
+def run(backend, names, options=SchedulerOptions(max_batch=4, max_wait_ms=20)):
+    async def go():
+        scheduler = DecodeScheduler(backend, options)
+        scheduler.start()
+        try:
+            return await asyncio.gather(*(scheduler.submit(request(n)) for n in names), return_exceptions=True)
+        finally:
+            await scheduler.stop()
+
+    return asyncio.run(go())
+
+
+def test_ready_windows_are_batched_off_the_event_loop():
+    backend = RecordingBackend()
+    hyps = run(backend, ["a", "b", "c"])
+    assert [h.text for h in hyps] == ["a", "b", "c"]
+    assert backend.batches == [["a", "b", "c"]]
+    assert all(t.startswith("decode") for t in backend.threads)
+
+
+def test_batches_are_bounded_and_fifo():
+    backend = RecordingBackend()
+    run(backend, list("abcdef"), SchedulerOptions(max_batch=4, max_wait_ms=20))
+    assert backend.batches == [list("abcd"), list("ef")]
+
+
+def test_a_failing_window_does_not_fail_the_others():
+    backend = RecordingBackend(fail_on="b")
+    results = run(backend, ["a", "b", "c"])
+    assert results[0].text == "a" and results[2].text == "c"
+    assert isinstance(results[1], RuntimeError)
