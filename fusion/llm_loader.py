@@ -95,12 +95,17 @@ def resolve_path(spec: str, cache_dir: str = DEFAULT_CACHE_DIR) -> str:
     return str(path) if path.exists() else spec
 
 
-def load_llm(spec: str, device: str = "auto", cache_dir: str = DEFAULT_CACHE_DIR) -> LoadedLLM:
-    """Load tokenizer and model in eval mode (fp32 on CPU, fp16 on CUDA)."""
+def load_llm(spec: str, device: str = "auto", cache_dir: str = DEFAULT_CACHE_DIR, quantize: bool = False) -> LoadedLLM:
+    """Load tokenizer and model in eval mode (fp32 on CPU, fp16 on CUDA).
+
+    quantize: int8 dynamic quantization of the linear layers on CPU. Scoring a few tokens is
+    memory-bound on the fp32 weights, so this is ~3.5x faster for SmolLM2 on one core."""
     where = resolve_path(spec, cache_dir)
     dev = resolve_device(device)
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True)
     model = AutoModelForCausalLM.from_pretrained(where, local_files_only=True, dtype=dtype)
     model.to(dev).eval()
+    if quantize and dev.type == "cpu":
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     return LoadedLLM(name=spec, model=model, tokenizer=tokenizer, device=dev)

@@ -57,8 +57,9 @@ class LLMScorer:
             return
         if common == 0:
             state.cache, state.ids = DynamicCache(config=self.llm.model.config), []
-        else:
-            # Keep common - 1 tokens and re-feed the last common one: its logits were not stored.
+        elif common < len(state.ids):
+            # Roll back to common - 1 tokens and re-feed the last common one: only the logits
+            # after the last token are kept, so its successor distribution must be recomputed.
             state.cache.crop(-(len(state.ids) - common + 1))
             state.ids = state.ids[: common - 1]
         new = ids[len(state.ids):]
@@ -68,7 +69,6 @@ class LLMScorer:
             use_cache=True,
             logits_to_keep=1,
         )
-        state.cache = out.past_key_values
         state.last_logits = out.logits[0, -1].float()
         state.ids = list(ids)
         state.fed_tokens += len(new)

@@ -17,14 +17,10 @@ import asyncio
 import gc
 import json
 import logging
-import os
-import platform
-import shlex
 import sys
 import tempfile
 import time
 import urllib.request
-from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -32,95 +28,29 @@ import numpy as np
 import psutil
 
 from clients.stream import stream_audio
-from streamer import bench_plots
 from streamer.audio import SAMPLE_RATE, load_audio
 from streamer.bench_metrics import FileLatency, RefWord, file_latency, summary, wer
+from streamer.bench_report import build_report, write_outputs
+from streamer.bench_results import (
+    CAPACITY_LIMIT,
+    CapacityLevel,
+    Clip,
+    DaemonRun,
+    FileResult,
+    ModeSetResult,
+    Reference,
+    Soak,
+    aggregate,
+)
 from streamer.config import Config
-from streamer.daemon_process import ResourceMonitor, Usage, start_daemon, stop_daemon
+from streamer.daemon_process import ResourceMonitor, start_daemon, stop_daemon
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
 FUSION_MODES = ("shallow", "uadf", "uadf-llm")
-CAPACITY_LIMIT = 2.0  # median final latency (s) a stream may have to count as served
-NAIVE_CHUNK = 2.0
-TARGETS = {
-    "median partial latency (s)": 0.8,
-    "median final latency (s)": 2.0,
-    "p95 final latency (s)": 3.0,
-}
-
-
-@dataclass
-class Clip:
-    id: str
-    set: str
-    path: str
-    text: str
-    seconds: float
-
-
-@dataclass
-class Reference:
-    """Offline faster-whisper on the whole file: the accuracy ceiling and the word times."""
-
-    text: str
-    words: list[RefWord]
-    cpu_seconds: float
-    wall_seconds: float
-    speech: list[tuple[float, float]]  # Silero VAD speech regions (s), for speech onsets
-
-
-@dataclass
-class FileResult:
-    clip: str
-    set: str
-    mode: str
-    text: str
-    wer: float
-    latency: FileLatency
-    error: str | None = None
-
-
-@dataclass
-class ModeSetResult:
-    """One mode on one set (or "all"): accuracy, latency summaries, rewrites and resources."""
-
-    mode: str
-    set: str
-    files: int
-    audio_seconds: float
-    wer: float | None
-    partial: dict
-    final: dict
-    onset: dict
-    finalization: dict
-    rewrite_rate: float | None
-    cpu_rtf: float | None
-    cpu_percent: float | None
-    rss_start_mb: float | None
-    rss_end_mb: float | None
-    rss_peak_mb: float | None
-    errors: list[str] = field(default_factory=list)
-
-
-@dataclass
-class CapacityLevel:
-    mode: str
-    clients: int
-    sessions: int
-    errors: int
-    audio_seconds: float
-    wer: float | None
-    partial: dict
-    final: dict
-    cpu_percent: float | None
-    rss_peak_mb: float | None
-
-    @property
-    def served(self) -> bool:
-        return self.errors == 0 and self.final["p50"] is not None and self.final["p50"] < CAPACITY_LIMIT
+NAIVE_CHUNK = 2.0  # seconds of the naive baseline's chunks
 
 
 # -- command line ------------------------------------------------------------------------------------
@@ -132,7 +62,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--long", default=str(DATA / "speech-long"), help="folder with a manifest.jsonl of minutes-long audio")
     p.add_argument("--long-limit", type=int, default=-1, help="first N clips of --long (0: none, -1: all)")
     p.add_argument("--modes", default="asr,uadf", help="daemon modes to measure, comma separated (fusion ones need --llm)")
-    p.add_argument("--clients", default="1,2,4,6", help="concurrent client counts swept for capacity in asr mode")
+    p.add_argument("--clients", default="1,2,4,6,8", help="concurrent real-time clients swept for capacity in asr mode, e.g. 1,2,4,6")
+    p.add_argument("--fusion-sets", default="dev,long", help="sets streamed in fusion modes (they may run slower than real time)")
     p.add_argument("--fusion-clients", default="1,2", help="concurrent client counts swept in fusion modes ('' skips)")
     p.add_argument("--capacity-clips", type=int, default=2, help="clips each client streams in the capacity sweep")
     p.add_argument("--speed", type=float, default=1.0, help="audio pace, x real time")
@@ -225,34 +156,6 @@ async def stream_clip(url: str, clip: Clip, mode: str, speed: float, ref: Refere
     )
 
 
-def aggregate(mode: str, name: str, clips: list[Clip], results: list[FileResult], usage: Usage | None, cpu_seconds: float | None = None) -> ModeSetResult:
-    """Combine file results of one mode on a set; `usage` is the daemon's (or `cpu_seconds` the bench's)."""
-    seconds = sum(c.seconds for c in clips)
-    text = {r.clip: r.text for r in results}
-    lat = [r.latency for r in results]
-    pick = lambda attr: [v for x in lat for v in getattr(x, attr)]  # noqa: E731
-    updates = sum(x.updates for x in lat)
-    cpu = usage.cpu_seconds if usage else cpu_seconds
-    return ModeSetResult(
-        mode=mode,
-        set=name,
-        files=len(results),
-        audio_seconds=round(seconds, 2),
-        wer=wer([c.text for c in clips], [text.get(c.id, "") for c in clips]) if clips else None,
-        partial=summary(pick("partial")),
-        final=summary(pick("final")),
-        onset=summary(pick("onset")),
-        finalization=summary(pick("finalization")),
-        rewrite_rate=sum(x.rewrites for x in lat) / updates if updates else None,
-        cpu_rtf=cpu / seconds if cpu is not None and seconds else None,
-        cpu_percent=usage.cpu_percent if usage else None,
-        rss_start_mb=usage.rss_start_mb if usage else None,
-        rss_end_mb=usage.rss_end_mb if usage else None,
-        rss_peak_mb=usage.rss_peak_mb if usage else None,
-        errors=[f"{r.clip}: {r.error}" for r in results if r.error],
-    )
-
-
 async def run_mode(url: str, mode: str, sets: dict[str, list[Clip]], refs: dict[str, Reference], speed: float, monitor: ResourceMonitor | None) -> tuple[list[ModeSetResult], list[FileResult]]:
     """One client streams every clip in turn; resources are measured per set."""
     rows: list[ModeSetResult] = []
@@ -310,26 +213,6 @@ async def warm_up(url: str, clip: Clip, mode: str) -> None:
 
 
 # -- the run --------------------------------------------------------------------------------------------
-@dataclass
-class Soak:
-    """RSS of the daemon over one long stream."""
-
-    mode: str
-    audio_seconds: float
-    speed: float
-    wall_seconds: float
-    rss_start_mb: float
-    rss_end_mb: float
-    rss_peak_mb: float
-    rss_curve: list[tuple[float, float]]  # (audio seconds, RSS MB), every ~10 s of wall time
-    finals: int
-    error: str | None = None
-
-    @property
-    def growth_mb(self) -> float:
-        return self.rss_end_mb - self.rss_start_mb
-
-
 async def run_soak(url: str, clips: list[Clip], minutes: float, speed: float, monitor: ResourceMonitor) -> Soak:
     """One session streaming `clips` looped to `minutes` of audio; RSS from the first to the last sample."""
     audio = np.concatenate([load_audio(c.path) for c in clips])
@@ -356,18 +239,6 @@ async def run_soak(url: str, clips: list[Clip], minutes: float, speed: float, mo
     return Soak("asr", len(audio) / SAMPLE_RATE, speed, wall, usage.rss_start_mb, usage.rss_end_mb, usage.rss_peak_mb, curve, finals, error)
 
 
-@dataclass
-class DaemonRun:
-    modes: list[str]
-    rows: list[ModeSetResult] = field(default_factory=list)
-    files: list[FileResult] = field(default_factory=list)
-    capacity: list[CapacityLevel] = field(default_factory=list)
-    unavailable: dict[str, str] = field(default_factory=dict)
-    startup_seconds: float | None = None
-    idle_rss_mb: float | None = None
-    soak: Soak | None = None
-
-
 def bench_daemon(url: str, pid: int | None, modes: list[str], sets: dict[str, list[Clip]], refs: dict[str, Reference], args, levels: dict[str, list[int]]) -> DaemonRun:
     run = DaemonRun(modes=[])
     offered = healthz(url).get("modes", ["asr"])
@@ -386,7 +257,8 @@ def bench_daemon(url: str, pid: int | None, modes: list[str], sets: dict[str, li
                 run.unavailable[mode] = f"warm-up failed: {type(exc).__name__}: {exc}"
                 continue
             run.modes.append(mode)
-            rows, files = asyncio.run(run_mode(url, mode, sets, refs, args.speed, monitor))
+            mode_sets = sets if mode == "asr" else {k: v for k, v in sets.items() if k in args.fusion_sets.split(",")}
+            rows, files = asyncio.run(run_mode(url, mode, mode_sets, refs, args.speed, monitor))
             run.rows += rows
             run.files += files
             capacity_clips = next(iter(sets.values()))
@@ -405,16 +277,6 @@ def bench_daemon(url: str, pid: int | None, modes: list[str], sets: dict[str, li
         if monitor:
             monitor.stop()
     return run
-
-
-def _round(obj):
-    if isinstance(obj, float):
-        return None if obj != obj else round(obj, 4)
-    if isinstance(obj, dict):
-        return {k: _round(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_round(v) for v in obj]
-    return obj
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
@@ -472,12 +334,13 @@ def run(args: argparse.Namespace, config: Config) -> int:
         if not group:
             continue
         if group != ["asr"] and not llm:
-            unavailable.update({m: "no LLM configured (fusion.llm)" for m in group})
+            unavailable.update({m: "no LLM configured (fusion.llm; pass --llm smollm2)" for m in group})
             continue
         workdir = Path(tempfile.mkdtemp(prefix="uadf-bench-"))
         extra = ["--max-sessions", str(max([1, *(n for ns in levels.values() for n in ns)]) + 2), "--set", "server.max_rate=0"]
         for key in ("model", "device", "compute_type"):
             extra += ["--set", f"asr.{key}={getattr(config.asr, key)}"]
+        extra += (["--config", args.config] if args.config else []) + [x for kv in args.set for x in ("--set", kv)]
         t0 = time.monotonic()
         try:
             daemon = start_daemon(workdir, *extra, llm=llm, timeout=600)
@@ -503,166 +366,17 @@ def run(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
-def _all_rows(rows: list[ModeSetResult], files: list[FileResult], sets: dict[str, list[Clip]]) -> list[ModeSetResult]:
-    """Per mode over every set: latencies pooled, WER over all clips, resources summed."""
-    out = []
-    clips = [c for cs in sets.values() for c in cs]
-    for mode in dict.fromkeys(r.mode for r in rows):
-        mine = [r for r in rows if r.mode == mode]
-        res = [f for f in files if f.mode == mode]
-        row = aggregate(mode, "all", clips, res, None, None)
-        cpu = [r.cpu_rtf * r.audio_seconds for r in mine if r.cpu_rtf is not None]
-        row.cpu_rtf = sum(cpu) / row.audio_seconds if len(cpu) == len(mine) and row.audio_seconds else None
-        peaks = [r.rss_peak_mb for r in mine if r.rss_peak_mb is not None]
-        row.rss_peak_mb = max(peaks) if peaks else None
-        out.append(row)
-    return out
+def main(argv: list[str] | None = None) -> int:
+    """`python -m streamer.bench ...`: the same as `uadf-stream bench ...`."""
+    from streamer.cli import SHORTCUTS, _add_common, build_config
+
+    parser = argparse.ArgumentParser(prog="uadf-stream bench", description=__doc__)
+    _add_common(parser)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(args, build_config(args, SHORTCUTS))
 
 
-def build_report(args, started, wall, model_name, sets, rows, files, capacity, unavailable, daemon_runs) -> dict:
-    overall = _all_rows(rows, files, sets)
-    cap: dict[str, int] = {}
-    for mode in dict.fromkeys(level.mode for level in capacity):
-        served = [lvl.clients for lvl in capacity if lvl.mode == mode and lvl.served]
-        cap[mode] = max(served) if served else 0
-    long_rss = {r.mode: r.rss_end_mb - r.rss_start_mb for r in rows if r.set == "long" and r.rss_start_mb is not None}
-    return _round({
-        "date": started.strftime("%Y-%m-%d %H:%M UTC"),
-        "command": command_line(),
-        "machine": {
-            "cpu_count": os.cpu_count(),
-            "processor": platform.processor() or platform.machine(),
-            "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-            "python": platform.python_version(),
-        },
-        "model": model_name,
-        "speed": args.speed,
-        "wall_seconds": wall,
-        "sets": {name: {"clips": [c.id for c in cs], "audio_seconds": sum(c.seconds for c in cs)} for name, cs in sets.items()},
-        "definitions": {
-            "partial": "per word: wall time of the first partial or final showing it minus its reference end time / speed",
-            "final": "per word: wall time of the final holding it minus its reference end time / speed",
-            "onset": "per utterance (reference words split at pauses >= 0.8 s): first word shown minus speech onset",
-            "finalization": "per utterance: last word final minus end of its speech",
-            "rewrite_rate": "transcript updates (non-empty partials and finals) that change or retract a shown word / all updates",
-            "cpu_rtf": "CPU seconds (daemon process; bench process for baselines) / audio seconds",
-            "capacity": f"largest concurrent real-time stream count with median final latency < {CAPACITY_LIMIT} s and no failed session",
-        },
-        "results": [asdict(r) for r in rows],
-        "overall": [asdict(r) for r in overall],
-        "capacity_levels": [asdict(lvl) | {"served": lvl.served} for lvl in capacity],
-        "capacity": cap,
-        "rss_growth_long_mb": long_rss,
-        "daemons": [{"modes": r.modes, "startup_seconds": r.startup_seconds, "idle_rss_mb": r.idle_rss_mb} for r in daemon_runs],
-        "soak": [asdict(r.soak) | {"growth_mb": r.soak.growth_mb} for r in daemon_runs if r.soak],
-        "unavailable": unavailable,
-        "files": [{"clip": f.clip, "set": f.set, "mode": f.mode, "wer": f.wer, "words": len(f.latency.final),
-                   "final_p50": summary(f.latency.final)["p50"], "partial_p50": summary(f.latency.partial)["p50"],
-                   "error": f.error, "text": f.text} for f in files],
-    })
-
-
-def command_line() -> str:
-    argv = sys.argv[sys.argv.index("bench") :] if "bench" in sys.argv else ["bench", "..."]
-    return "uadf-stream " + " ".join(shlex.quote(a) for a in argv)
-
-
-def _fmt(value, spec: str = ".2f", scale: float = 1.0) -> str:
-    return "—" if value is None else format(value * scale, spec)
-
-
-def markdown(report: dict) -> str:
-    lines = [
-        f"# uadf-stream benchmark, {report['date']}",
-        "",
-        f"`{report['command']}`",
-        "",
-        f"Model {report['model']}, {report['machine']['cpu_count']} CPU cores ({report['machine']['processor']}), "
-        f"audio at {report['speed']:g}x real time, one client per mode. Latencies in seconds after the word "
-        "ends in the stream (reference word times: offline faster-whisper word timestamps); p50 / p95.",
-        "",
-        "| mode | set | clips | audio s | WER | partial p50 | final p50 | final p95 | onset p50 | end→final p50 | rewrites | CPU RTF | CPU % | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in report["results"] + report["overall"]:
-        no_latency = r["mode"] == "offline"
-        lines.append(
-            f"| {r['mode']} | {r['set']} | {r['files']} | {r['audio_seconds']:.0f} | {_fmt(r['wer'], '.1%')} | "
-            + " | ".join("—" if no_latency else _fmt(x) for x in (r["partial"]["p50"], r["final"]["p50"], r["final"]["p95"], r["onset"]["p50"], r["finalization"]["p50"]))
-            + f" | {_fmt(r['rewrite_rate'], '.1%')} | {_fmt(r['cpu_rtf'], '.3f')} | {_fmt(r['cpu_percent'], '.0f')} | {_fmt(r['rss_peak_mb'], '.0f')} |"
-        )
-    if report["capacity_levels"]:
-        lines += [
-            "",
-            f"Capacity (concurrent real-time streams; served = median final latency < {CAPACITY_LIMIT:g} s, no failed session):",
-            "",
-            "| mode | clients | sessions | WER | partial p50 | final p50 | final p95 | CPU % | peak RSS MB | served |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
-        for c in report["capacity_levels"]:
-            lines.append(
-                f"| {c['mode']} | {c['clients']} | {c['sessions']} | {_fmt(c['wer'], '.1%')} | {_fmt(c['partial']['p50'])} | "
-                f"{_fmt(c['final']['p50'])} | {_fmt(c['final']['p95'])} | {_fmt(c['cpu_percent'], '.0f')} | "
-                f"{_fmt(c['rss_peak_mb'], '.0f')} | {'yes' if c['served'] else 'no'}{' (' + str(c['errors']) + ' failed)' if c['errors'] else ''} |"
-            )
-        lines += ["", "Capacity: " + ", ".join(f"{m} {n} streams" for m, n in report["capacity"].items())]
-    for soak in report["soak"]:
-        lines += ["", f"Memory: one `{soak['mode']}` stream of {soak['audio_seconds'] / 60:.0f} min of audio at {soak['speed']:g}x: "
-                  f"daemon RSS {soak['rss_start_mb']:.0f} -> {soak['rss_end_mb']:.0f} MB ({soak['growth_mb']:+.0f} MB, peak "
-                  f"{soak['rss_peak_mb']:.0f} MB), {soak['finals']} finals{', ERROR ' + soak['error'] if soak['error'] else ''}."]
-    lines += ["", "Targets (tiny.en, 2-core CPU, real time):", ""]
-    lines += [f"- {t}" for t in targets(report)]
-    if report["unavailable"]:
-        lines += ["", "Not measured: " + "; ".join(f"`{m}`: {why}" for m, why in report["unavailable"].items())]
-    lines += ["", "Definitions: " + "; ".join(f"{k}: {v}" for k, v in report["definitions"].items()) + "."]
-    return "\n".join(lines) + "\n"
-
-
-def targets(report: dict) -> list[str]:
-    """The issue's targets against the measured numbers (reported, never asserted)."""
-    overall = {r["mode"]: r for r in report["overall"]}
-    offline = overall.get("offline", {}).get("wer")
-    out = []
-    for mode in [m for m in overall if m not in ("offline", "naive-2s")]:
-        r = overall[mode]
-        checks = [
-            ("median partial latency", r["partial"]["p50"], 0.8, "s"),
-            ("median final latency", r["final"]["p50"], 2.0, "s"),
-            ("p95 final latency", r["final"]["p95"], 3.0, "s"),
-        ]
-        parts = [f"{name} {_fmt(v)} {unit} (<= {limit:g}: {'met' if v is not None and v <= limit else 'missed'})" for name, v, limit, unit in checks]
-        if offline and r["wer"] is not None:
-            rel = r["wer"] / offline - 1
-            parts.append(f"WER {r['wer']:.1%} vs offline {offline:.1%} ({rel:+.0%} relative; within 10%: {'met' if rel <= 0.10 else 'missed'})")
-        if mode in report["capacity"]:
-            need = 4 if mode == "asr" else 2
-            parts.append(f"capacity {report['capacity'][mode]} streams (>= {need}: {'met' if report['capacity'][mode] >= need else 'missed'})")
-        soak = [x for x in report["soak"] if x["mode"] == mode]
-        if soak:
-            g = soak[0]["growth_mb"]
-            parts.append(f"RSS growth over a {soak[0]['audio_seconds'] / 60:.0f}-min stream {g:+.0f} MB (< 50 MB: {'met' if g < 50 else 'missed'})")
-        elif mode in report["rss_growth_long_mb"]:
-            g = report["rss_growth_long_mb"][mode]
-            parts.append(f"RSS growth over the long set {g:+.0f} MB (< 50 MB: {'met' if g < 50 else 'missed'})")
-        out.append(f"`{mode}`: " + "; ".join(parts))
-    return out
-
-
-def write_outputs(out: Path, report: dict, rows: list[ModeSetResult], files: list[FileResult], capacity: list[CapacityLevel]) -> None:
-    (out / "bench.json").write_text(json.dumps(report, indent=1) + "\n")
-    (out / "bench.md").write_text(markdown(report))
-    latencies: dict[str, dict[str, list[float]]] = {}
-    for f in files:
-        if f.mode == "offline":
-            continue
-        d = latencies.setdefault(f.mode, {"partial": [], "final": []})
-        d["partial"] += f.latency.partial
-        d["final"] += f.latency.final
-    bench_plots.latency_cdf(latencies, out / "latency_cdf.png")
-    overall = {r["mode"]: r for r in report["overall"]}
-    points = {m: (r["final"]["p50"], r["wer"]) for m, r in overall.items() if m != "offline" and r["wer"] is not None}
-    bench_plots.wer_latency(points, overall.get("offline", {}).get("wer"), out / "wer_latency.png")
-    levels: dict[str, list[tuple[int, float | None, float | None]]] = {}
-    for lvl in capacity:
-        levels.setdefault(lvl.mode, []).append((lvl.clients, lvl.final["p50"], lvl.final["p95"]))
-    bench_plots.capacity(levels, out / "capacity.png", CAPACITY_LIMIT)
+if __name__ == "__main__":
+    sys.exit(main())

@@ -37,10 +37,12 @@ def latency_cdf(latencies: dict[str, dict[str, list[float]]], path: Path) -> Pat
     ax.axvline(2.0, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("latency after the word ends in the stream (s)")
     ax.set_ylabel("fraction of words")
-    ax.set_xlim(left=min(-0.5, ax.get_xlim()[0]))
+    finals = [v for kinds in latencies.values() for v in kinds.get("final") or []]
+    ax.set_xlim(-0.5, max(3.0, float(np.percentile(finals, 99)) + 0.5) if finals else 3.0)
     ax.set_ylim(0, 1.01)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="lower right")
     ax.set_title("Per-word latency CDF (final solid, partial dashed)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -29,7 +29,7 @@ class StreamingOptions:
     min_window: float = 0.3
     max_window: float = 12.0
     endpoint_silence: float = 0.5
-    commit_margin: float = 0.6
+    commit_margin: float = 0.8
     prompt_words: int = 40
     vad_threshold: float = 0.5
     vad_neg_threshold: float = 0.35

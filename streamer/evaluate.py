@@ -106,6 +106,8 @@ def format_report(report: dict) -> str:
 def run(args: argparse.Namespace, config) -> int:
     from streamer.engine import Engine
 
+    if args.mode == "asr":
+        config.fusion.llm = ""  # no need to load the LLM
     engine = Engine(config)
     mode = args.mode or engine.default_mode
     report = evaluate(engine, args.manifest, mode, args.condition, args.limit)

@@ -21,12 +21,14 @@ from streamer.vad import StreamingVad
 PRE_ROLL = 0.4  # seconds kept before detected speech, so onsets are not clipped
 FINAL_TAIL = 0.3  # seconds kept after the last speech frame in an endpoint window
 MIN_SPEECH = 0.1  # seconds of VAD speech before a window is worth decoding
+IGNORED_SPEECH = 1.0  # seconds of speech after the committed words that a hypothesis may not skip
 
 
 @dataclass
 class StepStats:
     decodes: int = 0
     rejected: int = 0
+    context_drops: int = 0
     llm_calls: int = 0
     tokens: int = 0
     fused_tokens: int = 0
@@ -133,6 +135,15 @@ class StreamingProcessor:
             self.stats.rejected += 1
             words = []
         new = strip_committed(words, self.committed_in_buffer, self._committed_end())
+        if not new and self.committed_in_buffer and self._speech_ignored(request):
+            # Whisper sometimes transcribes the committed context and stops, skipping the new
+            # speech after a pause: drop the context, so the next window holds the new speech only.
+            self.stats.context_drops += 1
+            cut = min(max(self._committed_end(), self.flushed_until), request.meta["end"])
+            self._retire_committed()
+            self._trim_to(cut)
+            self.last_decode_end = self.buffer_start
+            return []
         events: list[Partial | Final] = []
         if request.final:
             self.finalize_requested = False
@@ -154,6 +165,10 @@ class StreamingProcessor:
             end = self.uncommitted[-1].end if self.uncommitted else self.stream_time
             events.append(Partial(segment=self.segment, text=partial, start=start, end=end))
         return events
+
+    def _speech_ignored(self, request: WindowRequest) -> bool:
+        since = max(self._committed_end(), self.flushed_until)
+        return self.vad.speech_seconds(since, request.meta["end"]) >= IGNORED_SPEECH
 
     def discard(self, request: WindowRequest) -> None:
         """A window whose decode failed: forget it (an endpoint window counts as flushed)."""

@@ -40,6 +40,14 @@ def parse_text(data: str, limit: int):
     except (ValueError, TypeError, RecursionError) as exc:  # e.g. an integer past Python's 4300-digit limit
         raise StreamError("bad_message", f"text frames must be JSON: {str(exc)[:80]}") from None
 
+def _message_type(data: str) -> str | None:
+    try:
+        obj = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return obj.get("type") if isinstance(obj, dict) else None
+
+
 class _IdleTimer:
     def __init__(self, seconds: float):
         self.seconds = seconds
@@ -252,7 +260,7 @@ class Daemon:
             if msg.type == WSMsgType.BINARY:
                 self._guard(session, session.feed, msg.data)
             elif msg.type == WSMsgType.TEXT:
-                message = self._guard(session, parse_text, msg.data, self.options.max_frame_bytes)
+                message = self._guard(session, self._parse_in_session, msg.data)
                 if isinstance(message, Stop):
                     await session.flush()
                     session.outbox.put(End(session_id=session.id, finals=session.finals, audio_seconds=session.audio_seconds))
@@ -267,6 +275,16 @@ class Daemon:
                 return
             if session.outbox.overflowed:
                 raise StreamError("slow_consumer", "the client does not read its messages", fatal=True)
+
+    def _parse_in_session(self, data: str):
+        """A text frame in a started session: a second start is `already_started`, whatever it holds
+        (its validation errors, fatal before a session, must not end this one)."""
+        try:
+            return parse_text(data, self.options.max_frame_bytes)
+        except StreamError as exc:
+            if exc.code != "frame_too_large" and _message_type(data) == "start":
+                raise StreamError("already_started", "this session has started already") from None
+            raise StreamError(exc.code, exc.message, fatal=False) from None
 
     @staticmethod
     def _guard(session: Session, fn, *args):
@@ -291,10 +309,10 @@ class Daemon:
         if not ws.closed:
             await self._send_direct(ws, json.dumps({"type": "error", "code": exc.code, "message": exc.message}))
 
-    async def _close(self, ws: web.WebSocketResponse, code: int, reason: bytes, transport=None) -> None:
+    async def _close(self, ws: web.WebSocketResponse, code: int, reason: bytes, transport=None, timeout: float = CLOSE_TIMEOUT) -> None:
         """Close with a code; a peer that does not take part in the close handshake is cut off."""
         try:
-            await asyncio.wait_for(ws.close(code=code, message=reason), CLOSE_TIMEOUT)
+            await asyncio.wait_for(ws.close(code=code, message=reason), timeout)
         except (asyncio.TimeoutError, ConnectionError, RuntimeError):
             if transport is not None:
                 transport.abort()
@@ -310,7 +328,8 @@ class Daemon:
                 await session.flush()
             self.metrics.errors.labels(exc.code).inc()
             session.outbox.put(Error(code=exc.code, message=exc.message), force=True)
-            deadline = time.monotonic() + CLOSE_TIMEOUT
+            # a client that does not read will not drain it: cut it off without waiting long
+            deadline = time.monotonic() + (1.0 if exc.code == "slow_consumer" else CLOSE_TIMEOUT)
             while len(session.outbox) and not writer.done() and not ws.closed and time.monotonic() < deadline:
                 await asyncio.sleep(0.01)
         else:
@@ -320,7 +339,7 @@ class Daemon:
                 await self._send_error(ws, exc)
             except (StreamError, ConnectionError, RuntimeError):
                 pass
-        await self._close(ws, code, exc.code.encode(), request.transport)
+        await self._close(ws, code, exc.code.encode(), request.transport, 1.0 if exc.code == "slow_consumer" else CLOSE_TIMEOUT)
 
     async def _end_session(self, session: Session, writer: asyncio.Task | None) -> None:
         """Connection gone (or taken over): pending audio still becomes finals on disk."""

@@ -290,32 +290,47 @@ def test_max_sessions_also_bounds_resumes(strict):
 
 
 def test_slow_consumer_does_not_grow_server_memory(strict):
-    """A client that sends and never reads: its errors fill the bounded send queue, the server cuts it
-    off (slow_consumer) instead of buffering without bound, and serves others as before."""
+    """A client that sends and never reads: its errors fill the bounded send queue (after the kernel's
+    socket buffers), the server cuts it off (slow_consumer) instead of buffering without bound, and
+    serves others as before."""
     pid = strict.daemon.process.pid
     before = rss_mb(pid)
-    frames = 100_000  # each a bad frame, each answered by an error: ~13 MB of messages unread
+    frames = 120_000  # each a bad frame, each answered by a ~130-byte error: ~16 MB unread if all were queued
 
     async def go():
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         sock.connect(("127.0.0.1", strict.daemon.port))
-        async with open_ws(strict.url, TOKEN, strict.ssl, sock=sock, server_hostname="127.0.0.1", max_queue=4) as ws:
+        async with open_ws(strict.url, TOKEN, strict.ssl, sock=sock, server_hostname="127.0.0.1", max_queue=4, compression=None) as ws:
             await ws.send(start())
             try:
-                for i in range(frames):
+                for _ in range(frames):
                     await ws.send(b"\x01")
             except websockets.ConnectionClosed:
                 pass
-            peak = rss_mb(pid)
-            await drain(ws, timeout=120)
-            return peak
+            # not reading: wait until the server has dealt with the flood
+            peak, last, stable_since = before, -1.0, time.monotonic()
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                scraped = await asyncio.to_thread(strict.metrics)
+                peak = max(peak, rss_mb(pid))
+                if metric(scraped, "uadf_errors_total", code="slow_consumer") >= 1:
+                    break
+                count = metric(scraped, "uadf_errors_total", code="bad_audio")
+                if count != last:
+                    last, stable_since = count, time.monotonic()
+                elif time.monotonic() - stable_since > 5:
+                    break
+                await asyncio.sleep(0.5)
+            await drain(ws, timeout=60)
+            return peak, close_code(ws)
 
-    peak = asyncio.run(go())
+    peak, code = asyncio.run(go())
     scraped = strict.metrics()
+    print(f"slow consumer: daemon RSS {before:.0f} MB -> peak {peak:.0f} MB while flooded; close code {code}")
     assert metric(scraped, "uadf_errors_total", code="slow_consumer") >= 1
-    assert metric(scraped, "uadf_errors_total", code="bad_audio") < frames  # it stopped reading them
-    print(f"slow consumer: daemon RSS {before:.0f} MB -> {peak:.0f} MB while flooded")
+    assert metric(scraped, "uadf_errors_total", code="bad_audio") < frames  # it stopped taking them
+    assert code in (1008, None)  # 1008 if the close frame got through, else the connection was cut
     assert peak - before < 40
     asyncio.run(wait_until_idle(strict.daemon, headers={"Authorization": f"Bearer {TOKEN}"}, ssl_context=strict.ssl))
 
@@ -432,6 +447,8 @@ IN_SESSION = [  # (start fields, bad frame, code)
     ({}, BIG_INT, "bad_message"),
     ({}, json.dumps({"type": "rewind"}), "unknown_type"),
     ({}, start(), "already_started"),
+    ({}, start(sample_rate=None), "already_started"),  # fatal before a session; must not end this one
+    ({}, start(mode="magic", language=None), "already_started"),
 ]
 
 
@@ -601,22 +618,53 @@ def test_metrics_are_prometheus_text(daemon):
 HALLUCINATION_SECONDS = 300
 
 
+@pytest.fixture(scope="module")
+def uadf_daemon(tmp_path_factory):
+    """A daemon with the fusion LLM (SmolLM2-135M), sessions in uadf mode by default."""
+    d = start_daemon(tmp_path_factory.mktemp("uadf"), "--llm", "smollm2", "--mode", "uadf", "--set", "server.max_rate=0")
+    yield d
+    stop_daemon(d)
+
+
+@pytest.mark.parametrize("mode", ["asr", "uadf"])
 @pytest.mark.parametrize("kind", ["silence", "pink-noise", "tones"])
-def test_five_minutes_of_non_speech_give_no_words(daemon, kind):
+def test_five_minutes_of_non_speech_give_no_words(request, mode, kind):
+    d = request.getfixturevalue("daemon" if mode == "asr" else "uadf_daemon")
     n = HALLUCINATION_SECONDS
     audio = {"silence": lambda: np.zeros(16000 * n, np.float32), "pink-noise": lambda: pink_noise(n), "tones": lambda: tones(n)}[kind]()
 
     async def go():
-        async with open_ws(daemon.ws_url) as ws:
-            await ws.send(start())
-            await recv(ws)
+        async with open_ws(d.ws_url) as ws:
+            await ws.send(start(mode=mode))
+            ready = await recv(ws)
             await send_audio(ws, audio, speed=0, chunk=1.0)
-            return await drain(ws, timeout=600)
+            return ready, await drain(ws, timeout=600)
 
-    msgs = asyncio.run(go())
+    decodes = metric(metrics(d), "uadf_decode_seconds_count")
+    ready, msgs = asyncio.run(go())
+    decodes = metric(metrics(d), "uadf_decode_seconds_count") - decodes
+    print(f"{kind} ({mode}): {decodes:.0f} decode steps")  # 0: the VAD already keeps it from Whisper
+    assert ready["mode"] == mode
     words = [m["text"] for m in msgs if m["type"] in ("final", "partial") and m["text"]]
     assert words == [], words[:10]
     assert msgs[-1]["type"] == "end" and msgs[-1]["audio_seconds"] == pytest.approx(n, abs=0.1)
+
+
+def test_uadf_mode_transcribes_speech(uadf_daemon):
+    """The uadf daemon above is a working one: speech gives words, with the LLM consulted."""
+    calls = metric(metrics(uadf_daemon), "uadf_llm_calls_total")
+
+    async def go():
+        async with open_ws(uadf_daemon.ws_url) as ws:
+            await ws.send(start())
+            ready = await recv(ws)
+            await send_audio(ws, speech("jfk"), speed=0)
+            return ready, await drain(ws)
+
+    ready, msgs = asyncio.run(go())
+    assert ready["mode"] == "uadf"
+    assert wer([reference("jfk")], [" ".join(m["text"] for m in finals_in(msgs))]) < 0.3
+    assert metric(metrics(uadf_daemon), "uadf_llm_calls_total") > calls
 
 
 # ==================================================================================================

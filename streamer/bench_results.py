@@ -1,0 +1,158 @@
+"""Result records of `uadf-stream bench` and how file results are combined per mode and set."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from streamer.bench_metrics import FileLatency, RefWord, summary, wer
+from streamer.daemon_process import Usage
+
+CAPACITY_LIMIT = 2.0  # median final latency (s) a stream may have to count as served
+
+
+@dataclass
+class Clip:
+    id: str
+    set: str
+    path: str
+    text: str
+    seconds: float
+
+
+@dataclass
+class Reference:
+    """Offline faster-whisper on the whole file: the accuracy ceiling and the word times."""
+
+    text: str
+    words: list[RefWord]
+    cpu_seconds: float
+    wall_seconds: float
+    speech: list[tuple[float, float]]  # Silero VAD speech regions (s), for speech onsets
+
+
+@dataclass
+class FileResult:
+    clip: str
+    set: str
+    mode: str
+    text: str
+    wer: float
+    latency: FileLatency
+    error: str | None = None
+
+
+@dataclass
+class ModeSetResult:
+    """One mode on one set (or "all"): accuracy, latency summaries, rewrites and resources."""
+
+    mode: str
+    set: str
+    files: int
+    audio_seconds: float
+    wer: float | None
+    partial: dict
+    final: dict
+    onset: dict
+    finalization: dict
+    rewrite_rate: float | None
+    cpu_rtf: float | None
+    cpu_percent: float | None
+    rss_start_mb: float | None
+    rss_end_mb: float | None
+    rss_peak_mb: float | None
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CapacityLevel:
+    mode: str
+    clients: int
+    sessions: int
+    errors: int
+    audio_seconds: float
+    wer: float | None
+    partial: dict
+    final: dict
+    cpu_percent: float | None
+    rss_peak_mb: float | None
+
+    @property
+    def served(self) -> bool:
+        return self.errors == 0 and self.final["p50"] is not None and self.final["p50"] < CAPACITY_LIMIT
+
+
+def aggregate(mode: str, name: str, clips: list[Clip], results: list[FileResult], usage: Usage | None, cpu_seconds: float | None = None) -> ModeSetResult:
+    """Combine file results of one mode on a set; `usage` is the daemon's (or `cpu_seconds` the bench's)."""
+    seconds = sum(c.seconds for c in clips)
+    text = {r.clip: r.text for r in results}
+    lat = [r.latency for r in results]
+    pick = lambda attr: [v for x in lat for v in getattr(x, attr)]  # noqa: E731
+    updates = sum(x.updates for x in lat)
+    cpu = usage.cpu_seconds if usage else cpu_seconds
+    return ModeSetResult(
+        mode=mode,
+        set=name,
+        files=len(results),
+        audio_seconds=round(seconds, 2),
+        wer=wer([c.text for c in clips], [text.get(c.id, "") for c in clips]) if clips else None,
+        partial=summary(pick("partial")),
+        final=summary(pick("final")),
+        onset=summary(pick("onset")),
+        finalization=summary(pick("finalization")),
+        rewrite_rate=sum(x.rewrites for x in lat) / updates if updates else None,
+        cpu_rtf=cpu / seconds if cpu is not None and seconds else None,
+        cpu_percent=usage.cpu_percent if usage else None,
+        rss_start_mb=usage.rss_start_mb if usage else None,
+        rss_end_mb=usage.rss_end_mb if usage else None,
+        rss_peak_mb=usage.rss_peak_mb if usage else None,
+        errors=[f"{r.clip}: {r.error}" for r in results if r.error],
+    )
+
+
+@dataclass
+class Soak:
+    """RSS of the daemon over one long stream."""
+
+    mode: str
+    audio_seconds: float
+    speed: float
+    wall_seconds: float
+    rss_start_mb: float
+    rss_end_mb: float
+    rss_peak_mb: float
+    rss_curve: list[tuple[float, float]]  # (audio seconds, RSS MB), every ~10 s of wall time
+    finals: int
+    error: str | None = None
+
+    @property
+    def growth_mb(self) -> float:
+        return self.rss_end_mb - self.rss_start_mb
+
+
+@dataclass
+class DaemonRun:
+    modes: list[str]
+    rows: list[ModeSetResult] = field(default_factory=list)
+    files: list[FileResult] = field(default_factory=list)
+    capacity: list[CapacityLevel] = field(default_factory=list)
+    unavailable: dict[str, str] = field(default_factory=dict)
+    startup_seconds: float | None = None
+    idle_rss_mb: float | None = None
+    soak: Soak | None = None
+
+
+def all_rows(rows: list[ModeSetResult], files: list[FileResult], sets: dict[str, list[Clip]]) -> list[ModeSetResult]:
+    """Per mode over the sets it ran: latencies pooled, WER over their clips, resources summed."""
+    out = []
+    for mode in dict.fromkeys(r.mode for r in rows):
+        mine = [r for r in rows if r.mode == mode]
+        res = [f for f in files if f.mode == mode]
+        clips = [c for r in mine for c in sets[r.set]]
+        row = aggregate(mode, "+".join(r.set for r in mine), clips, res, None, None)
+        cpu = [r.cpu_rtf * r.audio_seconds for r in mine if r.cpu_rtf is not None]
+        row.cpu_rtf = sum(cpu) / row.audio_seconds if len(cpu) == len(mine) and row.audio_seconds else None
+        peaks = [r.rss_peak_mb for r in mine if r.rss_peak_mb is not None]
+        row.rss_peak_mb = max(peaks) if peaks else None
+        out.append(row)
+    return out
+

@@ -1,0 +1,76 @@
+"""KV-cache reuse of the LLM scorer equals full recomputation, and only new tokens are fed.
+
+Uses the real SmolLM2-135M (PyPI GGUF, converted once to ~/.cache/uadf-stream/llm) in fp32:
+int8 dynamic quantization rescales activations per forward call, so its scores depend on how
+the input was split and cannot match a recomputation to 1e-4.
+"""
+
+import pytest
+import torch
+
+from fusion.decoder import FusionContext
+from fusion.llm_loader import load_llm
+from fusion.llm_scorer import LLMScorer, LLMState
+
+CONTEXT = "And so, my fellow Americans, ask not what your country can do for you, ask what you"
+CANDIDATES = [" can", " cannot do", " candidly", " Can't"]
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    torch.set_num_threads(1)
+    return LLMScorer(load_llm("smollm2", "cpu", quantize=False), tau=1.3)
+
+
+@torch.inference_mode()
+def recompute(scorer, context, texts):
+    """Reference: one uncached forward over context + text, per text."""
+    out = []
+    for text in texts:
+        ids, cand = scorer.context_ids(context), scorer.tokenize(text)
+        logits = scorer.llm.model(input_ids=torch.tensor([ids + cand])).logits[0].float()
+        logp = torch.log_softmax(logits / scorer.tau, dim=-1)
+        out.append(sum(float(logp[len(ids) - 1 + j, t]) for j, t in enumerate(cand)))
+    return out
+
+
+def test_cached_scores_equal_recomputation(scorer):
+    state = LLMState()
+    scorer.sync(state, scorer.context_ids(CONTEXT))
+    assert state.fed_tokens == len(scorer.context_ids(CONTEXT))
+    assert scorer.score(state, CANDIDATES) == pytest.approx(recompute(scorer, CONTEXT, CANDIDATES), abs=1e-4)
+    # Scoring leaves the context cache untouched: a second scoring feeds nothing and agrees.
+    fed = state.fed_tokens
+    assert scorer.score(state, CANDIDATES[:2]) == pytest.approx(recompute(scorer, CONTEXT, CANDIDATES[:2]), abs=1e-4)
+    assert state.fed_tokens == fed
+
+
+def test_extension_feeds_only_new_tokens_and_rollback_crops(scorer):
+    state = LLMState()
+    scorer.sync(state, scorer.context_ids(CONTEXT))
+    base = state.fed_tokens
+    longer = CONTEXT + " can do for your country. And"
+    scorer.sync(state, scorer.context_ids(longer))
+    added = len(scorer.context_ids(longer)) - len(scorer.context_ids(CONTEXT))
+    assert state.fed_tokens == base + added  # pure extension: only the new tokens
+    texts = [" so", " the", " then we"]
+    assert scorer.score(state, texts) == pytest.approx(recompute(scorer, longer, texts), abs=1e-4)
+
+    # The unstable tail changes: crop back to the common prefix, re-feed one token + the new tail.
+    rolled = CONTEXT + " can do for the country. So"
+    ids_longer, ids_rolled = scorer.context_ids(longer), scorer.context_ids(rolled)
+    common = next(i for i, (a, b) in enumerate(zip(ids_longer, ids_rolled)) if a != b)
+    before = state.fed_tokens
+    scorer.sync(state, ids_rolled)
+    assert state.fed_tokens - before == len(ids_rolled) - common + 1
+    assert state.cache.get_seq_length() == len(ids_rolled)
+    assert scorer.score(state, texts) == pytest.approx(recompute(scorer, rolled, texts), abs=1e-4)
+
+
+def test_session_context_is_bounded(scorer):
+    ctx = FusionContext(scorer=scorer, max_tokens=60)
+    for _ in range(12):
+        ctx.commit("The quick brown fox jumps over the lazy dog.")
+    assert 0 < len(scorer.tokenize(ctx.committed)) <= 60
+    assert ctx.committed.endswith("lazy dog.")
+    assert ctx.prefix_text(" and then") == ctx.committed + " and then"

@@ -1,0 +1,226 @@
+"""Load and soak on loopback: many clients at once, one long fast stream. Bounded in time, stopping by
+themselves. The default suite runs a short load (5 clients, 20 s); `-m heavy` runs the full ones
+(20 clients for 2 minutes; a soak of one stream at high speed, length from UADF_SOAK_MINUTES).
+
+Each run reports the daemon's RSS and decode time per step over time (printed, and written as JSON
+under test-output/). Assertions are about correctness (no errors, no lost finals) and memory, never speed,
+except the heavy runs' check that decode time per step does not grow over the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import websockets
+
+from conftest import ROOT, manifest, start_daemon, stop_daemon, wer
+from streamutil import disk_finals, metric, metrics, open_ws, pcm16, recv, rss_mb, same_final, speech, start
+
+OUT = ROOT / "test-output"
+
+
+def speech_loop(seconds: float, offset: int) -> tuple[np.ndarray, str]:
+    """`seconds` of speech-dev clips in a row (starting at clip `offset`), with short pauses; and its reference."""
+    entries = manifest("speech-dev")
+    parts, texts, total, i = [], [], 0.0, offset
+    while total < seconds:
+        e = entries[i % len(entries)]
+        audio = speech(e["id"])
+        parts += [audio, np.zeros(int(16000 * 0.8), np.float32)]
+        texts.append(e["text"])
+        total += len(audio) / 16000 + 0.8
+        i += 1
+    return np.concatenate(parts), " ".join(texts)
+
+
+class Sampler:
+    """Samples the daemon's RSS and /metrics every `every` seconds while a run goes on."""
+
+    def __init__(self, daemon, every: float):
+        self.daemon, self.every = daemon, every
+        self.rows: list[dict] = []
+        self.t0 = time.monotonic()
+
+    def sample(self) -> dict:
+        m = metrics(self.daemon)
+        row = {
+            "t": round(time.monotonic() - self.t0, 1),
+            "rss_mb": round(rss_mb(self.daemon.process.pid), 1),
+            "decode_sum": metric(m, "uadf_decode_seconds_sum"),
+            "decode_count": metric(m, "uadf_decode_seconds_count"),
+            "batch_sum": metric(m, "uadf_batch_size_sum"),
+            "audio_seconds": metric(m, "uadf_audio_seconds_total"),
+            "sessions": metric(m, "uadf_active_sessions"),
+            "send_queue": metric(m, "uadf_send_queue_depth"),
+            "decode_queue": metric(m, "uadf_decode_queue_depth"),
+        }
+        if self.rows:
+            prev = self.rows[-1]
+            steps = row["decode_count"] - prev["decode_count"]
+            row["ms_per_step"] = round(1000 * (row["decode_sum"] - prev["decode_sum"]) / steps, 1) if steps else None
+            row["windows_per_step"] = round((row["batch_sum"] - prev["batch_sum"]) / steps, 2) if steps else None
+        self.rows.append(row)
+        return row
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.to_thread(self.sample)
+            try:
+                await asyncio.wait_for(stop.wait(), self.every)
+            except asyncio.TimeoutError:
+                pass
+
+
+async def client(url: str, audio: np.ndarray, speed: float, chunk: float = 0.1) -> dict:
+    """Stream at `speed` x real time, then stop; every message back, and the session id."""
+    step = int(chunk * 16000)
+    msgs: list[dict] = []
+    async with open_ws(url) as ws:
+        await ws.send(start())
+        ready = await recv(ws, 120)
+        assert ready["type"] == "ready", ready
+
+        async def send():
+            t0 = time.monotonic()
+            for i in range(0, len(audio), step):
+                delay = t0 + i / 16000 / speed - time.monotonic() if speed > 0 else 0
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                await ws.send(pcm16(audio[i : i + step]))
+            await ws.send(json.dumps({"type": "stop"}))
+
+        sender = asyncio.create_task(send())
+        try:
+            async for raw in ws:
+                msgs.append(json.loads(raw))
+        except websockets.ConnectionClosed:
+            pass
+        await sender
+        return {"session_id": ready["session_id"], "messages": msgs, "close": ws.protocol.close_rcvd}
+
+
+def check_no_loss(data_dir: Path, result: dict) -> list[dict]:
+    msgs = result["messages"]
+    finals = [m for m in msgs if m["type"] == "final"]
+    assert not [m for m in msgs if m["type"] == "error"], [m for m in msgs if m["type"] == "error"][:3]
+    assert msgs and msgs[-1]["type"] == "end" and result["close"] is not None and result["close"].code == 1000
+    assert msgs[-1]["finals"] == len(finals) and [f["segment"] for f in finals] == list(range(len(finals)))
+    disk = disk_finals(data_dir, result["session_id"])
+    assert len(disk) == len(finals) and all(same_final(a, b) for a, b in zip(disk, finals))
+    return finals
+
+
+def report(name: str, sampler: Sampler, extra: dict) -> dict:
+    rows = sampler.rows
+    steps = [r["ms_per_step"] for r in rows[1:] if r.get("ms_per_step")]
+    third = max(len(steps) // 3, 1)
+    out = {
+        "name": name,
+        "rss_start_mb": rows[0]["rss_mb"],
+        "rss_end_mb": rows[-1]["rss_mb"],
+        "rss_max_mb": max(r["rss_mb"] for r in rows),
+        "rss_growth_mb": round(rows[-1]["rss_mb"] - rows[0]["rss_mb"], 1),
+        "ms_per_step_first_third": round(float(np.mean(steps[:third])), 1) if steps else None,
+        "ms_per_step_last_third": round(float(np.mean(steps[-third:])), 1) if steps else None,
+        **extra,
+        "samples": rows,
+    }
+    OUT.mkdir(exist_ok=True)
+    (OUT / f"{name}.json").write_text(json.dumps(out, indent=1))
+    print(f"\n{name}: " + json.dumps({k: v for k, v in out.items() if k != "samples"}))
+    for r in rows:
+        print(f"  t={r['t']:6.1f}s rss={r['rss_mb']:6.1f}MB ms/step={r.get('ms_per_step')} windows/step={r.get('windows_per_step')} "
+              f"audio={r['audio_seconds']:.0f}s sessions={r['sessions']:.0f} sendq={r['send_queue']:.0f}")
+    return out
+
+
+def run_load(tmp_path: Path, clients: int, seconds: float, speed: float, name: str, sample_every: float) -> dict:
+    d = start_daemon(tmp_path, "--max-sessions", str(clients), "--set", "server.max_rate=0")
+    try:
+        # warm-up: one session first, so the model's first allocations are not counted as growth
+        warm, _ = speech_loop(5, 0)
+        asyncio.run(client(d.ws_url, warm, speed=0))
+        streams = [speech_loop(seconds, 7 * i) for i in range(clients)]
+
+        async def go():
+            sampler = Sampler(d, sample_every)
+            sampler.sample()
+            stop = asyncio.Event()
+            sampling = asyncio.create_task(sampler.run(stop))
+            t0 = time.monotonic()
+            results = await asyncio.gather(*(client(d.ws_url, a[: int(seconds * 16000)], speed) for a, _ in streams))
+            wall = time.monotonic() - t0
+            stop.set()
+            await sampling
+            await asyncio.to_thread(sampler.sample)
+            return results, sampler, wall
+
+        results, sampler, wall = asyncio.run(go())
+        finals = [check_no_loss(d.data_dir, r) for r in results]
+        # the transcripts are speech, not noise: each client's words overlap its reference
+        hyps = [" ".join(f["text"] for f in fs) for fs in finals]
+        refs = [ref for _, ref in streams]
+        errs = [wer([ref], [hyp]) for ref, hyp in zip(refs, hyps)]  # refs cover a little more than was sent
+        scraped = metrics(d)
+        out = report(name, sampler, {
+            "clients": clients, "audio_seconds_each": seconds, "speed": speed, "wall_s": round(wall, 1),
+            "finals": sum(len(f) for f in finals), "wer_each": [round(e, 3) for e in errs],
+            "errors": {k[1][0][1]: v for k, v in scraped.items() if k[0] == "uadf_errors_total" and k[1]},
+        })
+        assert max(errs) < 0.6, errs
+        assert metric(scraped, "uadf_errors_total", code="internal") == 0
+        assert json.load(d.get("/healthz"))["sessions"] == 0
+        return out
+    finally:
+        assert stop_daemon(d) == 0
+
+
+def test_load_short(tmp_path):
+    """5 clients at once for 20 s of real-time speech each."""
+    out = run_load(tmp_path, clients=5, seconds=20, speed=1.0, name="load-short", sample_every=5)
+    assert out["rss_growth_mb"] < 50
+
+
+@pytest.mark.heavy
+def test_load_20_clients_2_minutes(tmp_path):
+    out = run_load(tmp_path, clients=20, seconds=120, speed=1.0, name="load-20x120s", sample_every=10)
+    assert out["rss_growth_mb"] < 50
+
+
+@pytest.mark.heavy
+def test_soak_one_fast_stream(tmp_path):
+    """One stream of UADF_SOAK_MINUTES (default 30) minutes of speech at UADF_SOAK_SPEED (default 4) x real time."""
+    minutes = float(os.environ.get("UADF_SOAK_MINUTES", "30"))
+    speed = float(os.environ.get("UADF_SOAK_SPEED", "4"))
+    d = start_daemon(tmp_path, "--set", "server.max_rate=0")
+    try:
+        long_audio = speech("dev-concat", "speech-long")
+        reps = int(np.ceil(minutes * 60 / (len(long_audio) / 16000)))
+        audio = np.concatenate([long_audio] * reps)[: int(minutes * 60 * 16000)]
+        asyncio.run(client(d.ws_url, speech("jfk"), speed=0))  # warm-up
+
+        async def go():
+            sampler = Sampler(d, 30)
+            sampler.sample()
+            stop = asyncio.Event()
+            sampling = asyncio.create_task(sampler.run(stop))
+            result = await client(d.ws_url, audio, speed, chunk=0.25)
+            stop.set()
+            await sampling
+            await asyncio.to_thread(sampler.sample)
+            return result, sampler
+
+        result, sampler = asyncio.run(go())
+        finals = check_no_loss(d.data_dir, result)
+        out = report(f"soak-{minutes:g}min-x{speed:g}", sampler, {"audio_minutes": minutes, "speed": speed, "finals": len(finals)})
+        assert out["rss_growth_mb"] < 50
+        assert out["ms_per_step_last_third"] <= 2.0 * out["ms_per_step_first_third"]
+        assert len(finals) > minutes * 5  # speech all along: finals all along
+    finally:
+        assert stop_daemon(d) == 0
