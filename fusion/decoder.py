@@ -40,6 +40,26 @@ class DecodeResult:
 
 
 @dataclass
+class _Run:
+    """State of one decode() call: its inputs, LLM call count and time."""
+
+    encoder_output: ctranslate2.StorageView
+    prompt: list[int]
+    context: "FusionContext"
+    mode: str
+    calls: int = 0
+    seconds: float = 0.0
+    _audio: np.ndarray | None = None
+
+    def encoder(self, silence: np.ndarray | None) -> np.ndarray:
+        """The encoder output cut to its audio frames (+ a margin), for the completion decodes."""
+        if self._audio is None:
+            full = np.array(self.encoder_output)
+            self._audio = full[:, : audio_frames(full, silence) + 25]
+        return self._audio
+
+
+@dataclass
 class FusionContext:
     """Per-session LLM context: the committed transcript and the KV cache that holds it."""
 
@@ -137,59 +157,65 @@ class FusionDecoder:
         if mode == "uadf-llm":
             return decode_llm_led(self, encoder_output, prompt, context, max_length)
         result = self._generate(encoder_output, prompt, max_length, first=True)
-        no_speech = float(result.no_speech_prob)
         tokens = list(result.sequences_ids[0])
         logits = [self._logits(step) for step in result.logits[0]]
         fused = [False] * len(tokens)
-        calls, llm_seconds, encoder_np = 0, 0.0, None
+        run = _Run(encoder_output, prompt, context, mode)
         i = 0
-        while i < len(logits) and mode != "asr":
+        while mode != "asr" and i < len(logits):  # an override re-decodes the rest of the path
             chosen = tokens[i] if i < len(tokens) else self.eot
-            if self.pieces.is_lexical(chosen):
-                cal = log_softmax(logits[i], self.calibration.asr_tau)
-                h = float(entropy(cal))
-                if (mode == "shallow" or gate_open(h, self.gate)) and self._has_context(context, tokens, i):
-                    cands = self._candidates(cal, chosen)
-                    if len(cands) > 1:
-                        key = (context.committed, tuple(tokens[:i]), tuple(cands))
-                        llm_lp = context.remembered(key)
-                        if llm_lp is None:
-                            if encoder_np is None:
-                                encoder_np = np.array(encoder_output)
-                                encoder_np = encoder_np[:, : audio_frames(encoder_np, self.silence) + 25]
-                            t0 = time.perf_counter()
-                            llm_lp = self._llm_scores(encoder_np, prompt, tokens, i, cands, chosen, context)
-                            llm_seconds += time.perf_counter() - t0
-                            calls += 1
-                            context.remember(key, llm_lp)
-                        if mode == "shallow":
-                            raw = log_softmax(logits[i])
-                            score = np.array([raw[c] for c in cands]) + self.options.shallow_weight * llm_lp
-                        else:
-                            # The LLM's own (calibrated) probability of each candidate word, not
-                            # renormalized over the candidates: where the LLM cannot tell either,
-                            # it adds little and the ASR decides.
-                            score = np.exp([cal[c] for c in cands]) + fusion_weight(h) * np.exp(llm_lp)
-                        winner = cands[int(np.argmax(score))]
-                        if winner != chosen:
-                            forced = self._generate(
-                                encoder_output, prompt + tokens[:i] + [winner], max_length + i + 1, False
-                            )
-                            tokens = list(forced.sequences_ids[0])
-                            logits = logits[: i + 1] + [self._logits(s) for s in forced.logits[0][i + 1 :]]
-                            fused = fused[:i] + [True] + [False] * (len(tokens) - i - 1)
+            winner = self._fuse_step(run, tokens, logits[i], i, chosen)
+            if winner != chosen:
+                forced = self._generate(encoder_output, prompt + tokens[:i] + [winner], max_length + i + 1, False)
+                tokens = list(forced.sequences_ids[0])
+                logits = logits[: i + 1] + [self._logits(s) for s in forced.logits[0][i + 1 :]]
+                fused = fused[:i] + [True] + [False] * (len(tokens) - i - 1)
             i += 1
-        return self._result(tokens, logits, fused, no_speech, calls, llm_seconds)
+        return self.path_result(tokens, logits, fused, float(result.no_speech_prob), run.calls, run.seconds)
 
-    def _candidates(self, cal: np.ndarray, chosen: int) -> list[int]:
+    def _fuse_step(self, run: "_Run", tokens: list[int], logits: np.ndarray, i: int, chosen: int) -> int:
+        """The token to emit at step i: the ASR's, unless the gated fusion picks another."""
+        if not self.pieces.is_lexical(chosen):
+            return chosen
+        cal = log_softmax(logits, self.calibration.asr_tau)
+        h = float(entropy(cal))
+        if run.mode != "shallow" and not gate_open(h, self.gate):
+            return chosen
+        if not self._has_context(run.context, tokens, i):
+            return chosen
+        cands = self._candidates(cal, tokens, i, chosen)
+        if len(cands) < 2:
+            return chosen
+        key = (run.context.committed, tuple(tokens[:i]), tuple(cands))
+        llm_lp = run.context.remembered(key)
+        if llm_lp is None:
+            t0 = time.perf_counter()
+            llm_lp = self._llm_scores(run.encoder(self.silence), run.prompt, tokens, i, cands, chosen, run.context)
+            run.seconds += time.perf_counter() - t0
+            run.calls += 1
+            run.context.remember(key, llm_lp)
+        if run.mode == "shallow":
+            raw = log_softmax(logits)
+            score = np.array([raw[c] for c in cands]) + self.options.shallow_weight * llm_lp
+        else:
+            # The LLM's distribution restricted to the ASR's candidates (its absolute word
+            # probabilities are far too small to ever move a decision).
+            p_llm = np.exp(llm_lp - llm_lp.max())
+            score = np.exp([cal[c] for c in cands]) + fusion_weight(h) * p_llm / p_llm.sum()
+        return cands[int(np.argmax(score))]
+
+    def _candidates(self, cal: np.ndarray, tokens: list[int], i: int, chosen: int) -> list[int]:
         """The ASR's lexical top-k at this step, or just `chosen` when there is nothing to fuse.
 
         Only words compete. Where the ASR considers ending, the end is an acoustic call: an LLM
-        would rather continue the sentence, and the decoder then runs on into a loop."""
+        would rather continue the sentence, and the decoder then runs on into a loop. A candidate
+        the ASR emits within the next few tokens is a skip (choosing it deletes the words in
+        between: "mentioning [in passing] that"), not an alternative."""
         cands = select_candidates(cal, self.eot, self.options.top_k, self.options.min_candidate_prob)
         if self.eot in cands:
             return [chosen]
-        cands = [c for c in cands if self.pieces.is_lexical(c)]
+        ahead = set(tokens[i + 1 : i + 4])
+        cands = [c for c in cands if self.pieces.is_lexical(c) and c not in ahead]
         return cands if chosen in cands else [chosen] + cands[: self.options.top_k - 1]
 
     def _has_context(self, context: FusionContext, tokens: list[int], i: int) -> bool:
@@ -222,7 +248,7 @@ class FusionDecoder:
         self.scorer.sync(context.state, self.scorer.context_ids(context_text))
         return self.scorer.score(context.state, texts)
 
-    def _result(
+    def path_result(
         self,
         tokens: list[int],
         logits: list[np.ndarray],

@@ -41,7 +41,7 @@ def decode_llm_led(decoder, encoder_output: ctranslate2.StorageView, prompt: lis
     greedy = list(nbest.sequences_ids[0])
     hyps = [tok.decode(s).strip() for s in nbest.sequences_ids]
     if not greedy:
-        return decoder._result([], [], [], float(nbest.no_speech_prob), 0, 0.0)
+        return decoder.path_result([], [], [], float(nbest.no_speech_prob), 0, 0.0)
     enc = np.array(encoder_output)
     enc = enc[:, : audio_frames(enc, decoder.silence) + 25]
     llm_ids = scorer.context_ids(prompt_text(context.committed, hyps))
@@ -77,7 +77,7 @@ def decode_llm_led(decoder, encoder_output: ctranslate2.StorageView, prompt: lis
     fused = [True] * len(tokens)
     for block in same.get_matching_blocks():
         fused[block.b : block.b + block.size] = [False] * block.size
-    return decoder._result(tokens, logits, fused, float(nbest.no_speech_prob), calls, time.perf_counter() - t0)
+    return decoder.path_result(tokens, logits, fused, float(nbest.no_speech_prob), calls, time.perf_counter() - t0)
 
 
 def _asr_probs(decoder, enc: np.ndarray, prompt: list[int], texts: list[str], ends: list[bool]) -> np.ndarray:

@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,5 +108,7 @@ def load_llm(spec: str, device: str = "auto", cache_dir: str = DEFAULT_CACHE_DIR
     model = AutoModelForCausalLM.from_pretrained(where, local_files_only=True, dtype=dtype)
     model.to(dev).eval()
     if quantize and dev.type == "cpu":
-        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        with warnings.catch_warnings():  # torch deprecates the quantized tensor API, still supported
+            warnings.simplefilter("ignore", UserWarning)
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     return LoadedLLM(name=spec, model=model, tokenizer=tokenizer, device=dev)

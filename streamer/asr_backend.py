@@ -34,7 +34,7 @@ APPEND_PUNCTUATION = "\"'.。,，!！?？:：”)]}、"
 
 @dataclass
 class Word:
-    word: str
+    word: str  # as Whisper spells it, with its leading space when it starts a new word
     start: float
     end: float
     probability: float
@@ -227,7 +227,7 @@ class WhisperBackend:
                 Hypothesis(
                     words=[
                         Word(
-                            word=w["word"].strip(),
+                            word=w["word"],
                             start=round(offset + float(w["start"]), 3),
                             end=round(offset + float(w["end"]), 3),
                             probability=round(float(w["probability"]), 4),

@@ -51,7 +51,7 @@ def build_report(args, started, wall, model_name, sets, rows, files, capacity, u
             "partial": "per word: wall time of the first partial or final showing it minus its reference end time / speed",
             "final": "per word: wall time of the final holding it minus its reference end time / speed",
             "onset": "per utterance (reference words split at pauses >= 0.8 s): first word shown minus speech onset",
-            "finalization": "per utterance: last word final minus end of its speech",
+            "finalization": "per utterance: last word final minus end of its speech (a file's last utterance is closed by the client's stop when the audio ends)",
             "rewrite_rate": "transcript updates (non-empty partials and finals) that change or retract a shown word / all updates",
             "cpu_rtf": "CPU seconds (daemon process; bench process for offline and naive-2s) / audio seconds",
             "cpu_percent": "average CPU use of the daemon process while streaming, percent of one core",

@@ -17,6 +17,11 @@ def normalize(word: str) -> str:
     return _PUNCT.sub("", word.lower())
 
 
+def starts_word(words: Sequence[Word], i: int) -> bool:
+    """Whether a commit may end before words[i]: not inside a written word such as "181" ".8"."""
+    return i >= len(words) or words[i].word.startswith(" ")
+
+
 def common_prefix(a: Sequence[Word], b: Sequence[Word]) -> int:
     """Number of leading words on which two hypotheses agree."""
     n = 0
@@ -66,7 +71,7 @@ class LocalAgreement:
         if len(self._history) < self.n:
             return []
         agreed = min(common_prefix(self._history[-1], h) for h in self._history[:-1])
-        while agreed and uncommitted[agreed - 1].end > until:
+        while agreed and (uncommitted[agreed - 1].end > until or not starts_word(uncommitted, agreed)):
             agreed -= 1
         done = uncommitted[:agreed]
         self._history = [h[agreed:] for h in self._history]

@@ -34,6 +34,11 @@ class StepStats:
     fused_tokens: int = 0
 
 
+def join_words(words: list[Word]) -> str:
+    """Whisper's words carry their leading space ("181", ".8"): join them as spoken text."""
+    return "".join(w.word for w in words).strip()
+
+
 class StreamingProcessor:
     """LocalAgreement-2 over a sliding buffer, with VAD endpointing and hallucination gates."""
 
@@ -158,7 +163,7 @@ class StreamingProcessor:
                 events.append(self._commit(done, endpoint=False))
             self.uncommitted = new[len(done) :]
         self._maybe_trim()
-        partial = " ".join(w.word for w in self.uncommitted)
+        partial = join_words(self.uncommitted)
         if (self.segment, partial) != self.partial_key:
             self.partial_key = (self.segment, partial)
             start = self.uncommitted[0].start if self.uncommitted else self.stream_time
@@ -186,11 +191,11 @@ class StreamingProcessor:
     def _commit(self, words: list[Word], endpoint: bool) -> Final:
         final = Final(
             segment=self.segment,
-            text=" ".join(w.word for w in words),
+            text=join_words(words),
             start=words[0].start,
             end=words[-1].end,
             endpoint=endpoint,
-            words=[WordInfo(w.word, w.start, w.end, w.probability, w.fused) for w in words],
+            words=[WordInfo(w.word.strip(), w.start, w.end, w.probability, w.fused) for w in words],
         )
         self.segment += 1
         self.committed_in_buffer.extend(words)
@@ -210,7 +215,7 @@ class StreamingProcessor:
 
     def _retire_committed(self) -> None:
         """Committed words leave the window: from now on they reach Whisper as the prompt."""
-        self.context_words = (self.context_words + [w.word for w in self.committed_in_buffer])[-self.options.prompt_words :]
+        self.context_words = (self.context_words + join_words(self.committed_in_buffer).split())[-self.options.prompt_words :]
         self.committed_in_buffer = []
 
     def _trim_to(self, t: float) -> None:

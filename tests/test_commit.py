@@ -5,7 +5,7 @@ from streamer.commit import LocalAgreement, common_prefix, normalize, strip_comm
 
 
 def words(text: str, start: float = 0.0, step: float = 0.5) -> list[Word]:
-    return [Word(w, start + i * step, start + (i + 1) * step - 0.05, 0.9) for i, w in enumerate(text.split())]
+    return [Word(" " + w, start + i * step, start + (i + 1) * step - 0.05, 0.9) for i, w in enumerate(text.split())]
 
 
 def test_normalize_ignores_case_and_punctuation():
@@ -17,22 +17,22 @@ def test_local_agreement_commits_what_two_hypotheses_share():
     la = LocalAgreement(2)
     assert la.update(words("and so my")) == []
     done = la.update(words("and so my fellow"))
-    assert [w.word for w in done] == ["and", "so", "my"]
+    assert [w.word.strip() for w in done] == ["and", "so", "my"]
     # history keeps only the uncommitted tails: "fellow" vs "fellow Americans"
-    assert [w.word for w in la.update(words("fellow Americans", 1.5))] == ["fellow"]
+    assert [w.word.strip() for w in la.update(words("fellow Americans", 1.5))] == ["fellow"]
 
 
 def test_local_agreement_waits_while_hypotheses_disagree():
     la = LocalAgreement(2)
     la.update(words("ask not"))
     assert la.update(words("as well")) == []
-    assert [w.word for w in la.update(words("as well you"))] == ["as", "well"]
+    assert [w.word.strip() for w in la.update(words("as well you"))] == ["as", "well"]
 
 
 def test_strip_committed_by_count_when_repeated():
     committed = words("but by printers")
     hyp = words("But by printers, in Strasburg")
-    assert [w.word for w in strip_committed(hyp, committed, committed[-1].end)] == ["in", "Strasburg"]
+    assert [w.word.strip() for w in strip_committed(hyp, committed, committed[-1].end)] == ["in", "Strasburg"]
 
 
 def test_strip_committed_finds_rewritten_commit_by_ngram():
@@ -40,15 +40,29 @@ def test_strip_committed_finds_rewritten_commit_by_ngram():
     committed = words("but by printers and Strasburg, Basil.")
     hyp = words("but by printers in Strasburg, Basil, Paris,")
     rest = strip_committed(hyp, committed, committed[-1].end)
-    assert [w.word for w in rest] == ["Paris,"]
+    assert [w.word.strip() for w in rest] == ["Paris,"]
 
 
 def test_strip_committed_falls_back_to_time():
     committed = words("alpha beta", 0.0)
     hyp = words("gamma delta epsilon", 0.0)
     rest = strip_committed(hyp, committed, committed[-1].end)
-    assert [w.word for w in rest] == ["epsilon"]
+    assert [w.word.strip() for w in rest] == ["epsilon"]
 
 
 def test_common_prefix():
     assert common_prefix(words("a b c"), words("A, b d")) == 2
+
+
+def test_no_commit_inside_a_written_word():
+    la = LocalAgreement(2)
+    hyp = words("totaled 181") + [Word(".8", 1.0, 1.2, 0.9), Word(" million", 1.2, 1.6, 0.9)]
+    la.update(hyp[:2])
+    done = la.update(hyp)
+    assert [w.word for w in done] == [" totaled"]  # "181" waits for ".8"
+
+
+def test_commit_stops_short_of_the_window_end():
+    la = LocalAgreement(2)
+    la.update(words("one two three"))
+    assert [w.word.strip() for w in la.update(words("one two three four"), until=0.5)] == ["one"]
