@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import ctranslate2
@@ -15,6 +16,8 @@ from fusion.decoder import DecodeResult, FusionContext, FusionDecoder
 from fusion.llm_loader import load_llm
 from fusion.llm_scorer import LLMScorer
 from fusion.options import FusionOptions
+
+log = logging.getLogger(__name__)
 
 # Shipped calibration of tiny.en + the default LLM (written by `uadf-stream calibrate`).
 DEFAULT_CALIBRATION = Path(__file__).with_name("calibration.json")
@@ -36,6 +39,8 @@ def create_decoder(whisper: ctranslate2.models.Whisper, tokenizer: Tokenizer, op
     calibration = Calibration.load(path) if path.exists() else Calibration()
     scorer = None
     if options.llm:
+        if calibration.llm != options.llm:
+            log.warning("calibration %s was fitted for LLM %r, not %r: run `uadf-stream calibrate`", path, calibration.llm, options.llm)
         if options.threads > 0:
             torch.set_num_threads(options.threads)
         llm = load_llm(options.llm, options.device, options.cache_dir, options.quantize)

@@ -25,7 +25,6 @@ from whisper_normalizer.english import EnglishTextNormalizer
 from fusion.calibration import Calibration, fit_temperature
 from fusion.offline import OfflineTranscriber
 from fusion.options import FusionOptions
-from fusion.uncertainty import log_softmax
 
 log = logging.getLogger(__name__)
 

@@ -181,7 +181,7 @@ class FusionDecoder:
         h = float(entropy(cal))
         if run.mode != "shallow" and not gate_open(h, self.gate):
             return chosen
-        if not self._has_context(run.context, tokens, i):
+        if not self._has_context(run.context, tokens, i) or not self._has_right_context(tokens, i):
             return chosen
         cands = self._candidates(cal, tokens, i, chosen)
         if len(cands) < 2:
@@ -217,6 +217,11 @@ class FusionDecoder:
         ahead = set(tokens[i + 1 : i + 4])
         cands = [c for c in cands if self.pieces.is_lexical(c) and c not in ahead]
         return cands if chosen in cands else [chosen] + cands[: self.options.top_k - 1]
+
+    def _has_right_context(self, tokens: list[int], i: int) -> bool:
+        """A word follows step i's word in the ASR path. A streaming window's last word is often
+        cut mid-way by the window end: its acoustics are incomplete and the LLM would guess."""
+        return any(self.pieces.starts_word(t) for t in tokens[i + 1 :])
 
     def _has_context(self, context: FusionContext, tokens: list[int], i: int) -> bool:
         """Enough text before step i for the LLM to say more than its unconditional prior."""

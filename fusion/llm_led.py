@@ -13,7 +13,6 @@ import time
 
 import ctranslate2
 import numpy as np
-import torch
 
 from fusion.candidates import audio_frames
 from fusion.uncertainty import entropy, fusion_weight, log_softmax

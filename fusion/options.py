@@ -14,7 +14,8 @@ class FusionOptions:
     gate: entropy threshold in nats on the calibrated ASR distribution; None takes the calibration
     file's value. top_k / min_candidate_prob bound the ASR candidates the LLM may choose among.
     shallow_weight: the fixed LLM weight of `shallow` mode (log-linear). context_tokens bounds the
-    LLM context (committed transcript) so its KV cache stays small.
+    LLM context (committed transcript) so its KV cache stays small. completion_tokens: how far the
+    ASR may run to finish a candidate's word before the LLM compares the words.
     """
 
     mode: str = "asr"

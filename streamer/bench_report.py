@@ -42,6 +42,7 @@ def build_report(args, started, wall, model_name, sets, rows, files, capacity, u
             "processor": platform.processor() or platform.machine(),
             "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "python": platform.python_version(),
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         },
         "model": model_name,
         "speed": args.speed,
@@ -88,6 +89,7 @@ def markdown(report: dict) -> str:
         f"`{report['command']}`",
         "",
         f"Model {report['model']}, {report['machine']['cpu_count']} CPU cores ({report['machine']['processor']}), "
+        f"load average {report['machine']['load_average_at_end'][2]:.1f} (15 min, at the end), "
         f"audio at {report['speed']:g}x real time, one client per mode. Latencies in seconds after the word "
         "ends in the stream (reference word times: offline faster-whisper word timestamps); p50 / p95.",
         "",

@@ -1,4 +1,4 @@
-"""End to end through the real models: tiny.en + SmolLM2 in the streaming pipeline, uadf vs asr.
+"""End to end through the real models: tiny.en + the default LLM (Gemma 3 270M) in the streaming pipeline, uadf vs asr.
 
 Also: in mode "asr" FusionDecoder equals plain greedy CTranslate2 decoding.
 """
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(not NOISY.exists(), reason="speech data not avai
 
 @pytest.fixture(scope="module")
 def engine():
-    return Engine(load_config(overrides=["fusion.llm=smollm2", "fusion.mode=uadf"]))
+    return Engine(load_config(overrides=["fusion.llm=gemma3-270m", "fusion.mode=uadf", "fusion.calibration="]))
 
 
 def test_asr_mode_equals_plain_greedy(engine):

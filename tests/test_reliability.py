@@ -78,6 +78,62 @@ async def wait_until_idle(d: Daemon, timeout: float = 60.0, headers=None, ssl_co
 
 
 # ==================================================================================================
+# Defaults
+# ==================================================================================================
+def test_defaults_listen_on_loopback_and_take_the_token_from_the_environment(monkeypatch):
+    from streamer.config import ServerOptions, load_config
+
+    monkeypatch.delenv("UADF_TOKEN", raising=False)
+    config = load_config()
+    assert ServerOptions().host == "127.0.0.1" and config.server.host == "127.0.0.1"
+    assert config.server.token == "" and config.server.allowed_origins == [] and not config.server.tls_cert
+    monkeypatch.setenv("UADF_TOKEN", "from-env")
+    assert load_config().server.token == "from-env"
+    assert load_config(overrides=["server.token=from-config"]).server.token == "from-config"
+    assert load_config(overrides=["server.allowed_origins=https://a.example,https://b.example"]).server.allowed_origins == [
+        "https://a.example", "https://b.example"
+    ]
+
+
+def test_outbox_drops_partials_first_and_never_finals():
+    from streamer.protocol import Final, Partial
+    from streamer.session import Outbox
+
+    async def go():
+        box = Outbox(limit=4)
+        box.put(Partial(segment=0, text="a", start=0, end=1))
+        box.put(Partial(segment=0, text="a b", start=0, end=1))  # replaces the older partial
+        assert len(box) == 1
+        for i in range(3):
+            box.put(Final(segment=i, text=f"f{i}", start=i, end=i + 1))
+        box.put(Partial(segment=3, text="c", start=3, end=4))  # full: the old partial goes, the new one stays
+        assert not box.overflowed and [type(m).__name__ for m in box._items] == ["Final"] * 3 + ["Partial"]
+        box.put(Partial(segment=3, text="c d", start=3, end=4))
+        box.put(Final(segment=3, text="f3", start=3, end=4))  # a final past the limit is kept, and flagged
+        assert box.overflowed and len(box) == 5
+        out = [await box.get() for _ in range(5)]
+        assert [m.text for m in out] == ["f0", "f1", "f2", "c d", "f3"]
+
+    asyncio.run(go())
+
+
+def test_store_survives_a_torn_last_line(tmp_path):
+    from streamer.protocol import Final
+    from streamer.store import TranscriptStore
+
+    store = TranscriptStore(tmp_path)
+    w = store.open("abc", {"mode": "asr"})
+    w.append(Final(segment=0, text="one", start=0.0, end=1.0))
+    w.close()
+    with open(store.path("abc"), "a") as f:  # a crash in the middle of a line
+        f.write('{"type": "final", "segment": 1, "te')
+    w = store.open("abc", {"mode": "asr"})
+    w.append(Final(segment=1, text="two", start=1.0, end=2.0))
+    w.close(stream_time=2.5)
+    assert [f.text for f in store.read("abc")] == ["one", "two"] and store.stream_end("abc") == 2.5
+
+
+# ==================================================================================================
 # The strict daemon: TLS + token + origins + small limits
 # ==================================================================================================
 @dataclass
