@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import shutil
+import signal
 import sys
 
 import numpy as np
@@ -33,9 +34,17 @@ class CaptionLine:
         self.stream.flush()
 
 
-async def run(args: argparse.Namespace) -> None:
-    import sounddevice as sd
+def _sounddevice():
+    try:
+        import sounddevice
+    except OSError as exc:  # the PortAudio shared library is missing
+        raise SystemExit(f"microphone capture needs PortAudio ({exc}); on Debian/Ubuntu: apt-get install libportaudio2") from None
+    return sounddevice
 
+
+async def run(args: argparse.Namespace, stop: asyncio.Event, out=sys.stdout) -> None:
+    """Capture until `stop` is set (Ctrl-C), then flush: the server turns pending audio into finals."""
+    sd = _sounddevice()
     info = sd.query_devices(args.device, "input")
     rate = int(args.rate or info["default_samplerate"])
     loop = asyncio.get_running_loop()
@@ -44,7 +53,7 @@ async def run(args: argparse.Namespace) -> None:
     def callback(indata, frames, time_info, status) -> None:  # audio thread
         loop.call_soon_threadsafe(queue.put_nowait, indata[:, 0].copy())
 
-    display = CaptionLine()
+    display = CaptionLine(out)
     async with connect(args.url, args.token) as ws:
         await ws.send(start_message(rate, 1, args.mode))
         ready = json.loads(await ws.recv())
@@ -57,12 +66,10 @@ async def run(args: argparse.Namespace) -> None:
                 await ws.send(to_pcm16(await queue.get()))
 
         async def receive() -> None:
-            pending = ""
             async for raw in ws:
                 msg = json.loads(raw)
                 if msg["type"] == "partial":
-                    pending = msg["text"]
-                    display.partial(pending)
+                    display.partial(msg["text"])
                 elif msg["type"] == "final":
                     display.final(msg["text"], msg.get("endpoint", False))
                 elif msg["type"] == "error":
@@ -70,17 +77,24 @@ async def run(args: argparse.Namespace) -> None:
                 elif msg["type"] == "end":
                     return
 
-        with sd.InputStream(samplerate=rate, channels=1, dtype="float32", device=args.device, blocksize=int(rate * 0.05), callback=callback):
-            receiver = asyncio.create_task(receive())
+        receiver = asyncio.create_task(receive())
+        with sd.InputStream(
+            samplerate=rate, channels=1, dtype="float32", device=args.device, blocksize=int(rate * 0.05), callback=callback
+        ):
             sender = asyncio.create_task(send())
-            try:
-                await receiver
-            except asyncio.CancelledError:
-                pass
-            finally:
-                sender.cancel()
-                await ws.send(json.dumps({"type": "stop"}))
-                await asyncio.wait_for(receive(), 30)
+            await asyncio.wait([receiver, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        while not queue.empty():
+            await ws.send(to_pcm16(queue.get_nowait()))
+        sender.cancel()
+        if not receiver.done():
+            await ws.send(json.dumps({"type": "stop"}))
+            await asyncio.wait_for(receiver, 60)
+
+
+async def _until_interrupted(args: argparse.Namespace) -> None:
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
+    await run(args, stop)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,14 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--token")
     args = p.parse_args(argv)
     if args.list_devices:
-        import sounddevice as sd
-
-        print(sd.query_devices())
+        print(_sounddevice().query_devices())
         return 0
-    try:
-        asyncio.run(run(args))
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
+    asyncio.run(_until_interrupted(args))
+    print(file=sys.stderr)
     return 0
 
 
