@@ -68,17 +68,18 @@ class FusionContext:
     committed: str = ""
     state: LLMState = field(default_factory=LLMState)
     # Streaming re-decodes a growing window every step: the same gated step (same text before
-    # it, same candidates) comes back many times, so its LLM scores are remembered.
+    # it, same ASR choice) comes back many times. Its decision is remembered: no new LLM call,
+    # and consecutive hypotheses agree (LocalAgreement commits only what two of them share).
     memo: OrderedDict = field(default_factory=OrderedDict)
     memo_size: int = 512
 
-    def remembered(self, key: tuple) -> np.ndarray | None:
+    def remembered(self, key: tuple) -> int | None:
         if key in self.memo:
             self.memo.move_to_end(key)
         return self.memo.get(key)
 
-    def remember(self, key: tuple, scores: np.ndarray) -> None:
-        self.memo[key] = scores
+    def remember(self, key: tuple, winner: int) -> None:
+        self.memo[key] = winner
         if len(self.memo) > self.memo_size:
             self.memo.popitem(last=False)
 
@@ -183,17 +184,17 @@ class FusionDecoder:
             return chosen
         if not self._has_context(run.context, tokens, i) or not self._has_right_context(tokens, i):
             return chosen
+        key = (run.context.committed, tuple(tokens[:i]), chosen)
+        winner = run.context.remembered(key)
+        if winner is not None:
+            return winner
         cands = self._candidates(cal, tokens, i, chosen)
         if len(cands) < 2:
             return chosen
-        key = (run.context.committed, tuple(tokens[:i]), tuple(cands))
-        llm_lp = run.context.remembered(key)
-        if llm_lp is None:
-            t0 = time.perf_counter()
-            llm_lp = self._llm_scores(run.encoder(self.silence), run.prompt, tokens, i, cands, chosen, run.context)
-            run.seconds += time.perf_counter() - t0
-            run.calls += 1
-            run.context.remember(key, llm_lp)
+        t0 = time.perf_counter()
+        llm_lp = self._llm_scores(run.encoder(self.silence), run.prompt, tokens, i, cands, chosen, run.context)
+        run.seconds += time.perf_counter() - t0
+        run.calls += 1
         if run.mode == "shallow":
             raw = log_softmax(logits)
             score = np.array([raw[c] for c in cands]) + self.options.shallow_weight * llm_lp
@@ -202,7 +203,9 @@ class FusionDecoder:
             # probabilities are far too small to ever move a decision).
             p_llm = np.exp(llm_lp - llm_lp.max())
             score = np.exp([cal[c] for c in cands]) + fusion_weight(h) * p_llm / p_llm.sum()
-        return cands[int(np.argmax(score))]
+        winner = cands[int(np.argmax(score))]
+        run.context.remember(key, winner)
+        return winner
 
     def _candidates(self, cal: np.ndarray, tokens: list[int], i: int, chosen: int) -> list[int]:
         """The ASR's lexical top-k at this step, or just `chosen` when there is nothing to fuse.
@@ -219,9 +222,9 @@ class FusionDecoder:
         return cands if chosen in cands else [chosen] + cands[: self.options.top_k - 1]
 
     def _has_right_context(self, tokens: list[int], i: int) -> bool:
-        """A word follows step i's word in the ASR path. A streaming window's last word is often
-        cut mid-way by the window end: its acoustics are incomplete and the LLM would guess."""
-        return any(self.pieces.starts_word(t) for t in tokens[i + 1 :])
+        """Two words follow step i's word in the ASR path. A streaming window's last words are
+        often cut by the window end: their acoustics are incomplete and the LLM would guess."""
+        return sum(self.pieces.starts_word(t) for t in tokens[i + 1 :]) >= 2
 
     def _has_context(self, context: FusionContext, tokens: list[int], i: int) -> bool:
         """Enough text before step i for the LLM to say more than its unconditional prior."""
@@ -269,7 +272,11 @@ class FusionDecoder:
 
         token_lp = [logprob(logits[k], t) for k, t in enumerate(tokens)]
         eot_lp = [logprob(logits[len(tokens)], self.eot)] if len(logits) > len(tokens) else []
-        total = token_lp + eot_lp
+        # avg_logprob feeds the pipeline's hallucination gate: it measures acoustic confidence, so
+        # a fused token counts with the ASR's confidence in its own best token at that step
+        # (otherwise every LLM correction would push the window towards rejection).
+        gate_lp = [logprob(logits[k], int(np.argmax(logits[k]))) if f else lp for k, (lp, f) in enumerate(zip(token_lp, fused))]
+        total = gate_lp + eot_lp
         return DecodeResult(
             tokens=tokens,
             token_probs=[float(np.exp(x)) for x in token_lp],

@@ -109,6 +109,6 @@ def load_llm(spec: str, device: str = "auto", cache_dir: str = DEFAULT_CACHE_DIR
     model.to(dev).eval()
     if quantize and dev.type == "cpu":
         with warnings.catch_warnings():  # torch deprecates the quantized tensor API, still supported
-            warnings.simplefilter("ignore", UserWarning)
+            warnings.simplefilter("ignore")
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     return LoadedLLM(name=spec, model=model, tokenizer=tokenizer, device=dev)

@@ -374,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_common(parser)
     add_arguments(parser)
     args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     return run(args, build_config(args, SHORTCUTS))
 

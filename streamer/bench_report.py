@@ -36,7 +36,7 @@ def build_report(args, started, wall, model_name, sets, rows, files, capacity, u
     long_rss = {r.mode: r.rss_end_mb - r.rss_start_mb for r in rows if r.set == "long" and r.rss_start_mb is not None}
     return _round({
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
-        "command": command_line(),
+        "command": command_line(args),
         "machine": {
             "cpu_count": os.cpu_count(),
             "processor": platform.processor() or platform.machine(),
@@ -73,8 +73,10 @@ def build_report(args, started, wall, model_name, sets, rows, files, capacity, u
     })
 
 
-def command_line() -> str:
-    argv = sys.argv[sys.argv.index("bench") + 1 :] if "bench" in sys.argv else sys.argv[1:]
+def command_line(args) -> str:
+    argv = getattr(args, "argv", None)
+    if argv is None:
+        argv = sys.argv[sys.argv.index("bench") + 1 :] if "bench" in sys.argv else sys.argv[1:]
     return "uadf-stream bench " + " ".join(shlex.quote(a) for a in argv)
 
 

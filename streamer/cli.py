@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import sys
 
@@ -98,10 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         ("calibrate", "fusion.calibrate_cmd", "fit ASR/LLM temperatures and the fusion gate on a manifest"),
         ("bench", "streamer.bench", "latency, accuracy and capacity of a running daemon over websockets"),
     ):
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:  # TODO(lead): remove once every command module has landed
-            continue
+        module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=text)
         _add_common(p)
         module.add_arguments(p)

@@ -73,7 +73,7 @@ def parse_client_message(text: str) -> ClientMessage:
     """Parse one text frame; raise StreamError with a stable code when it is not a valid v1 message."""
     try:
         obj = json.loads(text)
-    except (json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, and integers past Python's digit limit
         raise StreamError("bad_message", f"text frames must be JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise StreamError("bad_message", "text frames must be JSON objects")

@@ -6,7 +6,6 @@ import asyncio
 import hmac
 import json
 import logging
-import os
 import signal
 import ssl
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from aiohttp import WSMsgType, web
+from aiohttp.abc import AbstractAccessLogger
 
 from streamer.config import Config
 from streamer.engine import Engine
@@ -26,13 +26,6 @@ from streamer.session import Session
 from streamer.store import TranscriptStore
 
 log = logging.getLogger(__name__)
-
-# oneDNN (inside CTranslate2's CPU build, and torch) caches a compiled primitive for every distinct tensor
-# shape, up to 1024 of them. Streaming windows have a new length nearly every step, so the cache never
-# hits and the daemon's memory grew by ~25 MB a minute of audio until it was full (measured: 30 min of
-# audio, +450 MB). Without it, decoding is as fast (20.4 s vs 20.8 s for the same 3 minutes) and memory
-# stays flat. Read when the first primitive is made, so setting it before the engine loads is enough.
-os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
 
 CLOSE_TIMEOUT = 5.0  # seconds a close handshake (or a send to a client that does not read) may take
 
@@ -54,6 +47,13 @@ def _message_type(data: str) -> str | None:
     except (ValueError, RecursionError):
         return None
     return obj.get("type") if isinstance(obj, dict) else None
+
+
+class AccessLogger(AbstractAccessLogger):
+    """The access log without query strings: a `?token=` must not end up in log files."""
+
+    def log(self, request, response, time: float) -> None:
+        self.logger.info('%s "%s %s" %s %.3fs', request.remote, request.method, request.path, response.status, time)
 
 
 class _IdleTimer:
@@ -414,7 +414,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     engine = await asyncio.to_thread(Engine, config)
     daemon = Daemon(config, engine)
     daemon.scheduler.start()
-    runner = web.AppRunner(daemon.app(), handle_signals=False, shutdown_timeout=5)
+    runner = web.AppRunner(daemon.app(), handle_signals=False, shutdown_timeout=5, access_log_class=AccessLogger)
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port, ssl_context=ssl_context(config))
     await site.start()

@@ -26,7 +26,9 @@ RATE_ALLOWANCE = 10.0  # seconds of audio a client may send ahead of real time b
 
 
 class Outbox:
-    """Bounded send queue: at most one partial waits (newer replaces older); finals are never dropped.
+    """Bounded send queue: a newer partial replaces a partial still waiting at the queue's end (never
+    one that a final was queued after, so the words of each final were shown as a partial first);
+    past the bound partials are dropped; finals are never dropped.
 
     If finals alone fill it, the client is not reading: `overflowed` is set and the server closes the
     connection. The finals are on disk, so a reconnect with the session id gets them back.
@@ -45,12 +47,10 @@ class Outbox:
         if force:
             pass
         elif isinstance(message, Partial):
-            for i, item in enumerate(self._items):
-                if isinstance(item, Partial):
-                    del self._items[i]
-                    if self.metrics:
-                        self.metrics.send_queue_dropped.inc()
-                    break
+            if self._items and isinstance(self._items[-1], Partial):
+                self._items.pop()
+                if self.metrics:
+                    self.metrics.send_queue_dropped.inc()
             if len(self._items) >= self.limit:
                 if self.metrics:
                     self.metrics.send_queue_dropped.inc()

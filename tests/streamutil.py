@@ -10,12 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-import soundfile as sf
-import soxr
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import DATA
+from conftest import manifest
+from streamer.audio import load_audio
 
 START = {"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", "channels": 1}
 ERROR_CODES = {
@@ -89,19 +88,10 @@ def metric(scraped: dict, name: str, **labels) -> float:
 
 def speech(entry_id: str = "jfk", folder: str = "speech-dev") -> np.ndarray:
     """A clip of the shared speech data as 16 kHz mono float32."""
-    from conftest import manifest
-
-    entry = next(e for e in manifest(folder) if e["id"] == entry_id)
-    audio, rate = sf.read(entry["path"], dtype="float32", always_2d=True)
-    audio = audio.mean(axis=1)
-    if rate != 16000:
-        audio = soxr.resample(audio, rate, 16000).astype(np.float32)
-    return audio
+    return load_audio(next(e for e in manifest(folder) if e["id"] == entry_id)["path"])
 
 
 def reference(entry_id: str, folder: str = "speech-dev") -> str:
-    from conftest import manifest
-
     return next(e for e in manifest(folder) if e["id"] == entry_id)["text"]
 
 

@@ -93,8 +93,8 @@ def test_certain_asr_never_reaches_the_llm():
 def test_zero_gate_sends_every_step():
     dec, llm = decoder(margin=0.5, gate=0.0)
     res = run(dec)
-    # Every text step but the last word's (no right context: a streaming window may cut it).
-    assert res.llm_calls == llm.calls == len(PATH) - 1 == res.steps - 2
+    # Every text step but the last two words' (no right context: a streaming window may cut them).
+    assert res.llm_calls == llm.calls == len(PATH) - 2 == res.steps - 3
     assert res.tokens == PATH
 
 
@@ -114,7 +114,7 @@ def test_llm_overrides_and_decoding_continues_from_forced_prefix():
 
 def test_shallow_consults_every_step_whatever_the_gate():
     dec, llm = decoder(margin=0.5, gate=50.0)
-    assert run(dec, "shallow").llm_calls == len(PATH) - 1
+    assert run(dec, "shallow").llm_calls == len(PATH) - 2
 
 
 def test_fusion_mode_needs_an_llm():

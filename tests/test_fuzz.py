@@ -12,7 +12,6 @@ import json
 import math
 
 import numpy as np
-import pytest
 import websockets
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -221,7 +220,7 @@ def check(got: list[dict], code: int | None, model: Model) -> None:
 
 
 # -- in-process properties ----------------------------------------------------------------------------
-@settings(max_examples=2000, deadline=None)
+@settings(max_examples=2000, deadline=None, database=None)
 @given(st.one_of(text_frames, st.text(max_size=400)))
 def test_text_frames_raise_nothing_but_stream_errors(text):
     try:
@@ -234,7 +233,7 @@ def test_text_frames_raise_nothing_but_stream_errors(text):
         assert exc.code == expected, (text[:200], exc.code, expected)
 
 
-@settings(max_examples=1000, deadline=None)
+@settings(max_examples=1000, deadline=None, database=None)
 @given(
     st.sampled_from([8000, 16000, 22050, 44100, 48000]),
     st.sampled_from(["pcm_s16le", "pcm_f32le"]),
@@ -262,13 +261,13 @@ sequences = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(sequence=sequences)
 def test_random_message_sequences_get_the_documented_errors(daemon, sequence):
     check(*asyncio.run(run_sequence(daemon.ws_url, sequence)))
 
 
-@settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
+@settings(max_examples=5, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example])
 @given(sequence=st.lists(st.one_of(text_frames, small_binary_frames), min_size=300, max_size=500))
 def test_a_long_session_of_random_frames(daemon, sequence):
     """Hundreds of random frames in one started session: per-frame errors only, then a clean stop."""
@@ -276,7 +275,7 @@ def test_a_long_session_of_random_frames(daemon, sequence):
     check(*asyncio.run(run_sequence(daemon.ws_url, sequence + [json.dumps({"type": "stop"})])))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=300, deadline=None, database=None)
 @given(
     st.text(st.characters(codec="ascii", exclude_categories=("Cc",)), max_size=40),
     st.sampled_from(["json", "txt", "srt", "vtt", "", "xml", "../x"]),

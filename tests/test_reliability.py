@@ -195,6 +195,8 @@ def test_http_endpoints_need_the_token_over_tls(strict):
     with pytest.raises(Exception):  # plain HTTP on the TLS port gets nowhere
         http_get(strict.daemon.http_url + "/healthz").read()
     assert metric(strict.metrics(), "uadf_errors_total", code="unauthorized") >= 12
+    time.sleep(0.5)
+    assert TOKEN not in strict.daemon.log.read_text()  # access log lines carry no query strings
 
 
 def test_websocket_needs_the_token(strict):
@@ -576,12 +578,15 @@ def test_resume_gets_missed_finals_then_continues(daemon):
             await sender
             ws.transport.abort()  # the network drops: no stop, no close handshake
         received1 = finals_in(got)
-        await wait_until_idle(daemon)  # the server flushed the pending audio into finals on disk
-        on_disk = disk_finals(daemon.data_dir, sid)
-        assert len(on_disk) >= len(received1)
+        try:  # the server notices the drop and flushes the pending audio into finals on disk ...
+            await wait_until_idle(daemon, timeout=15)
+        except AssertionError:
+            pass  # ... or, if it has not noticed yet, the resume takes the session over and flushes it then
         async with open_ws(daemon.ws_url) as ws:
             await ws.send(start(session_id=sid, resume_from=len(received1)))
             ready = await recv(ws)
+            on_disk = disk_finals(daemon.data_dir, sid)  # complete: written before `ready` was sent
+            assert len(on_disk) >= len(received1)
             resent = [await recv(ws) for _ in range(len(on_disk) - len(received1))]
             await send_audio(ws, part2, speed=4)
             rest = await drain(ws)

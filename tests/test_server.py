@@ -97,7 +97,7 @@ def test_silence_and_noise_give_no_words(daemon, kind):
         audio = (rng.standard_normal(16000 * 8) * 0.05).astype(np.float32)
     else:
         noise, rate = sf.read(DATA / "noise" / "bus.wav", dtype="float32", always_2d=True)
-        audio = soxr.resample(noise[: rate * 8, 0], rate, 16000).astype(np.float32)
+        audio = np.tile(soxr.resample(noise[:, 0], rate, 16000).astype(np.float32), 11)[: 16000 * 8]  # a 0.76 s loop
     received = asyncio.run(stream_audio(daemon.ws_url, audio, 16000, speed=0))
     assert transcript(received) == "", transcript(received)
 
