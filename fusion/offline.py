@@ -1,8 +1,7 @@
 """Whole-file decoding through FusionDecoder, for calibration and offline evaluation.
 
-Windows of up to 30 s are encoded the cheap way the streaming backend does (audio + 0.5 s of
-zeros, pasted over the encoding of 30 s of silence) and decoded in order, each committed to the
-LLM context and passed to Whisper as previous text.
+Windows of up to 30 s are encoded by the streaming backend (its cheap short-window encoding) and
+decoded in order, each committed to the LLM context and passed to Whisper as previous text.
 """
 
 from __future__ import annotations
@@ -12,13 +11,13 @@ from dataclasses import dataclass, field
 
 import ctranslate2
 import numpy as np
-from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import Tokenizer
 
 from fusion.decoder import FusionDecoder
+from streamer.asr_backend import MAX_SECONDS, WhisperBackend
+from streamer.audio import SAMPLE_RATE
 
-SAMPLE_RATE = 16000
-WINDOW = 30 * SAMPLE_RATE
+WINDOW = int(MAX_SECONDS * SAMPLE_RATE)
 
 
 @dataclass
@@ -34,30 +33,21 @@ class OfflineResult:
 
 
 class OfflineTranscriber:
-    """Encodes windows once (cached by key) and decodes them in any mode."""
+    """Encodes windows once (cached by key) with the streaming backend and decodes them in any mode."""
 
-    def __init__(self, model: WhisperModel, decoder: FusionDecoder) -> None:
-        self.model = model
+    def __init__(self, backend: WhisperBackend, decoder: FusionDecoder) -> None:
+        self.backend = backend
         self.decoder = decoder
         self.tokenizer: Tokenizer = decoder.tokenizer
-        self.silence = self._encode(np.zeros(WINDOW, dtype=np.float32))
         self._cache: dict[tuple[str, int], np.ndarray] = {}
-
-    def _encode(self, audio: np.ndarray) -> np.ndarray:
-        feats = self.model.feature_extractor(np.pad(audio, (0, 8000)), padding=0)
-        feats = feats[:, : feats.shape[1] // 2 * 2][:, :3000]
-        view = ctranslate2.StorageView.from_array(np.ascontiguousarray(feats[None]))
-        return np.array(self.model.model.encode(view, to_cpu=True))
 
     def encoder_output(self, audio: np.ndarray, key: tuple[str, int] | None = None) -> ctranslate2.StorageView:
         enc = self._cache.get(key) if key is not None else None
         if enc is None:
-            enc = self._encode(audio)
+            enc = self.backend.encode([audio])[0]
             if key is not None:
                 self._cache[key] = enc
-        full = self.silence.copy()
-        full[:, : enc.shape[1]] = enc[:, :1500]
-        return ctranslate2.StorageView.from_array(full)
+        return ctranslate2.StorageView.from_array(enc)
 
     def transcribe(self, audio: np.ndarray, mode: str, key: str | None = None) -> OfflineResult:
         tok = self.tokenizer

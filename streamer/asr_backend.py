@@ -21,6 +21,7 @@ from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_compression_ratio, merge_punctuations
 
+from fusion.result import DecodeResult
 from streamer.audio import SAMPLE_RATE
 from streamer.config import AsrOptions
 
@@ -46,18 +47,6 @@ class Word:
     end: float
     probability: float
     fused: bool = False
-
-
-@dataclass
-class Decoded:
-    """One window's decoding: text tokens and what the gates need."""
-
-    tokens: list[int]
-    token_probs: list[float]
-    fused: list[bool]
-    avg_logprob: float
-    no_speech_prob: float
-    llm_calls: int = 0
 
 
 @dataclass
@@ -88,7 +77,7 @@ class WindowRequest:
 
 
 class FusionDecoderLike(Protocol):
-    def decode(self, encoder_output: ctranslate2.StorageView, prompt: list[int], context: Any, mode: str, max_length: int) -> Any: ...
+    def decode(self, encoder_output: ctranslate2.StorageView, prompt: list[int], context: Any, mode: str, max_length: int) -> DecodeResult: ...
 
 
 def resolve_model_path(name: str) -> str:
@@ -128,7 +117,7 @@ class WhisperBackend:
             language=options.language if self.model.is_multilingual else "en",
         )
         self.model_name = "tiny.en" if options.model == "embedded" else os.path.basename(options.model.rstrip("/"))
-        self._silence = self._encode_frames(self._features(np.zeros(30 * SAMPLE_RATE, np.float32)))
+        self.silence = self._encode_frames(self._features(np.zeros(30 * SAMPLE_RATE, np.float32)))
         self.fusion: FusionDecoderLike | None = None
         self._lock = threading.Lock()
 
@@ -148,7 +137,7 @@ class WhisperBackend:
         padded_len = min(longest + int(TAIL_PAD * SAMPLE_RATE), int(30 * SAMPLE_RATE))
         feats = np.stack([self._features(np.pad(a[:padded_len], (0, padded_len - min(len(a), padded_len)))) for a in audios])
         encoded = self._encode_frames(feats)
-        out = np.repeat(self._silence, len(audios), axis=0)
+        out = np.repeat(self.silence, len(audios), axis=0)
         out[:, : encoded.shape[1]] = encoded
         frames = [min(int(len(a) / SAMPLE_RATE * 100) // 2 * 2, 3000) for a in audios]
         return out, frames
@@ -165,8 +154,8 @@ class WhisperBackend:
         the cap bounds the cost of a looping decode."""
         return int(min(448, prompt_len + 16 + 8 * seconds))
 
-    def _generate(self, encoder_output: np.ndarray, requests: list[WindowRequest], prompts: list[list[int]]) -> list[Decoded]:
-        results: list[Decoded | None] = [None] * len(requests)
+    def _generate(self, encoder_output: np.ndarray, requests: list[WindowRequest], prompts: list[list[int]]) -> list[DecodeResult]:
+        results: list[DecodeResult | None] = [None] * len(requests)
         plain = [i for i, r in enumerate(requests) if r.mode == "asr" or self.fusion is None]
         if plain:
             max_len = max(self._max_length(len(requests[i].audio) / SAMPLE_RATE, len(prompts[i])) for i in plain)
@@ -182,7 +171,7 @@ class WhisperBackend:
             for i, out in zip(plain, outs):
                 tokens = [t for t in out.sequences_ids[0] if t < self.tokenizer.eot]
                 seq_len = len(tokens)
-                results[i] = Decoded(
+                results[i] = DecodeResult(
                     tokens=tokens,
                     token_probs=[],
                     fused=[False] * seq_len,
@@ -196,7 +185,7 @@ class WhisperBackend:
                 results[i] = self.fusion.decode(enc, prompts[i], req.fusion_context, req.mode, max_len)
         return results  # type: ignore[return-value]
 
-    def _words(self, encoder_output: np.ndarray, decoded: list[Decoded], frames: list[int]) -> list[list[dict]]:
+    def _words(self, encoder_output: np.ndarray, decoded: list[DecodeResult], frames: list[int]) -> list[list[dict]]:
         todo = [i for i, d in enumerate(decoded) if d.tokens]
         words: list[list[dict]] = [[] for _ in decoded]
         if not todo:

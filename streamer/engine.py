@@ -19,9 +19,9 @@ class Engine:
         self.backend = WhisperBackend(config.asr)
         self.fusion = None
         if config.fusion.llm:
-            from fusion import create_decoder
+            from fusion.factory import create_decoder
 
-            self.fusion = create_decoder(self.backend.model, self.backend.tokenizer, config.fusion)
+            self.fusion = create_decoder(self.backend, config.fusion)
             self.backend.fusion = self.fusion
         log.info(
             "engine ready: %s on %s/%s, LLM %s",
