@@ -119,17 +119,33 @@ def markdown(report: dict) -> str:
                 f"{_fmt(c['final']['p50'])} | {_fmt(c['final']['p95'])} | {_fmt(c['cpu_percent'], '.0f')} | "
                 f"{_fmt(c['rss_peak_mb'], '.0f')} | {'yes' if c['served'] else 'no'}{' (' + str(c['errors']) + ' failed)' if c['errors'] else ''} |"
             )
-        lines += ["", "Capacity: " + ", ".join(f"{m} {n} streams" for m, n in report["capacity"].items())]
+        tried = {m: max(c["clients"] for c in report["capacity_levels"] if c["mode"] == m) for m in report["capacity"]}
+        lines += ["", "Capacity: " + ", ".join(
+            f"`{m}` {'at least ' if n == tried[m] else ''}{n} streams{' (the most tried)' if n == tried[m] else ''}"
+            for m, n in report["capacity"].items())]
     for soak in report["soak"]:
         lines += ["", f"Memory: one `{soak['mode']}` stream of {soak['audio_seconds'] / 60:.1f} min of audio at {soak['speed']:g}x: "
                   f"daemon RSS {soak['rss_start_mb']:.0f} -> {soak['rss_end_mb']:.0f} MB ({soak['growth_mb']:+.0f} MB, peak "
                   f"{soak['rss_peak_mb']:.0f} MB), {soak['finals']} finals{', ERROR ' + soak['error'] if soak['error'] else ''}."]
     lines += ["", "Targets (tiny.en, 2-core CPU, real time):", ""]
     lines += [f"- {t}" for t in targets(report)]
+    gaps = wer_gaps(report)
+    if gaps:
+        lines += ["", "Clips where the finals' WER exceeds the offline run's by more than 10 points:", ""] + [f"- {g}" for g in gaps]
     if report["unavailable"]:
         lines += ["", "Not measured: " + "; ".join(f"`{m}`: {why}" for m, why in report["unavailable"].items())]
     lines += ["", "Definitions: " + "; ".join(f"{k}: {v}" for k, v in report["definitions"].items()) + "."]
     return "\n".join(lines) + "\n"
+
+
+def wer_gaps(report: dict, points: float = 0.10) -> list[str]:
+    offline = {f["clip"]: f["wer"] for f in report["files"] if f["mode"] == "offline"}
+    return [
+        f"`{f['mode']}` {f['clip']}: {f['wer']:.1%} (offline {offline[f['clip']]:.1%})"
+        for f in report["files"]
+        if f["mode"] not in ("offline", "naive-2s") and f["wer"] is not None and f["clip"] in offline
+        and offline[f["clip"]] is not None and f["wer"] - offline[f["clip"]] > points
+    ]
 
 
 def targets(report: dict) -> list[str]:

@@ -122,7 +122,10 @@ class StreamingProcessor:
             audio=self.buffer[:n].copy(),
             offset=self.buffer_start,
             prompt=prompt,
-            mode=self.mode,
+            # Fusion runs on endpoint windows only: a running window cuts its last words short, and
+            # LLM guesses there were agreed on and committed (speech-dev-noisy: 25.6% WER fusing every
+            # window, 20.4% fusing endpoints, asr 18.8%; decode time 3.6x and 1.4x that of asr).
+            mode=self.mode if final else "asr",
             fusion_context=self.fusion_context,
             final=final,
             meta={"end": end},

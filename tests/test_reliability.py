@@ -100,19 +100,21 @@ def test_outbox_drops_partials_first_and_never_finals():
     from streamer.session import Outbox
 
     async def go():
-        box = Outbox(limit=4)
+        box = Outbox(limit=5)
         box.put(Partial(segment=0, text="a", start=0, end=1))
-        box.put(Partial(segment=0, text="a b", start=0, end=1))  # replaces the older partial
+        box.put(Partial(segment=0, text="a b", start=0, end=1))  # replaces the partial waiting at the end
         assert len(box) == 1
-        for i in range(3):
+        box.put(Final(segment=0, text="f0", start=0, end=1))
+        box.put(Partial(segment=1, text="c", start=1, end=2))  # a final is queued after "a b": both stay
+        assert [m.text for m in box._items] == ["a b", "f0", "c"]
+        for i in (1, 2):
             box.put(Final(segment=i, text=f"f{i}", start=i, end=i + 1))
-        box.put(Partial(segment=3, text="c", start=3, end=4))  # full: the old partial goes, the new one stays
-        assert not box.overflowed and [type(m).__name__ for m in box._items] == ["Final"] * 3 + ["Partial"]
-        box.put(Partial(segment=3, text="c d", start=3, end=4))
+        box.put(Partial(segment=3, text="d", start=3, end=4))  # full: a partial is dropped
+        assert not box.overflowed and len(box) == 5
         box.put(Final(segment=3, text="f3", start=3, end=4))  # a final past the limit is kept, and flagged
-        assert box.overflowed and len(box) == 5
-        out = [await box.get() for _ in range(5)]
-        assert [m.text for m in out] == ["f0", "f1", "f2", "c d", "f3"]
+        assert box.overflowed and len(box) == 6
+        out = [await box.get() for _ in range(6)]
+        assert [m.text for m in out] == ["a b", "f0", "c", "f1", "f2", "f3"]
 
     asyncio.run(go())
 
