@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import websockets
 
-from conftest import ROOT, manifest, start_daemon, stop_daemon, wer
+from conftest import ROOT, manifest, wer
+from streamer.daemon_process import start_daemon, stop_daemon
 from streamutil import disk_finals, metric, metrics, open_ws, pcm16, recv, rss_mb, same_final, speech, start
 
 OUT = ROOT / "test-output"

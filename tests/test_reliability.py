@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 import websockets
 
-from conftest import Daemon, start_daemon, stop_daemon, wer
+from conftest import wer
+from streamer.daemon_process import DaemonProcess as Daemon, start_daemon, stop_daemon
 from streamutil import (
     close_code,
     disk_finals,

@@ -12,7 +12,8 @@ import soxr
 import websockets
 
 from clients.stream import connect, stream_audio, to_pcm16
-from conftest import DATA, manifest, offline_text, start_daemon, stop_daemon, wer
+from conftest import DATA, manifest, offline_text, wer
+from streamer.daemon_process import start_daemon, stop_daemon
 
 SPEED = 4.0  # stream faster than real time; the processor paces itself in stream time
 
