@@ -35,6 +35,7 @@ class StreamingOptions:
     vad_neg_threshold: float = 0.35
     no_speech_threshold: float = 0.6
     logprob_threshold: float = -1.0
+    unsure_word_probability: float = 0.5
     compression_ratio_threshold: float = 2.4
 
 

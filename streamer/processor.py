@@ -189,7 +189,12 @@ class StreamingProcessor:
         o = self.options
         if hyp.compression_ratio > o.compression_ratio_threshold:
             return True
-        return hyp.no_speech_prob > o.no_speech_threshold and hyp.avg_logprob < o.logprob_threshold
+        if hyp.no_speech_prob <= o.no_speech_threshold:
+            return False
+        # Whisper's own rule, and a short unsure guess where Whisper itself hears no speech: a one-word
+        # "you" on a tone scores a fair log-prob (-0.2 to -0.5) only because it is short.
+        unsure = bool(hyp.words) and sum(w.probability for w in hyp.words) / len(hyp.words) < o.unsure_word_probability
+        return hyp.avg_logprob < o.logprob_threshold or unsure
 
     def _commit(self, words: list[Word], endpoint: bool) -> Final:
         final = Final(

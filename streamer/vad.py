@@ -10,6 +10,7 @@ from streamer.audio import SAMPLE_RATE
 FRAME = 512  # samples a Silero frame (32 ms at 16 kHz)
 FRAME_SECONDS = FRAME / SAMPLE_RATE
 CONTEXT = 64  # samples of the previous frame Silero sees with each frame
+RESET_FRAMES = 31  # a second of non-speech after which the model's state is reset
 
 
 class StreamingVad:
@@ -27,6 +28,7 @@ class StreamingVad:
         self._speech: list[bool] = []  # one flag a frame since `_first_frame`
         self._first_frame = int(round(start_time / FRAME_SECONDS))
         self._in_speech = False
+        self._quiet = 0  # frames since the last speech frame
 
     def accept(self, audio: np.ndarray) -> None:
         """Run the model on every complete new frame."""
@@ -41,10 +43,17 @@ class StreamingVad:
         probs, self._h, self._c = self._session.run(
             None, {"input": np.concatenate([contexts, frames], axis=1), "h": self._h, "c": self._c}
         )
-        probs = probs.reshape(-1)
-        for p in probs:
+        for p in probs.reshape(-1):
             self._in_speech = p >= self.threshold or (self._in_speech and p >= self.neg_threshold)
             self._speech.append(bool(self._in_speech))
+            self._quiet = 0 if self._in_speech else self._quiet + 1
+        if self._quiet >= RESET_FRAMES:
+            # Silero's recurrent state drifts over long streams: after a pause in a 52 s recording it
+            # scored the next 17 s of speech below 0.01 (0.6-0.9 from a fresh state). Start afresh
+            # in every pause, as it does at the start of a file.
+            self._h[:] = 0
+            self._c[:] = 0
+            self._quiet = 0
 
     @property
     def processed_until(self) -> float:
