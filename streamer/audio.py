@@ -76,7 +76,8 @@ class AudioConverter:
     def _resample(self, audio: np.ndarray, last: bool) -> np.ndarray:
         if self._resampler is None:
             return audio
-        return self._resampler.resample_chunk(audio, last=last).astype(np.float32, copy=False)
+        out = self._resampler.resample_chunk(audio, last=last).astype(np.float32, copy=False)
+        return np.clip(out, -1.0, 1.0, out=out)  # the filter rings past full scale on clipped input
 
 
 def load_audio(path: str) -> np.ndarray:

@@ -66,6 +66,7 @@ class StreamingProcessor:
         self.last_decode_end = start_time
         self.flushed_until = start_time  # end of the last endpoint window: speech before it is handled
         self.finalize_requested = False
+        self.utterance_open = False  # finals were sent since the last endpoint
         self.partial_key: tuple[int, str] = (first_segment, "")
         self.stats = StepStats()
 
@@ -158,6 +159,8 @@ class StreamingProcessor:
             self.flushed_until = request.meta["end"]
             if new:
                 events.append(self._commit(new, endpoint=True))
+            elif self.utterance_open:  # its words are all final already: close it with an empty final
+                events.append(self._commit([], endpoint=True, at=request.meta["end"]))
             self.agreement.reset()
             self.uncommitted = []
         else:
@@ -196,18 +199,19 @@ class StreamingProcessor:
         unsure = bool(hyp.words) and sum(w.probability for w in hyp.words) / len(hyp.words) < o.unsure_word_probability
         return hyp.avg_logprob < o.logprob_threshold or unsure
 
-    def _commit(self, words: list[Word], endpoint: bool) -> Final:
+    def _commit(self, words: list[Word], endpoint: bool, at: float = 0.0) -> Final:
         final = Final(
             segment=self.segment,
             text=join_words(words),
-            start=words[0].start,
-            end=words[-1].end,
+            start=words[0].start if words else at,
+            end=words[-1].end if words else at,
             endpoint=endpoint,
             words=[WordInfo(w.word.strip(), w.start, w.end, w.probability, w.fused) for w in words],
         )
         self.segment += 1
+        self.utterance_open = not endpoint
         self.committed_in_buffer.extend(words)
-        if self.fusion_context is not None:
+        if self.fusion_context is not None and words:
             self.fusion_context.commit(final.text)
         return final
 
