@@ -23,6 +23,15 @@ def _pyplot():
     return plt
 
 
+
+def _save(plt, fig, ax, title: str, path: Path) -> Path:
+    """Title, lay out, write the PNG, free the figure."""
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
 def latency_cdf(latencies: dict[str, dict[str, list[float]]], path: Path) -> Path:
     """CDF of per-word final (solid) and partial (dashed) latency, one colour per mode."""
     plt = _pyplot()
@@ -43,11 +52,7 @@ def latency_cdf(latencies: dict[str, dict[str, list[float]]], path: Path) -> Pat
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8, loc="lower right")
-    ax.set_title("Per-word latency CDF (final solid, partial dashed)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, "Per-word latency CDF (final solid, partial dashed)", path)
 
 
 def wer_latency(points: dict[str, tuple[float | None, float]], offline_wer: float | None, path: Path) -> Path:
@@ -69,11 +74,7 @@ def wer_latency(points: dict[str, tuple[float | None, float]], offline_wer: floa
     ax.set_xlabel("median final latency (s)")
     ax.set_ylabel("WER of finals (%)")
     ax.grid(alpha=0.3)
-    ax.set_title("Accuracy against latency")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, "Accuracy against latency", path)
 
 
 def capacity(levels: dict[str, list[tuple[int, float | None, float | None]]], path: Path, limit: float = 2.0) -> Path:
@@ -96,8 +97,4 @@ def capacity(levels: dict[str, list[tuple[int, float | None, float | None]]], pa
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
-    ax.set_title("Final latency against concurrent streams")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, ax, "Final latency against concurrent streams", path)
