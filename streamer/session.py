@@ -44,9 +44,7 @@ class Outbox:
     def put(self, message: ServerMessage | None, force: bool = False) -> None:
         """Queue a message; None marks the end of the stream. `force`: a last message (end, a fatal
         error) that goes in whatever the queue holds."""
-        if force:
-            pass
-        elif isinstance(message, Partial):
+        if not force and isinstance(message, Partial):
             if self._items and isinstance(self._items[-1], Partial):
                 self._items.pop()
                 if self.metrics:
@@ -55,7 +53,7 @@ class Outbox:
                 if self.metrics:
                     self.metrics.send_queue_dropped.inc()
                 return
-        elif len(self._items) >= self.limit:
+        elif not force and len(self._items) >= self.limit:
             self.overflowed = True
         self._items.append(message)
         self._ready.set()
