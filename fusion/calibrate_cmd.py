@@ -3,8 +3,9 @@
 ASR: greedy tiny.en steps, a token counts as correct when its word is a hit in the jiwer
 alignment with the normalized reference. LLM: next-token prediction over the ASR hypotheses of
 the clips the ASR got right (cased, punctuated text like what the LLM sees at run time).
-Gate: the lowest-WER entropy threshold among a grid whose uadf WER is not above asr on any
-manifest (the LLM is never worth a regression on a condition).
+Spans and gate: the decoder's comparisons at every step the lowest gate would open, observed on
+the ASR path and labelled against the references (fusion/decisions.py); span temperatures fitted
+on them, then the gate with the most net fixes that regresses no set or condition.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ import torch
 from whisper_normalizer.english import EnglishTextNormalizer
 
 from fusion.calibration import Calibration, fit_temperature
+from fusion.decisions import Decision, choose_gate, fit_span_temperatures, gate_table, label
+from fusion.decoder import Comparison
 from fusion.offline import OfflineTranscriber
 from fusion.options import FusionOptions
 
 log = logging.getLogger(__name__)
 
-GATE_GRID = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5)
+GATE_GRID = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
 NEVER = 1e9  # gate that never opens
 TOP = 256  # logits kept per step for the temperature fit
 
@@ -36,6 +39,7 @@ TOP = 256  # logits kept per step for the temperature fit
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", action="append", required=True, help="manifest.jsonl (repeatable)")
     parser.add_argument("--out", default=None, help="calibration JSON (default: fusion.calibration of config)")
+    parser.add_argument("--decisions", help="also write the labelled decisions here (JSONL)")
     parser.add_argument("--gates", default=",".join(map(str, GATE_GRID)), help="comma-separated gate grid")
 
 
@@ -108,33 +112,32 @@ def fit_llm(transcriber: OfflineTranscriber, texts: list[str]) -> tuple[float, d
     return tau, {"llm_steps": int(sum(len(c) for c in correct)), "llm_accuracy": float(np.mean(np.concatenate(correct)))}
 
 
-def errors(transcriber: OfflineTranscriber, rows: list[dict], mode: str, norm) -> tuple[int, int]:
-    """Corpus word errors and reference words of one manifest in one mode."""
-    errs = words = 0
-    for row in rows:
-        audio, _ = sf.read(row["path"], dtype="float32")
-        hyp = norm(transcriber.transcribe(audio, mode, key=row["id"]).text)
-        ref = norm(row["text"])
-        out = jiwer.process_words(ref, hyp)
-        errs += out.substitutions + out.deletions + out.insertions
-        words += len(ref.split())
-    return errs, words
+def record_decisions(transcriber: OfflineTranscriber, sets: dict[str, list[dict]], gate: float, norm) -> list[Decision]:
+    """Every comparison the decoder would make at `gate` on every clip, observed on the ASR path
+    and labelled against the clip's reference."""
+    decoder = transcriber.decoder
+    decoder.gate = gate
+    decisions: list[Decision] = []
+    for name, rows in sets.items():
+        for row in rows:
+            reference = norm(row["text"]).split()
+            found: list[Comparison] = []
+            decoder.observer = found.append
+            audio, _ = sf.read(row["path"], dtype="float32")
+            transcriber.transcribe(audio, "uadf", key=row["id"])
+            group = f"{name}/{row['condition']}" if row.get("condition") else name
+            decisions += [Decision(c, group, label(c, reference, norm)) for c in found]
+            log.info("%s: %d decisions", row["id"], len(found))
+    decoder.observer = None
+    return decisions
 
 
-def fit_gate(transcriber: OfflineTranscriber, sets: dict[str, list[dict]], grid: list[float], norm) -> tuple[float, dict]:
-    dec = transcriber.decoder
-    table: dict[str, dict[str, list[int]]] = {"asr": {n: list(errors(transcriber, r, "asr", norm)) for n, r in sets.items()}}
-    best, best_errs = NEVER, sum(e for e, _ in table["asr"].values())
-    for gate in grid:
-        dec.gate = gate
-        row = {n: list(errors(transcriber, r, "uadf", norm)) for n, r in sets.items()}
-        table[str(gate)] = row
-        log.info("gate %.2f: %s (asr %s)", gate, row, table["asr"])
-        safe = all(row[n][0] <= table["asr"][n][0] for n in sets)
-        total = sum(e for e, _ in row.values())
-        if safe and total < best_errs:
-            best, best_errs = gate, total
-    return best, {"gate_table": table}
+def save_decisions(decisions: list[Decision], path: str) -> None:
+    with open(path, "w") as f:
+        for d in decisions:
+            c = d.comparison
+            row = {"group": d.group, "correct": d.correct, "h": c.h, "pairs": c.pairs, "context": c.context}
+            f.write(json.dumps(row | {"asr_lp": c.asr_lp.tolist(), "llm_lp": c.llm_lp.tolist()}) + "\n")
 
 
 def run(args: argparse.Namespace, config) -> int:
@@ -159,13 +162,22 @@ def run(args: argparse.Namespace, config) -> int:
     llm_tau, llm_info = fit_llm(transcriber, asr_info.pop("clean_hypotheses"))
     decoder.calibration = Calibration(asr_tau=asr_tau, llm_tau=llm_tau)
     decoder.scorer.tau = llm_tau
-    gate, gate_info = fit_gate(transcriber, sets, [float(g) for g in args.gates.split(",")], norm)
+    grid = sorted(float(g) for g in args.gates.split(","))
+    decisions = record_decisions(transcriber, sets, grid[0], norm)
+    if args.decisions:
+        save_decisions(decisions, args.decisions)
+    span_asr_tau, span_llm_tau, span_info = fit_span_temperatures(decisions)
+    table = gate_table(decisions, grid, span_asr_tau, span_llm_tau)
+    groups = sorted({d.group for d in decisions} | {n for n in sets})
+    gate = choose_gate(table, groups, NEVER)
     calibration = Calibration(
         asr_tau=asr_tau,
         llm_tau=llm_tau,
+        span_asr_tau=span_asr_tau,
+        span_llm_tau=span_llm_tau,
         gate=gate,
         llm=options.llm,
-        details={"manifests": args.manifest, **asr_info, **llm_info, **gate_info},
+        details={"manifests": args.manifest, **asr_info, **llm_info, **span_info, "gate_net_fixes": table},
     )
     calibration.save(out)
     print(json.dumps({k: v for k, v in calibration.__dict__.items() if k != "details"}, indent=2))

@@ -46,6 +46,8 @@ class Calibration:
 
     asr_tau: float = 1.0
     llm_tau: float = 1.0
+    span_asr_tau: float = 1.0  # on span log-odds between candidates (fusion/decisions.py)
+    span_llm_tau: float = 1.0
     gate: float = 0.5
     llm: str = ""
     details: dict = field(default_factory=dict)

@@ -1,8 +1,10 @@
 """ASR candidates at one decoding step, turned into comparable text for the LLM.
 
-Whisper's GPT-2 BPE pieces are not the LLM's tokens, so a candidate token is compared as text:
-the partial word it belongs to, completed to the next word boundary by the ASR itself (greedy,
-batched over candidates), then re-tokenized by the LLM.
+Whisper's GPT-2 BPE pieces are not the LLM's tokens, so a candidate token is compared as text.
+Candidates must also cover the same audio: " my" against " li" is really "my abilities" against
+"liabilities", and an LLM scoring one word each would prefer the short common one. So each
+candidate is continued by the ASR itself (greedy, batched over candidates) until its words rejoin
+the ASR's own path, and the spans up to and including the rejoining word are compared.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from functools import lru_cache
 import ctranslate2
 import numpy as np
 from faster_whisper.tokenizer import Tokenizer
+
+from fusion.uncertainty import log_softmax
 
 
 class WordPieces:
@@ -37,6 +41,12 @@ class WordPieces:
     def _compute_is_lexical(self, token: int) -> bool:
         return token < self.eot and any(ch.isalnum() for ch in self.tokenizer.decode([token]))
 
+    def words(self, tokens: list[int]) -> tuple[list[str], list[int]]:
+        """The words of a token sequence and the token index where each starts."""
+        bounds = [k for k, t in enumerate(tokens) if k == 0 or self.starts_word(t)]
+        ends = bounds[1:] + [len(tokens)]
+        return [self.tokenizer.decode(tokens[a:b]) for a, b in zip(bounds, ends)], bounds
+
     def word_start(self, tokens: list[int], i: int) -> int:
         """Start of the word holding position i - 1: the text before it is a context shared by
         every candidate at step i, whether the candidate continues that word or opens a new one."""
@@ -44,15 +54,6 @@ class WordPieces:
         while j > 0 and not self.starts_word(tokens[j]):
             j -= 1
         return max(j, 0)
-
-    def completion(self, tokens: list[int], limit: int) -> list[int]:
-        """The leading tokens of `tokens` that still belong to the current word."""
-        out: list[int] = []
-        for t in tokens[:limit]:
-            if self.starts_word(t):
-                break
-            out.append(t)
-        return out
 
 
 def select_candidates(log_probs: np.ndarray, eot: int, top_k: int, min_prob: float) -> list[int]:
@@ -66,31 +67,73 @@ def select_candidates(log_probs: np.ndarray, eot: int, top_k: int, min_prob: flo
 def audio_frames(encoder: np.ndarray, silence: np.ndarray | None) -> int:
     """Encoder frames that hold audio: the backend pastes a short window's encoding over the
     encoding of 30 s of silence, so everything after the last row that differs is silence.
-    Cross-attending only to those frames makes the short completion decodes ~3x cheaper."""
+    Cross-attending only to those frames makes the short continuation decodes ~3x cheaper."""
     if silence is None or silence.shape != encoder.shape[1:]:
         return encoder.shape[1]
     differs = np.flatnonzero(np.any(encoder[0] != silence, axis=-1))
     return int(differs[-1]) + 1 if differs.size else encoder.shape[1]
 
 
-def complete_with_asr(
+def continue_with_asr(
     whisper: ctranslate2.models.Whisper,
     encoder: np.ndarray,
     prompt: list[int],
     prefix: list[int],
     candidates: list[int],
-    pieces: WordPieces,
     limit: int,
-) -> list[list[int]]:
-    """Greedy ASR continuation of prefix + [candidate], cut at the next word boundary (one batch).
-
-    `encoder` may be cut to its audio frames: the completion only has to name the word."""
+    tau: float,
+    eot: int,
+) -> list[tuple[list[int], list[float], bool]]:
+    """Greedy ASR continuation (at most `limit` tokens) of prefix + [candidate], one batch: its
+    tokens, their calibrated log-probs (then the end's, when the decoder ended within the limit),
+    and whether it ended. `encoder` may be cut to its audio frames."""
     batch = ctranslate2.StorageView.from_array(np.ascontiguousarray(np.repeat(encoder, len(candidates), 0)))
     prompts = [prompt + prefix + [c] for c in candidates]
     # CTranslate2's max_length counts the prompt (and runs short of it in practice): be generous,
-    # the completion is cut at the word boundary anyway. Sequences include the forced prefix.
+    # the continuation is cut to `limit` here. Sequences include the forced prefix.
     results = whisper.generate(
-        batch, prompts, beam_size=1, max_length=len(prompt) + 2 * (len(prefix) + 1 + limit) + 8, suppress_blank=False
+        batch,
+        prompts,
+        beam_size=1,
+        max_length=len(prompt) + 2 * (len(prefix) + 1 + limit) + 8,
+        suppress_blank=False,
+        return_logits_vocab=True,
     )
     start = len(prefix) + 1
-    return [pieces.completion(r.sequences_ids[0][start:], limit) for r in results]
+    out = []
+    for r in results:
+        cont = r.sequences_ids[0][start:]
+        ended = len(cont) < limit
+        chosen = cont[:limit] + ([eot] if ended else [])
+        steps = r.logits[0][start : start + len(chosen)]
+        lps = [float(log_softmax(np.array(v, dtype=np.float32).reshape(-1), tau)[t]) for v, t in zip(steps, chosen)]
+        out.append((cont[:limit], lps, ended))
+    return out
+
+
+END = "\x00end"  # the word after a sequence that ended
+
+
+def _norm(word: str) -> str:
+    return "".join(ch for ch in word.lower() if ch.isalnum()) or word.strip()
+
+
+def same_words(a: list[str], b: list[str]) -> bool:
+    """Equal after dropping case and punctuation: the choice would not change the transcript."""
+    return [_norm(w) for w in a] == [_norm(w) for w in b]
+
+
+def rejoin(a: list[str], a_ended: bool, b: list[str], b_ended: bool) -> tuple[int, int] | None:
+    """Where two word sequences agree again after differing (on the next two words, or on the end
+    of both), as the index of the first agreeing word in each: (2, 3) for "in liabilities
+    understated" against "in my abilities understated". None when they do not rejoin in view.
+    An index equal to the sequence's length means its end."""
+    a_keys = [_norm(w) for w in a] + ([END] if a_ended else [])
+    b_keys = [_norm(w) for w in b] + ([END] if b_ended else [])
+    best = None
+    for x in range(1, len(a_keys)):
+        for y in range(1, len(b_keys)):
+            agree = a_keys[x : x + 2] == b_keys[y : y + 2] and (a_keys[x] == END or x + 1 < len(a_keys))
+            if agree and (best is None or x + y < sum(best)):
+                best = (x, y)
+    return best

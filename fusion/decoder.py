@@ -2,28 +2,46 @@
 
 One greedy `generate` gives the ASR path and its per-step logits. Walking the steps, the LLM is
 consulted only where the calibrated ASR entropy passes the gate (every step in `shallow` mode);
-the candidates are the ASR's own top-k tokens, compared as text. When the fused choice differs
+the candidates are the ASR's own top-k tokens, each continued by the ASR until it rejoins the ASR
+path and compared with it as text over the same words. When the fused choice differs
 from the ASR's, decoding continues from the accepted prefix forced through the prompt (the
 forced positions come back teacher-forced, so earlier logits stay valid).
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Callable
 
 import ctranslate2
 import numpy as np
 from faster_whisper.tokenizer import Tokenizer
 
 from fusion.calibration import Calibration
-from fusion.candidates import WordPieces, audio_frames, complete_with_asr, select_candidates
+from fusion.candidates import WordPieces, audio_frames, continue_with_asr, rejoin, same_words, select_candidates
 from fusion.llm_led import decode_llm_led
 from fusion.llm_scorer import LLMScorer, LLMState
 from fusion.options import FusionOptions
 from fusion.result import DecodeResult
-from fusion.uncertainty import entropy, fusion_weight, gate_open, log_softmax
+from fusion.uncertainty import entropy, fusion_weight, gate_open, log_softmax, softmax
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Comparison:
+    """One consulted step: the candidates (the ASR's choice first), the span texts compared (ASR
+    path's, candidate's) for each other candidate, and each model's span log-odds against the choice."""
+
+    h: float
+    cands: list[int]
+    pairs: list[tuple[str, str]]
+    asr_lp: np.ndarray
+    llm_lp: np.ndarray
+    context: str = ""
 
 
 @dataclass
@@ -39,7 +57,7 @@ class _Run:
     _audio: np.ndarray | None = None
 
     def encoder(self, silence: np.ndarray | None) -> np.ndarray:
-        """The encoder output cut to its audio frames (+ a margin), for the completion decodes."""
+        """The encoder output cut to its audio frames (+ a margin), for the candidates' continuation decodes."""
         if self._audio is None:
             full = np.array(self.encoder_output)
             self._audio = full[:, : audio_frames(full, silence) + 25]
@@ -108,6 +126,7 @@ class FusionDecoder:
         self.pieces = WordPieces(tokenizer)
         self.eot = tokenizer.eot
         self.silence = silence  # encoder output of 30 s of zeros, (1500, d_model)
+        self.observer: Callable[[Comparison], None] | None = None  # set by calibration
 
     @property
     def modes(self) -> tuple[str, ...]:
@@ -117,15 +136,15 @@ class FusionDecoder:
     def new_context(self) -> FusionContext:
         return FusionContext(scorer=self.scorer, max_tokens=self.options.context_tokens)
 
-    def _generate(self, encoder: ctranslate2.StorageView, prompt: list[int], max_length: int, first: bool):
+    def _generate(self, encoder: ctranslate2.StorageView, prompt: list[int], max_length: int, suppress_blank: bool):
         return self.whisper.generate(
             encoder,
             [prompt],
             beam_size=1,
             max_length=max_length,
-            return_no_speech_prob=first,
+            return_no_speech_prob=True,
             return_logits_vocab=True,
-            suppress_blank=first,  # a forced prefix already decided the first step
+            suppress_blank=suppress_blank,  # not after a forced prefix: it decided the first step
         )[0]
 
     def _logits(self, step: ctranslate2.StorageView) -> np.ndarray:
@@ -139,33 +158,36 @@ class FusionDecoder:
         context: FusionContext,
         mode: str,
         max_length: int,
+        prefix: list[int] = (),
     ) -> DecodeResult:
+        """Decode a window; `prefix` (text already final, at the window's start) is forced, not fused."""
         if mode != "asr" and self.scorer is None:
             raise ValueError(f"mode {mode!r} needs an LLM (fusion.llm)")
         if mode == "uadf-llm":
             return decode_llm_led(self, encoder_output, prompt, context, max_length)
-        result = self._generate(encoder_output, prompt, max_length, first=True)
+        prefix = list(prefix)
+        result = self._generate(encoder_output, prompt + prefix, max_length + len(prefix), suppress_blank=not prefix)
         tokens = list(result.sequences_ids[0])
         logits = [self._logits(step) for step in result.logits[0]]
         fused = [False] * len(tokens)
         run = _Run(encoder_output, prompt, context, mode)
-        i = 0
+        i = len(prefix)
         while mode != "asr" and i < len(logits):  # an override re-decodes the rest of the path
             chosen = tokens[i] if i < len(tokens) else self.eot
-            winner = self._fuse_step(run, tokens, logits[i], i, chosen)
+            winner = self._fuse_step(run, tokens, logits, i, chosen)
             if winner != chosen:
-                forced = self._generate(encoder_output, prompt + tokens[:i] + [winner], max_length + i + 1, False)
+                forced = self._generate(encoder_output, prompt + tokens[:i] + [winner], max_length + i + 1, suppress_blank=False)
                 tokens = list(forced.sequences_ids[0])
                 logits = logits[: i + 1] + [self._logits(s) for s in forced.logits[0][i + 1 :]]
                 fused = fused[:i] + [True] + [False] * (len(tokens) - i - 1)
             i += 1
         return self.path_result(tokens, logits, fused, float(result.no_speech_prob), run.calls, run.seconds)
 
-    def _fuse_step(self, run: "_Run", tokens: list[int], logits: np.ndarray, i: int, chosen: int) -> int:
+    def _fuse_step(self, run: "_Run", tokens: list[int], logits: list[np.ndarray], i: int, chosen: int) -> int:
         """The token to emit at step i: the ASR's, unless the gated fusion picks another."""
         if not self.pieces.is_lexical(chosen):
             return chosen
-        cal = log_softmax(logits, self.calibration.asr_tau)
+        cal = log_softmax(logits[i], self.calibration.asr_tau)
         h = float(entropy(cal))
         if run.mode != "shallow" and not gate_open(h, self.gate):
             return chosen
@@ -179,18 +201,26 @@ class FusionDecoder:
         if len(cands) < 2:
             return chosen
         t0 = time.perf_counter()
-        llm_lp = self._llm_scores(run.encoder(self.silence), run.prompt, tokens, i, cands, chosen, run.context)
+        cmp = self._compare_spans(run, tokens, logits, i, cands, chosen)
         run.seconds += time.perf_counter() - t0
+        if len(cmp.cands) < 2:
+            run.context.remember(key, chosen)
+            return chosen
+        cmp.h = h
         run.calls += 1
+        if self.observer is not None:  # calibration: record the decision, keep the ASR's token
+            self.observer(cmp)
+            return chosen
+        calib = self.calibration
         if run.mode == "shallow":
-            raw = log_softmax(logits)
-            score = np.array([raw[c] for c in cands]) + self.options.shallow_weight * llm_lp
+            score = cmp.asr_lp + self.options.shallow_weight * cmp.llm_lp
         else:
-            # The LLM's distribution restricted to the ASR's candidates (its absolute word
-            # probabilities are far too small to ever move a decision).
-            p_llm = np.exp(llm_lp - llm_lp.max())
-            score = np.exp([cal[c] for c in cands]) + fusion_weight(h) * p_llm / p_llm.sum()
-        winner = cands[int(np.argmax(score))]
+            # Both models' distributions over the comparable spans, calibrated at this level (an
+            # LLM's absolute probability of a multi-word span would never move a decision).
+            score = softmax(cmp.asr_lp / calib.span_asr_tau) + fusion_weight(h) * softmax(cmp.llm_lp / calib.span_llm_tau)
+        winner = cmp.cands[int(np.argmax(score))]
+        log.debug("H %.2f %s asr %s llm %s -> %r", h, cmp.pairs, np.round(cmp.asr_lp, 2), np.round(cmp.llm_lp, 2),
+                  self.tokenizer.decode([winner]))
         run.context.remember(key, winner)
         return winner
 
@@ -218,30 +248,55 @@ class FusionDecoder:
         words = len(context.committed.split()) + len(self.tokenizer.decode(tokens[:i]).split())
         return words >= self.options.min_context_words
 
-    def _llm_scores(
-        self,
-        encoder_np: np.ndarray,
-        prompt: list[int],
-        tokens: list[int],
-        i: int,
-        cands: list[int],
-        chosen: int,
-        context: FusionContext,
-    ) -> np.ndarray:
-        """LLM log-prob of each candidate's text, on top of the cached shared context."""
-        limit = self.options.completion_tokens
+    def _compare_spans(
+        self, run: "_Run", tokens: list[int], logits: list[np.ndarray], i: int, cands: list[int], chosen: int
+    ) -> Comparison:
+        """The candidates comparable with the ASR's choice and, for each, the calibrated ASR and
+        LLM log-probs of its span up to where it rejoins the ASR path, as log-odds against the
+        choice's span over the same words. The LLM scores every span in one batch on top of the
+        cached shared context (committed transcript + the window before the word at step i)."""
+        tau, limit = self.calibration.asr_tau, self.options.span_tokens
         j = self.pieces.word_start(tokens, i)
+        path = tokens[j : i + 1 + limit]
+        path_ended = len(tokens) < i + 1 + limit
+        path_words, path_bounds = self.pieces.words(path)
+        path_lp = [float(log_softmax(logits[k], tau)[t]) for k, t in enumerate(tokens[i : i + 1 + limit], i)]
+        if path_ended and len(logits) > len(tokens):
+            path_lp.append(float(log_softmax(logits[len(tokens)], tau)[self.eot]))
+        step = log_softmax(logits[i], tau)
         others = [c for c in cands if c != chosen]
-        completions = dict(
-            zip(others, complete_with_asr(self.whisper, encoder_np, prompt, tokens[:i], others, self.pieces, limit))
+        conts = continue_with_asr(self.whisper, run.encoder(self.silence), run.prompt, tokens[:i], others, limit, tau, self.eot)
+        pairs = []  # (candidate, path span text, path ASR lp, candidate span text, candidate ASR lp)
+        for c, (cont, cont_lp, ended) in zip(others, conts):
+            seq = tokens[j:i] + [c] + cont
+            words, bounds = self.pieces.words(seq)
+            at = rejoin(path_words, path_ended, words, ended)
+            if at is None or same_words(path_words[: at[0] + 1], words[: at[1] + 1]):
+                continue
+            x, y = at
+            path_end = path_bounds[x + 1] if x + 1 < len(path_bounds) else len(path) + 1  # + 1: the end
+            cand_end = bounds[y + 1] if y + 1 < len(bounds) else len(seq) + 1
+            pairs.append((
+                c,
+                self.tokenizer.decode(path[:path_end]),
+                sum(path_lp[: path_end - (i - j)]),
+                self.tokenizer.decode(seq[:cand_end]),
+                float(step[c]) + sum(cont_lp[: cand_end - (i - j) - 1]),
+            ))
+        if not pairs:
+            return Comparison(0.0, [chosen], [], np.zeros(1), np.zeros(1))
+        context_text = run.context.prefix_text(self.tokenizer.decode(tokens[:j]))
+        texts = sorted({t for p in pairs for t in (p[1], p[3])})
+        self.scorer.sync(run.context.state, self.scorer.context_ids(context_text))
+        llm = dict(zip(texts, self.scorer.score(run.context.state, [t if context_text else t.lstrip() for t in texts])))
+        return Comparison(
+            h=0.0,
+            cands=[chosen] + [p[0] for p in pairs],
+            pairs=[(p[1], p[3]) for p in pairs],
+            asr_lp=np.array([0.0] + [p[4] - p[2] for p in pairs]),
+            llm_lp=np.array([0.0] + [llm[p[3]] - llm[p[1]] for p in pairs]),
+            context=context_text,
         )
-        completions[chosen] = self.pieces.completion(tokens[i + 1 :], limit)
-        context_text = context.prefix_text(self.tokenizer.decode(tokens[:j]))
-        texts = [self.tokenizer.decode(tokens[j:i] + [c] + completions[c]) for c in cands]
-        if not context_text:
-            texts = [t.lstrip() for t in texts]
-        self.scorer.sync(context.state, self.scorer.context_ids(context_text))
-        return self.scorer.score(context.state, texts)
 
     def path_result(
         self,

@@ -14,8 +14,8 @@ class FusionOptions:
     gate: entropy threshold in nats on the calibrated ASR distribution; None takes the calibration
     file's value. top_k / min_candidate_prob bound the ASR candidates the LLM may choose among.
     shallow_weight: the fixed LLM weight of `shallow` mode (log-linear). context_tokens bounds the
-    LLM context (committed transcript) so its KV cache stays small. completion_tokens: how far the
-    ASR may run to finish a candidate's word before the LLM compares the words.
+    LLM context (committed transcript) so its KV cache stays small. span_tokens: how far the ASR
+    may run a candidate until its words rejoin the ASR's path (else the candidate is not compared).
     """
 
     mode: str = "asr"
@@ -26,7 +26,7 @@ class FusionOptions:
     min_candidate_prob: float = 0.02
     shallow_weight: float = 0.3
     context_tokens: int = 200
-    completion_tokens: int = 3
+    span_tokens: int = 10
     min_context_words: int = 3  # the LLM's guess at an utterance's first words is only its prior
     cache_dir: str = "~/.cache/uadf-stream/llm"
     device: str = "auto"

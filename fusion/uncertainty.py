@@ -12,6 +12,11 @@ def log_softmax(logits: np.ndarray, tau: float = 1.0) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
+def softmax(log_scores: np.ndarray) -> np.ndarray:
+    """Normalized probabilities from unnormalized log-scores."""
+    return np.exp(log_softmax(log_scores))
+
+
 def entropy(log_probs: np.ndarray) -> np.ndarray:
     """Shannon entropy in nats; -inf log-probs (suppressed tokens) contribute 0."""
     p = np.exp(log_probs)

@@ -72,12 +72,15 @@ class WindowRequest:
     prompt: str = ""
     mode: str = "asr"
     fusion_context: Any = None
+    prefix: str = ""  # the window's words that are final already: fusion forces them, not re-decides them
     final: bool = False
     meta: dict = field(default_factory=dict)
 
 
 class FusionDecoderLike(Protocol):
-    def decode(self, encoder_output: ctranslate2.StorageView, prompt: list[int], context: Any, mode: str, max_length: int) -> DecodeResult: ...
+    def decode(
+        self, encoder_output: ctranslate2.StorageView, prompt: list[int], context: Any, mode: str, max_length: int, prefix: list[int]
+    ) -> DecodeResult: ...
 
 
 def resolve_model_path(name: str) -> str:
@@ -156,8 +159,13 @@ class WhisperBackend:
 
     def _generate(self, encoder_output: np.ndarray, requests: list[WindowRequest], prompts: list[list[int]]) -> list[DecodeResult]:
         results: list[DecodeResult | None] = [None] * len(requests)
-        plain = [i for i, r in enumerate(requests) if r.mode == "asr" or self.fusion is None]
-        if plain:
+        # CTranslate2 batches only prompts of one length (start-of-transcript at the same position):
+        # one generate call per prompt length.
+        groups: dict[int, list[int]] = {}
+        for i, r in enumerate(requests):
+            if r.mode == "asr" or self.fusion is None:
+                groups.setdefault(len(prompts[i]), []).append(i)
+        for plain in groups.values():
             max_len = max(self._max_length(len(requests[i].audio) / SAMPLE_RATE, len(prompts[i])) for i in plain)
             outs = self.model.generate(
                 ctranslate2.StorageView.from_array(np.ascontiguousarray(encoder_output[plain])),
@@ -182,7 +190,8 @@ class WhisperBackend:
             if results[i] is None:
                 enc = ctranslate2.StorageView.from_array(np.ascontiguousarray(encoder_output[i : i + 1]))
                 max_len = self._max_length(len(req.audio) / SAMPLE_RATE, len(prompts[i]))
-                results[i] = self.fusion.decode(enc, prompts[i], req.fusion_context, req.mode, max_len)
+                prefix = self.tokenizer.encode(" " + req.prefix.strip()) if req.prefix.strip() else []
+                results[i] = self.fusion.decode(enc, prompts[i], req.fusion_context, req.mode, max_len, prefix)
         return results  # type: ignore[return-value]
 
     def _words(self, encoder_output: np.ndarray, decoded: list[DecodeResult], frames: list[int]) -> list[list[dict]]:

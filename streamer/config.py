@@ -29,6 +29,7 @@ class StreamingOptions:
     min_window: float = 0.3
     max_window: float = 12.0
     endpoint_silence: float = 0.5
+    commit: str = "auto"  # "agreement", "endpoint", or "auto": agreement in asr mode, endpoint in fusion modes
     commit_margin: float = 0.8
     prompt_words: int = 40
     vad_threshold: float = 0.5
@@ -38,11 +39,16 @@ class StreamingOptions:
     unsure_word_probability: float = 0.5
     compression_ratio_threshold: float = 2.4
 
+    def __post_init__(self) -> None:
+        if self.commit not in ("auto", "agreement", "endpoint"):
+            raise ValueError(f"streaming.commit must be auto, agreement or endpoint, got {self.commit!r}")
+
 
 @dataclass
 class SchedulerOptions:
     max_batch: int = 4
     max_wait_ms: float = 10.0
+    max_partial_interval: float = 8.0
 
 
 @dataclass
@@ -53,6 +59,8 @@ class ServerOptions:
     max_frame_bytes: int = 262144
     max_session_seconds: float = 14400.0
     idle_timeout: float = 60.0
+    start_timeout: float = 10.0
+    max_pending: int = 32
     max_rate: float = 4.0
     send_queue: int = 256
     data_dir: str = "data/sessions"
@@ -79,6 +87,11 @@ def _coerce(value: Any, current: Any) -> Any:
     """Convert a CLI string to the type of the field's current value."""
     if not isinstance(value, str) or isinstance(current, str):
         return value
+    if current is None:  # an optional setting (fusion.gate): read the value as TOML, else keep the text
+        try:
+            return tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            return value
     if isinstance(current, bool):
         if value.lower() in ("1", "true", "yes", "on"):
             return True
@@ -129,4 +142,9 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
         apply(config, section, key, value.strip())
     if not config.server.token:
         config.server.token = os.environ.get("UADF_TOKEN", "")
+    for options in (config.streaming, config.fusion):  # re-check what setattr bypassed
+        try:
+            options.__post_init__()
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
     return config

@@ -16,6 +16,7 @@ FATAL_CLOSE_CODES: dict[str, int] = {
     "busy": CLOSE_POLICY,
     "session_too_long": CLOSE_POLICY,
     "idle_timeout": CLOSE_POLICY,
+    "start_timeout": CLOSE_POLICY,
     "rate_limited": CLOSE_POLICY,
     "unknown_session": CLOSE_POLICY,
     "unauthorized": CLOSE_POLICY,

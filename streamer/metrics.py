@@ -19,6 +19,13 @@ class Metrics:
         )
         self.batch_size = Histogram("uadf_batch_size", "Windows decoded together", registry=r, buckets=(1, 2, 3, 4, 6, 8, 16))
         self.queue_depth = Gauge("uadf_decode_queue_depth", "Windows waiting for the decoder", registry=r)
+        self.partial_interval = Gauge(
+            "uadf_partial_interval_seconds", "Audio a session gathers between partial decodes (grows when the decoder is behind)",
+            registry=r,
+        )
+        self.partials_skipped = Counter(
+            "uadf_partial_decodes_skipped_total", "Partial decodes skipped because the decoder was behind", registry=r
+        )
         self.finals = Counter("uadf_finals_total", "Final messages committed", registry=r)
         self.llm_calls = Counter("uadf_llm_calls_total", "LLM scoring calls made by fusion", registry=r)
         self.errors = Counter("uadf_errors_total", "Errors sent to clients", ["code"], registry=r)

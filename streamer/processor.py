@@ -57,6 +57,10 @@ class StreamingProcessor:
         self.fusion_context = fusion_context
         self.vad = StreamingVad(options.vad_threshold, options.vad_neg_threshold, start_time)
         self.agreement = LocalAgreement(2)
+        # Words agreed on by two running windows are final at once ("agreement"), or only at the
+        # utterance's endpoint ("endpoint"): fusion decides on whole utterances, as it was calibrated.
+        commit = options.commit if options.commit != "auto" else ("agreement" if mode == "asr" else "endpoint")
+        self.early_commit = commit == "agreement"
         self.buffer = np.zeros(0, np.float32)
         self.buffer_start = start_time  # stream time of buffer[0]
         self.committed_in_buffer: list[Word] = []
@@ -119,15 +123,16 @@ class StreamingProcessor:
         n = max(int(round((end - self.buffer_start) * SAMPLE_RATE)), 0)
         self.last_decode_end = end
         prompt = " ".join(self.context_words[-self.options.prompt_words :])
+        # Fusion runs on endpoint windows only, where words become final in a fusion mode: a running
+        # window cuts its last words short, and fusing every one costs ~5x (see the README's Fusion).
+        mode = self.mode if final else "asr"
         return WindowRequest(
             audio=self.buffer[:n].copy(),
             offset=self.buffer_start,
             prompt=prompt,
-            # Fusion runs on endpoint windows only: a running window cuts its last words short, and
-            # LLM guesses there were agreed on and committed (speech-dev-noisy: 25.6% WER fusing every
-            # window, 20.4% fusing endpoints, asr 18.8%; decode time 3.6x and 1.4x that of asr).
-            mode=self.mode if final else "asr",
+            mode=mode,
             fusion_context=self.fusion_context,
+            prefix=join_words(self.committed_in_buffer) if mode != "asr" else "",
             final=final,
             meta={"end": end},
         )
@@ -164,7 +169,7 @@ class StreamingProcessor:
             self.agreement.reset()
             self.uncommitted = []
         else:
-            done = self.agreement.update(new, until=request.meta["end"] - self.options.commit_margin)
+            done = self.agreement.update(new, until=request.meta["end"] - self.options.commit_margin) if self.early_commit else []
             if done:
                 events.append(self._commit(done, endpoint=False))
             self.uncommitted = new[len(done) :]

@@ -21,13 +21,14 @@ from streamer.errors import CLOSE_NORMAL, CLOSE_POLICY, StreamError
 from streamer.formats import RENDERERS
 from streamer.metrics import Metrics
 from streamer.protocol import End, Error, Finalize, KeepAlive, Start, Stop, parse_client_message, to_dict, to_json
-from streamer.scheduler import DecodeScheduler
+from streamer.scheduler import DecodeScheduler, use_two_malloc_arenas
 from streamer.session import Session
 from streamer.store import TranscriptStore
 
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 5.0  # seconds a close handshake (or a send to a client that does not read) may take
+ENDED = (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR)  # frames after which nothing comes
 
 
 def parse_text(data: str, limit: int):
@@ -81,11 +82,12 @@ class Daemon:
         self.engine = engine
         self.metrics = Metrics()
         self.store = TranscriptStore(self.options.data_dir)
-        self.scheduler = DecodeScheduler(engine.backend, config.scheduler, self.metrics)
+        self.scheduler = DecodeScheduler(engine.backend, config.scheduler, self.metrics, config.streaming.step)
         self.sessions: dict[str, Session] = {}
         self.connections: set[web.WebSocketResponse] = set()
         self._sockets: dict[str, web.WebSocketResponse] = {}  # session id -> its connection
         self._background: set[asyncio.Task] = set()
+        self._pending = 0  # connections waiting for their `start`
         self.accepting = True
 
     # -- access ----------------------------------------------------------------------------------
@@ -168,9 +170,10 @@ class Daemon:
         try:
             if not self.accepting:
                 raise StreamError("busy", "the daemon is shutting down", fatal=True)
-            session = await self._start(ws, idle)
-            if session is None:
+            start = await self._wait_for_start(ws, idle)
+            if start is None:
                 return ws
+            session = await self._open(ws, start)
             writer = asyncio.create_task(self._write(ws, session), name=f"send-{session.id}")
             await self._read(ws, session, idle)
         except StreamError as exc:
@@ -200,11 +203,26 @@ class Daemon:
         except asyncio.TimeoutError:
             raise StreamError("slow_consumer", "the client does not read its messages", fatal=True) from None
 
-    async def _start(self, ws: web.WebSocketResponse, idle: "_IdleTimer") -> Session | None:
-        """Wait for a valid `start`; frames before it get not_started and are dropped."""
+    async def _wait_for_start(self, ws: web.WebSocketResponse, idle: "_IdleTimer") -> Start | None:
+        """A valid `start` within server.start_timeout; frames before it get not_started and are dropped.
+        Connections waiting for theirs are bounded by server.max_pending, so connections that never start
+        (frames or not) cannot pile up."""
+        if self._pending >= self.options.max_pending:
+            raise StreamError("busy", f"{self._pending} connections are waiting to start; try again later", fatal=True)
+        self._pending += 1
+        try:
+            async with asyncio.timeout(self.options.start_timeout):
+                return await self._first_start(ws, idle)
+        except TimeoutError:
+            raise StreamError("start_timeout", f"no start message within {self.options.start_timeout:g} s", fatal=True) from None
+        finally:
+            self._pending -= 1
+
+    async def _first_start(self, ws: web.WebSocketResponse, idle: "_IdleTimer") -> Start | None:
+        """Frames until a valid `start` (returned) or the end of the connection (None)."""
         while True:
             msg = await self._receive(ws, idle)
-            if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
+            if msg.type in ENDED:
                 return None
             if msg.type == WSMsgType.BINARY:
                 await self._send_error(ws, StreamError("not_started", "send a start message before audio"))
@@ -217,7 +235,7 @@ class Daemon:
                 await self._send_error(ws, exc)
                 continue
             if isinstance(message, Start):
-                return await self._open(ws, message)
+                return message
             await self._send_error(ws, StreamError("not_started", f"{message.type} before start"))
 
     async def _open(self, ws: web.WebSocketResponse, start: Start) -> Session:
@@ -270,7 +288,7 @@ class Daemon:
             elif msg.type == WSMsgType.TEXT:
                 message = self._guard(session, self._parse_in_session, msg.data)
                 if isinstance(message, Stop):
-                    await session.flush()
+                    await self._flush_reading(ws, session)
                     session.outbox.put(End(session_id=session.id, finals=session.finals, audio_seconds=session.audio_seconds))
                     return
                 if isinstance(message, Finalize):
@@ -283,6 +301,23 @@ class Daemon:
                 return
             if session.outbox.overflowed:
                 raise StreamError("slow_consumer", "the client does not read its messages", fatal=True)
+
+    @staticmethod
+    async def _flush_reading(ws: web.WebSocketResponse, session: Session) -> None:
+        """Flush after `stop` while still reading the socket: aiohttp answers pings only inside receive(), and
+        a flush behind a busy decoder can outlast the client's ping timeout (20 s in websockets), which then
+        drops the connection just before the last finals and `end`. Frames that still arrive are not taken."""
+
+        async def discard() -> None:
+            while (await ws.receive()).type not in ENDED:
+                pass
+
+        reader = asyncio.create_task(discard())
+        try:
+            await session.flush()
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
 
     def _parse_in_session(self, data: str):
         """A text frame in a started session: a second start is `already_started`, whatever it holds
@@ -411,6 +446,7 @@ def ssl_context(config: Config) -> ssl.SSLContext | None:
 
 async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    use_two_malloc_arenas()
     engine = await asyncio.to_thread(Engine, config)
     daemon = Daemon(config, engine)
     daemon.scheduler.start()

@@ -98,7 +98,8 @@ class Session:
         self.finals = len(previous)
         self.writer = store.open(self.id, {"mode": self.mode, "format": start.to_dict(), "resumed_at": self.finals})
         self.outbox = Outbox(options.send_queue, metrics)
-        self.audio_seconds = 0.0
+        self.audio_seconds = 0.0  # received on this connection; the session's total is start_time + this
+        self.decoded_at = self.start_time  # stream time when the last hypothesis came back
         self.started = time.monotonic()
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -129,7 +130,7 @@ class Session:
             raise StreamError("frame_too_large", f"audio frame of {len(data)} bytes exceeds {self.options.max_frame_bytes}")
         audio = self.converter.decode(data)
         seconds = len(audio) / 16000
-        if self.audio_seconds + seconds > self.options.max_session_seconds:
+        if self.start_time + self.audio_seconds + seconds > self.options.max_session_seconds:  # resumes included
             raise StreamError("session_too_long", f"session exceeds {self.options.max_session_seconds:.0f} s of audio", fatal=True)
         allowed = (time.monotonic() - self.started) * self.options.max_rate + RATE_ALLOWANCE
         if self.options.max_rate > 0 and self.audio_seconds + seconds > allowed:
@@ -155,6 +156,11 @@ class Session:
 
     async def _drain(self) -> None:
         while (request := self.processor.next_request()) is not None:
+            # counted from when the last hypothesis came back, not from its window's end: the time a window
+            # waited for the decoder must not count as a partial interval (or a lagging decoder gets more work)
+            if not request.final and not self.scheduler.admits_partial(request.meta["end"] - self.decoded_at):
+                self.metrics.partials_skipped.inc()  # the processor asks again after another step of audio
+                return
             try:
                 hyp = await self.scheduler.submit(request)
             except asyncio.CancelledError:
@@ -164,6 +170,7 @@ class Session:
                 self.processor.discard(request)
                 self.send_error(StreamError("internal", "decoding this window failed; the session goes on", fatal=False))
                 continue
+            self.decoded_at = self.processor.stream_time
             self.metrics.llm_calls.inc(hyp.llm_calls)
             for event in self.processor.accept_hypothesis(hyp, request):
                 if isinstance(event, Final):

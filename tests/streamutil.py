@@ -20,7 +20,7 @@ START = {"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", "channe
 ERROR_CODES = {
     "bad_message", "unknown_type", "not_started", "already_started", "bad_encoding", "bad_sample_rate",
     "bad_channels", "bad_mode", "bad_audio", "frame_too_large", "rate_limited", "session_too_long",
-    "idle_timeout", "busy", "unknown_session", "unauthorized", "slow_consumer", "internal",
+    "idle_timeout", "start_timeout", "busy", "unknown_session", "unauthorized", "slow_consumer", "internal",
 }
 
 

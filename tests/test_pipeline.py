@@ -89,3 +89,18 @@ def test_processor_is_model_free():
     p = StreamingProcessor(StreamingOptions())
     p.insert_audio(np.zeros(SAMPLE_RATE, np.float32))
     assert p.next_request() is None and p.stream_time == 1.0
+
+
+def test_endpoint_commit_policy_finals_only_at_endpoints(engine):
+    """`streaming.commit = "endpoint"` (the policy of the fusion modes): partials as usual, and
+    every final closes an utterance; the default asr policy commits agreed words before that."""
+    from dataclasses import replace
+
+    entry = next(e for e in manifest("speech-long") if e["id"] == "dev-concat")
+    audio = load_audio(entry["path"])[: 60 * SAMPLE_RATE]
+    options = replace(engine.config.streaming, commit="endpoint")
+    endpoint = run_stream(engine, StreamingProcessor(options), audio)
+    agreement = run_stream(engine, engine.new_processor("asr"), audio)
+    assert endpoint.partials and endpoint.finals and all(f.endpoint for f in endpoint.finals)
+    assert any(not f.endpoint for f in agreement.finals)
+    assert len(endpoint.text.split()) >= 0.9 * len(agreement.text.split()) > 80

@@ -179,6 +179,7 @@ def strict(tmp_path_factory):
         "--set", f"server.tls_cert={cert}", "--set", f"server.tls_key={key}",
         "--set", f"server.allowed_origins={ORIGIN}",
         "--set", "server.max_frame_bytes=65536", "--set", "server.idle_timeout=3",
+        "--set", "server.start_timeout=4", "--set", "server.max_pending=3",
         "--set", "server.max_session_seconds=20", "--set", "server.send_queue=16",
     )  # max_rate stays at its default, 4x real time
     yield Strict(d, ssl.create_default_context(cafile=str(cert)))
@@ -265,6 +266,49 @@ def test_idle_timeout_counts_frames_not_pings(strict):
     asyncio.run(go())
 
 
+def test_connections_that_never_start_are_bounded_and_closed(strict):
+    """Connections that never send `start` cannot hold the daemon: past max_pending (3) waiting ones a
+    new one gets `busy`, and each is closed with `start_timeout` 4 s after connecting, even while it
+    sends frames that keep the idle timer (3 s) from firing."""
+
+    async def keepalives_until_closed(ws) -> list[dict]:
+        got: list[dict] = []
+        try:
+            while True:
+                await ws.send(json.dumps({"type": "keepalive"}))  # before start: answered with not_started
+                got.append(await recv(ws))
+                await asyncio.sleep(0.5)
+        except websockets.ConnectionClosed:
+            return got + await drain(ws)
+
+    async def go():
+        t0 = time.monotonic()
+        waiting = [await strict.ws() for _ in range(3)]
+        try:
+            async with strict.ws() as extra:
+                refused, refused_code = await drain(extra), close_code(extra)
+            results = await asyncio.wait_for(asyncio.gather(*(keepalives_until_closed(ws) for ws in waiting)), 30)
+            elapsed = time.monotonic() - t0
+            codes = [close_code(ws) for ws in waiting]
+        finally:
+            for ws in waiting:
+                await ws.close()
+        async with strict.ws() as ws:  # the waiting ones are gone: a new connection is served
+            await ws.send(start())
+            assert (await recv(ws))["type"] == "ready"
+            await ws.send(STOP)
+            assert (await drain(ws))[-1]["type"] == "end"
+        return refused, refused_code, results, elapsed, codes
+
+    refused, refused_code, results, elapsed, codes = asyncio.run(go())
+    assert [m["code"] for m in refused] == ["busy"] and refused_code == 1008
+    for msgs in results:
+        assert len(msgs) >= 5 and {m["code"] for m in msgs[:-1]} == {"not_started"}, msgs
+        assert msgs[-1]["code"] == "start_timeout"
+    assert codes == [1008] * 3 and elapsed >= 4.0
+    assert metric(strict.metrics(), "uadf_errors_total", code="start_timeout") >= 3
+
+
 def test_audio_far_faster_than_real_time_is_refused(strict):
     async def go():
         async with strict.ws() as ws:
@@ -295,6 +339,35 @@ def test_session_length_limit(strict):
             assert close_code(ws) == 1008
 
     asyncio.run(go())
+
+
+def test_session_length_limit_counts_across_resumes(strict):
+    """Reconnecting does not restart the 20 s limit: a session resumed after 15 s of audio takes 5 s more."""
+
+    async def go():
+        async with strict.ws() as ws:
+            await ws.send(start())
+            sid = (await recv(ws))["session_id"]
+            await send_audio(ws, np.zeros(16000 * 15, np.float32), speed=5, chunk=1.0)
+            first = await drain(ws)
+        async with strict.ws() as ws:
+            await ws.send(start(session_id=sid, resume_from=0))
+            ready = await recv(ws)
+            try:  # 10 s more, in 1 s frames: the 6th passes the session's 20 s
+                await send_audio(ws, np.zeros(16000 * 10, np.float32), speed=5, chunk=1.0, stop=False)
+            except websockets.ConnectionClosed:
+                pass
+            msgs = await drain(ws)
+        await wait_until_idle(strict.daemon, headers={"Authorization": f"Bearer {TOKEN}"}, ssl_context=strict.ssl)
+        return sid, first, ready, msgs, close_code(ws)
+
+    sid, first, ready, msgs, code = asyncio.run(go())
+    assert first[-1]["type"] == "end" and first[-1]["audio_seconds"] == pytest.approx(15.0)
+    assert ready["resumed"] and ready["stream_time"] == pytest.approx(15.0)
+    assert msgs[-1]["code"] == "session_too_long" and code == 1008, msgs
+    from streamer.store import TranscriptStore
+
+    assert TranscriptStore(strict.daemon.data_dir).stream_end(sid) == pytest.approx(20.0)
 
 
 def test_frame_size_limits(strict):
