@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from streamer.asr_backend import MAX_SECONDS, Hypothesis, WindowRequest, Word
+from streamer.asr_backend import Hypothesis, WindowRequest, Word
 from streamer.audio import SAMPLE_RATE
 from streamer.commit import LocalAgreement, strip_committed
 from streamer.config import StreamingOptions
@@ -120,9 +120,6 @@ class StreamingProcessor:
         self._trim_to(max(now - PRE_ROLL, self.buffer_start))
 
     def _request(self, end: float, final: bool) -> WindowRequest:
-        # A window longer than the encoder takes (the decoder fell far behind) is decoded up to that
-        # length; the rest stays buffered for the next window instead of its start being cut off.
-        end = min(end, self.buffer_start + MAX_SECONDS)
         n = max(int(round((end - self.buffer_start) * SAMPLE_RATE)), 0)
         self.last_decode_end = end
         prompt = " ".join(self.context_words[-self.options.prompt_words :])

@@ -104,19 +104,3 @@ def test_endpoint_commit_policy_finals_only_at_endpoints(engine):
     assert endpoint.partials and endpoint.finals and all(f.endpoint for f in endpoint.finals)
     assert any(not f.endpoint for f in agreement.finals)
     assert len(endpoint.text.split()) >= 0.9 * len(agreement.text.split()) > 80
-
-
-def test_a_lagging_decoder_never_gets_a_window_longer_than_whisper_takes():
-    """Audio piles up while the decoder is busy elsewhere: the window it then gets starts at the
-    buffer's start and stops at Whisper's 29 s; the rest stays buffered for the next one."""
-    from streamer.asr_backend import MAX_SECONDS
-    from streamer.config import StreamingOptions
-
-    entry = next(e for e in manifest("speech-long") if e["id"] == "dev-concat")
-    p = StreamingProcessor(StreamingOptions())
-    audio = load_audio(entry["path"])[: 40 * SAMPLE_RATE]
-    for i in range(0, len(audio), 1600):
-        p.insert_audio(audio[i : i + 1600])
-    req = p.next_request()
-    assert req is not None and req.offset == 0.0
-    assert len(req.audio) / SAMPLE_RATE <= MAX_SECONDS and len(p.buffer) == len(audio)
