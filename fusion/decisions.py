@@ -17,7 +17,6 @@ import numpy as np
 
 from fusion.calibration import fit_temperature
 from fusion.decoder import Comparison
-from fusion.uncertainty import fusion_weight, softmax
 
 
 @dataclass
@@ -41,12 +40,6 @@ def label(comparison: Comparison, reference: list[str], norm) -> int | None:
     choice_ok = all(contains(reference, norm(path).split()) for path, _ in comparison.pairs)
     oks = [choice_ok] + [contains(reference, norm(span).split()) for _, span in comparison.pairs]
     return oks.index(True) if sum(oks) == 1 else None
-
-
-def fused_choice(c: Comparison, span_asr_tau: float, span_llm_tau: float) -> int:
-    """The UADF decision: calibrated span distributions, the LLM's weighted by the ASR's entropy."""
-    score = softmax(c.asr_lp / span_asr_tau) + fusion_weight(c.h) * softmax(c.llm_lp / span_llm_tau)
-    return int(np.argmax(score))
 
 
 def _span_tau(scores: list[np.ndarray], correct: list[int]) -> float:
@@ -85,7 +78,7 @@ def gate_table(decisions: list[Decision], grid: list[float], span_asr_tau: float
         for d in decisions:
             if d.correct is None or d.comparison.h < gate:
                 continue
-            choice = fused_choice(d.comparison, span_asr_tau, span_llm_tau)
+            choice = d.comparison.uadf_choice(span_asr_tau, span_llm_tau)
             net[d.group] += int(choice == d.correct) - int(d.correct == 0)
         table[str(gate)] = dict(net)
     return table

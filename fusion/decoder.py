@@ -43,6 +43,12 @@ class Comparison:
     llm_lp: np.ndarray
     context: str = ""
 
+    def uadf_choice(self, span_asr_tau: float, span_llm_tau: float) -> int:
+        """Index of the UADF winner: both span distributions calibrated, the LLM's weighted by the
+        ASR's entropy (an LLM's absolute probability of a multi-word span would never move a decision)."""
+        asr, llm = softmax(self.asr_lp / span_asr_tau), softmax(self.llm_lp / span_llm_tau)
+        return int(np.argmax(asr + fusion_weight(self.h) * llm))
+
 
 @dataclass
 class _Run:
@@ -201,7 +207,7 @@ class FusionDecoder:
         if len(cands) < 2:
             return chosen
         t0 = time.perf_counter()
-        cmp = self._compare_spans(run, tokens, logits, i, cands, chosen)
+        cmp = self._compare_spans(run, tokens, logits, cal, i, cands, chosen)
         run.seconds += time.perf_counter() - t0
         if len(cmp.cands) < 2:
             run.context.remember(key, chosen)
@@ -211,14 +217,11 @@ class FusionDecoder:
         if self.observer is not None:  # calibration: record the decision, keep the ASR's token
             self.observer(cmp)
             return chosen
-        calib = self.calibration
         if run.mode == "shallow":
-            score = cmp.asr_lp + self.options.shallow_weight * cmp.llm_lp
+            best = int(np.argmax(cmp.asr_lp + self.options.shallow_weight * cmp.llm_lp))
         else:
-            # Both models' distributions over the comparable spans, calibrated at this level (an
-            # LLM's absolute probability of a multi-word span would never move a decision).
-            score = softmax(cmp.asr_lp / calib.span_asr_tau) + fusion_weight(h) * softmax(cmp.llm_lp / calib.span_llm_tau)
-        winner = cmp.cands[int(np.argmax(score))]
+            best = cmp.uadf_choice(self.calibration.span_asr_tau, self.calibration.span_llm_tau)
+        winner = cmp.cands[best]
         log.debug("H %.2f %s asr %s llm %s -> %r", h, cmp.pairs, np.round(cmp.asr_lp, 2), np.round(cmp.llm_lp, 2),
                   self.tokenizer.decode([winner]))
         run.context.remember(key, winner)
@@ -249,21 +252,21 @@ class FusionDecoder:
         return words >= self.options.min_context_words
 
     def _compare_spans(
-        self, run: "_Run", tokens: list[int], logits: list[np.ndarray], i: int, cands: list[int], chosen: int
+        self, run: "_Run", tokens: list[int], logits: list[np.ndarray], cal: np.ndarray, i: int, cands: list[int], chosen: int
     ) -> Comparison:
         """The candidates comparable with the ASR's choice and, for each, the calibrated ASR and
         LLM log-probs of its span up to where it rejoins the ASR path, as log-odds against the
-        choice's span over the same words. The LLM scores every span in one batch on top of the
-        cached shared context (committed transcript + the window before the word at step i)."""
+        choice's span over the same words (`cal`: step i's calibrated log-probs). The LLM scores every
+        span in one batch on top of the cached shared context (committed transcript + the window
+        before the word at step i)."""
         tau, limit = self.calibration.asr_tau, self.options.span_tokens
         j = self.pieces.word_start(tokens, i)
         path = tokens[j : i + 1 + limit]
         path_ended = len(tokens) < i + 1 + limit
         path_words, path_bounds = self.pieces.words(path)
-        path_lp = [float(log_softmax(logits[k], tau)[t]) for k, t in enumerate(tokens[i : i + 1 + limit], i)]
+        path_lp = [float(cal[chosen])] + [float(log_softmax(logits[k], tau)[t]) for k, t in enumerate(tokens[i + 1 : i + 1 + limit], i + 1)]
         if path_ended and len(logits) > len(tokens):
             path_lp.append(float(log_softmax(logits[len(tokens)], tau)[self.eot]))
-        step = log_softmax(logits[i], tau)
         others = [c for c in cands if c != chosen]
         conts = continue_with_asr(self.whisper, run.encoder(self.silence), run.prompt, tokens[:i], others, limit, tau, self.eot)
         pairs = []  # (candidate, path span text, path ASR lp, candidate span text, candidate ASR lp)
@@ -281,7 +284,7 @@ class FusionDecoder:
                 self.tokenizer.decode(path[:path_end]),
                 sum(path_lp[: path_end - (i - j)]),
                 self.tokenizer.decode(seq[:cand_end]),
-                float(step[c]) + sum(cont_lp[: cand_end - (i - j) - 1]),
+                float(cal[c]) + sum(cont_lp[: cand_end - (i - j) - 1]),
             ))
         if not pairs:
             return Comparison(0.0, [chosen], [], np.zeros(1), np.zeros(1))

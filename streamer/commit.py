@@ -22,16 +22,6 @@ def starts_word(words: Sequence[Word], i: int) -> bool:
     return i >= len(words) or words[i].word.startswith(" ")
 
 
-def prefix_until(words: Sequence[Word], until: float, limit: int | None = None) -> int:
-    """Number of leading words (at most `limit`) that end by `until`, not cutting a written word."""
-    n, limit = 0, len(words) if limit is None else limit
-    while n < limit and words[n].end <= until:
-        n += 1
-    while n and not starts_word(words, n):
-        n -= 1
-    return n
-
-
 def common_prefix(a: Sequence[Word], b: Sequence[Word]) -> int:
     """Number of leading words on which two hypotheses agree."""
     n = 0
@@ -81,7 +71,8 @@ class LocalAgreement:
         if len(self._history) < self.n:
             return []
         agreed = min(common_prefix(self._history[-1], h) for h in self._history[:-1])
-        agreed = prefix_until(uncommitted, until, agreed)
+        while agreed and (uncommitted[agreed - 1].end > until or not starts_word(uncommitted, agreed)):
+            agreed -= 1
         done = uncommitted[:agreed]
         self._history = [h[agreed:] for h in self._history]
         return done

@@ -4,7 +4,7 @@ import numpy as np
 from whisper_normalizer.english import EnglishTextNormalizer
 
 from fusion.candidates import rejoin, same_words
-from fusion.decisions import Decision, choose_gate, fit_span_temperatures, fused_choice, gate_table, label
+from fusion.decisions import Decision, choose_gate, fit_span_temperatures, gate_table, label
 from fusion.decoder import Comparison
 
 NORM = EnglishTextNormalizer()
@@ -46,7 +46,7 @@ def test_gate_keeps_every_group_from_regressing():
     fix = comparison(3.0, [0.0, -0.2], [0.0, 6.0], [("x", "y")])
     breaks = comparison(1.0, [0.0, -0.2], [0.0, 6.0], [("x", "y")])
     decisions = [Decision(fix, "a", 1), Decision(fix, "a", 1), Decision(breaks, "b", 0)]
-    assert fused_choice(fix, 1.0, 1.0) == 1
+    assert fix.uadf_choice(1.0, 1.0) == 1
     table = gate_table(decisions, [0.5, 2.0, 4.0], 1.0, 1.0)
     assert table["0.5"] == {"a": 2, "b": -1}
     assert table["2.0"] == {"a": 2}
