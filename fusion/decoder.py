@@ -11,21 +11,20 @@ forced positions come back teacher-forced, so earlier logits stay valid).
 from __future__ import annotations
 
 import logging
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import ctranslate2
 import numpy as np
 from faster_whisper.tokenizer import Tokenizer
 
+from core.interfaces import DecodeTask
+from core.types import DecodeResult, FusionOptions, Mode
 from fusion.calibration import Calibration
-from fusion.candidates import WordPieces, audio_frames, continue_with_asr, rejoin, same_words, select_candidates
+from fusion.candidates import WordPieces, audio_frames, continue_with_asr, rejoin, same_words, select_candidates, text_logits
 from fusion.llm_led import decode_llm_led
 from fusion.llm_scorer import LLMScorer, LLMState
-from fusion.options import FusionOptions
-from fusion.result import DecodeResult
 from fusion.uncertainty import entropy, fusion_weight, gate_open, log_softmax, softmax
 
 log = logging.getLogger(__name__)
@@ -52,14 +51,13 @@ class Comparison:
 
 @dataclass
 class _Run:
-    """State of one decode() call: its inputs, LLM call count and time."""
+    """State of one decode() call: its inputs and LLM call count."""
 
     encoder_output: ctranslate2.StorageView
     prompt: list[int]
     context: "FusionContext"
-    mode: str
+    mode: Mode
     calls: int = 0
-    seconds: float = 0.0
     _audio: np.ndarray | None = None
 
     def encoder(self, silence: np.ndarray | None) -> np.ndarray:
@@ -134,11 +132,6 @@ class FusionDecoder:
         self.silence = silence  # encoder output of 30 s of zeros, (1500, d_model)
         self.observer: Callable[[Comparison], None] | None = None  # set by calibration
 
-    @property
-    def modes(self) -> tuple[str, ...]:
-        """Modes this decoder can serve (fusion modes need an LLM)."""
-        return ("asr",) if self.scorer is None else ("asr", "shallow", "uadf", "uadf-llm")
-
     def new_context(self) -> FusionContext:
         return FusionContext(scorer=self.scorer, max_tokens=self.options.context_tokens)
 
@@ -153,41 +146,38 @@ class FusionDecoder:
             suppress_blank=suppress_blank,  # not after a forced prefix: it decided the first step
         )[0]
 
-    def _logits(self, step: ctranslate2.StorageView) -> np.ndarray:
-        """Logits over text tokens + eot; timestamps and other specials are never candidates."""
-        return np.array(step, dtype=np.float32).reshape(-1)[: self.eot + 1]
-
     def decode(
         self,
         encoder_output: ctranslate2.StorageView,
         prompt: list[int],
         context: FusionContext,
-        mode: str,
+        mode: Mode,
         max_length: int,
-        prefix: list[int] = (),
+        prefix: Sequence[int] = (),
     ) -> DecodeResult:
         """Decode a window; `prefix` (text already final, at the window's start) is forced, not fused."""
-        if mode != "asr" and self.scorer is None:
+        mode = Mode(mode)
+        if mode.fused and self.scorer is None:
             raise ValueError(f"mode {mode!r} needs an LLM (fusion.llm)")
-        if mode == "uadf-llm":
+        if mode == Mode.UADF_LLM:
             return decode_llm_led(self, encoder_output, prompt, context, max_length)
         prefix = list(prefix)
         result = self._generate(encoder_output, prompt + prefix, max_length + len(prefix), suppress_blank=not prefix)
         tokens = list(result.sequences_ids[0])
-        logits = [self._logits(step) for step in result.logits[0]]
+        logits = [text_logits(step, self.eot) for step in result.logits[0]]
         fused = [False] * len(tokens)
         run = _Run(encoder_output, prompt, context, mode)
         i = len(prefix)
-        while mode != "asr" and i < len(logits):  # an override re-decodes the rest of the path
+        while mode.fused and i < len(logits):  # an override re-decodes the rest of the path
             chosen = tokens[i] if i < len(tokens) else self.eot
             winner = self._fuse_step(run, tokens, logits, i, chosen)
             if winner != chosen:
                 forced = self._generate(encoder_output, prompt + tokens[:i] + [winner], max_length + i + 1, suppress_blank=False)
                 tokens = list(forced.sequences_ids[0])
-                logits = logits[: i + 1] + [self._logits(s) for s in forced.logits[0][i + 1 :]]
+                logits = logits[: i + 1] + [text_logits(s, self.eot) for s in forced.logits[0][i + 1 :]]
                 fused = fused[:i] + [True] + [False] * (len(tokens) - i - 1)
             i += 1
-        return self.path_result(tokens, logits, fused, float(result.no_speech_prob), run.calls, run.seconds)
+        return self.path_result(tokens, logits, fused, float(result.no_speech_prob), run.calls)
 
     def _fuse_step(self, run: "_Run", tokens: list[int], logits: list[np.ndarray], i: int, chosen: int) -> int:
         """The token to emit at step i: the ASR's, unless the gated fusion picks another."""
@@ -195,7 +185,7 @@ class FusionDecoder:
             return chosen
         cal = log_softmax(logits[i], self.calibration.asr_tau)
         h = float(entropy(cal))
-        if run.mode != "shallow" and not gate_open(h, self.gate):
+        if run.mode != Mode.SHALLOW and not gate_open(h, self.gate):
             return chosen
         if not self._has_context(run.context, tokens, i) or not self._has_right_context(tokens, i):
             return chosen
@@ -206,9 +196,7 @@ class FusionDecoder:
         cands = self._candidates(cal, tokens, i, chosen)
         if len(cands) < 2:
             return chosen
-        t0 = time.perf_counter()
         cmp = self._compare_spans(run, tokens, logits, cal, i, cands, chosen)
-        run.seconds += time.perf_counter() - t0
         if len(cmp.cands) < 2:
             run.context.remember(key, chosen)
             return chosen
@@ -217,7 +205,7 @@ class FusionDecoder:
         if self.observer is not None:  # calibration: record the decision, keep the ASR's token
             self.observer(cmp)
             return chosen
-        if run.mode == "shallow":
+        if run.mode == Mode.SHALLOW:
             best = int(np.argmax(cmp.asr_lp + self.options.shallow_weight * cmp.llm_lp))
         else:
             best = cmp.uadf_choice(self.calibration.span_asr_tau, self.calibration.span_llm_tau)
@@ -301,34 +289,42 @@ class FusionDecoder:
             context=context_text,
         )
 
-    def path_result(
-        self,
-        tokens: list[int],
-        logits: list[np.ndarray],
-        fused: list[bool],
-        no_speech: float,
-        calls: int,
-        llm_seconds: float,
-    ) -> DecodeResult:
-        """ASR probabilities of the final path; avg_logprob as faster-whisper (eot included)."""
-        def logprob(step: np.ndarray, token: int) -> float:
-            top = float(step.max())
-            return float(step[token]) - top - float(np.log(np.exp(step.astype(np.float64) - top).sum()))
-
-        token_lp = [logprob(logits[k], t) for k, t in enumerate(tokens)]
-        eot_lp = [logprob(logits[len(tokens)], self.eot)] if len(logits) > len(tokens) else []
+    def path_result(self, tokens: list[int], logits: list[np.ndarray], fused: list[bool], no_speech: float, calls: int) -> DecodeResult:
+        """The final path with the ASR's confidence in it: avg_logprob as faster-whisper's (eot included)."""
         # avg_logprob feeds the pipeline's hallucination gate: it measures acoustic confidence, so
         # a fused token counts with the ASR's confidence in its own best token at that step
         # (otherwise every LLM correction would push the window towards rejection).
-        gate_lp = [logprob(logits[k], int(np.argmax(logits[k]))) if f else lp for k, (lp, f) in enumerate(zip(token_lp, fused))]
-        total = gate_lp + eot_lp
+        steps = [log_softmax(logits[k]) for k in range(min(len(logits), len(tokens) + 1))]
+        gate_lp = [float(steps[k].max() if f else steps[k][t]) for k, (t, f) in enumerate(zip(tokens, fused))]
+        eot_lp = [float(steps[len(tokens)][self.eot])] if len(steps) > len(tokens) else []
         return DecodeResult(
             tokens=tokens,
-            token_probs=[float(np.exp(x)) for x in token_lp],
             fused=fused,
-            avg_logprob=sum(total) / (len(tokens) + 1),
+            avg_logprob=sum(gate_lp + eot_lp) / (len(tokens) + 1),
             no_speech_prob=no_speech,
             llm_calls=calls,
-            steps=len(logits),
-            llm_seconds=llm_seconds,
         )
+
+
+class ModeDecoder:
+    """The TokenDecoder of one fusion mode over the shared FusionDecoder (windows decoded one by one)."""
+
+    def __init__(self, fusion: FusionDecoder, mode: Mode):
+        self.fusion = fusion
+        self.mode = mode
+
+    def new_context(self) -> FusionContext:
+        return self.fusion.new_context()
+
+    def decode(self, encoder_output: np.ndarray, tasks: Sequence[DecodeTask]) -> list[DecodeResult]:
+        return [
+            self.fusion.decode(
+                ctranslate2.StorageView.from_array(np.ascontiguousarray(encoder_output[i : i + 1])),
+                task.prompt,
+                task.context,
+                self.mode,
+                task.max_length,
+                task.prefix,
+            )
+            for i, task in enumerate(tasks)
+        ]

@@ -1,11 +1,16 @@
-"""Commit policy: LocalAgreement-n over word hypotheses. Pure logic, no model, no I/O."""
+"""Commit policies: which words of a running window become final. Pure logic, no model, no I/O.
+
+A policy sees each running (non-final) window's words that are not committed yet and returns the
+leading ones that are final now; an endpoint window (a pause, `finalize`, a full buffer) commits
+everything in every policy. Policies are chosen by `streaming.commit` (see POLICIES).
+"""
 
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Protocol, Sequence
 
-from streamer.asr_backend import Word
+from core.types import Mode, Word
 
 _PUNCT = re.compile(r"[^\w']+")
 MAX_NGRAM = 5  # committed words looked for when a hypothesis rewrites the committed part
@@ -54,19 +59,30 @@ def strip_committed(hypothesis: Sequence[Word], committed: Sequence[Word], commi
     return [w for w in hypothesis if w.start >= committed_end - 0.1]
 
 
-class LocalAgreement:
-    """A prefix that `n` consecutive hypotheses agree on is final (whisper_streaming's policy)."""
+class CommitPolicy(Protocol):
+    def update(self, uncommitted: list[Word], window_end: float) -> list[Word]:
+        """A running window's uncommitted words: return the leading ones that are final now."""
 
-    def __init__(self, n: int = 2):
+    def reset(self) -> None:
+        """The utterance ended (an endpoint window committed the rest)."""
+
+
+class LocalAgreement:
+    """`agreement`: a prefix that `n` consecutive hypotheses agree on is final (whisper_streaming's policy),
+    once its words end `margin` seconds before the window's end."""
+
+    def __init__(self, n: int = 2, margin: float = 0.0):
         self.n = n
+        self.margin = margin
         self._history: list[list[Word]] = []
 
-    def update(self, uncommitted: list[Word], until: float = float("inf")) -> list[Word]:
+    def update(self, uncommitted: list[Word], window_end: float = float("inf")) -> list[Word]:
         """Add the newest uncommitted hypothesis; return the words that become final now.
 
-        Only words ending by `until` may be committed: words near the window's end are often cut
-        short or guessed from too little audio, and two guesses can agree by chance.
+        Words near the window's end are often cut short or guessed from too little audio, and two
+        guesses can agree by chance: only words ending by window_end - margin may be committed.
         """
+        until = window_end - self.margin
         self._history = (self._history + [uncommitted])[-self.n :]
         if len(self._history) < self.n:
             return []
@@ -79,3 +95,31 @@ class LocalAgreement:
 
     def reset(self) -> None:
         self._history = []
+
+
+class EndpointOnly:
+    """`endpoint`: nothing is final before the utterance's endpoint, where one decode of the whole
+    utterance commits it (what fusion was calibrated on)."""
+
+    def update(self, uncommitted: list[Word], window_end: float) -> list[Word]:
+        return []
+
+    def reset(self) -> None:
+        pass
+
+
+POLICIES = {
+    "agreement": lambda margin: LocalAgreement(2, margin),
+    "endpoint": lambda margin: EndpointOnly(),
+}
+
+
+def policy_name(configured: str, mode: Mode) -> str:
+    """`auto`: agreement in asr mode, endpoint in fusion modes (fusion decides on whole utterances)."""
+    if configured != "auto":
+        return configured
+    return "endpoint" if mode.fused else "agreement"
+
+
+def make_policy(configured: str, mode: Mode, margin: float) -> CommitPolicy:
+    return POLICIES[policy_name(configured, mode)](margin)

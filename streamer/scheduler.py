@@ -19,8 +19,9 @@ import ctypes
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence
 
-from streamer.asr_backend import Hypothesis, WhisperBackend, WindowRequest
+from core.types import Hypothesis, WindowRequest
 from streamer.config import SchedulerOptions, StreamingOptions
 from streamer.metrics import Metrics
 
@@ -51,13 +52,14 @@ def malloc_trim() -> None:
 class DecodeScheduler:
     def __init__(
         self,
-        backend: WhisperBackend,
+        transcribe: Callable[[Sequence[WindowRequest]], list[Hypothesis]],
         options: SchedulerOptions,
         metrics: Metrics | None = None,
         step: float = StreamingOptions.step,
     ):
-        """`step`: the processor's partial step, the shortest partial interval."""
-        self.backend = backend
+        """`transcribe`: a batch of windows -> their hypotheses (Engine.transcribe), run on the decode thread.
+        `step`: the processor's partial step, the shortest partial interval."""
+        self.transcribe = transcribe
         self.options = options
         self.metrics = metrics
         self.step = step
@@ -145,7 +147,7 @@ class DecodeScheduler:
     def _transcribe(self, requests: list[WindowRequest]) -> list[Hypothesis]:
         """One batch, on the decode thread; then the heap's free pages go back to the OS (a few ms)."""
         try:
-            return self.backend.transcribe(requests)
+            return self.transcribe(requests)
         finally:
             malloc_trim()
 
@@ -154,7 +156,7 @@ class DecodeScheduler:
         out: list[Hypothesis | BaseException] = []
         for request, _ in batch:
             try:
-                (hyp,) = await loop.run_in_executor(self._executor, self.backend.transcribe, [request])
+                (hyp,) = await loop.run_in_executor(self._executor, self.transcribe, [request])
                 out.append(hyp)
             except Exception as exc:  # one bad window must not take the others down
                 out.append(exc)

@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from streamer.bench_metrics import RefWord, align, file_latency, stream_words, tokens, utterances, wer
-from tests.conftest import manifest
+from tools.bench_metrics import RefWord, align, file_latency, stream_words, tokens, utterances
+from tools.data import corpus_wer as wer
+from conftest import manifest
 
 
 def _final(text: str) -> dict:
@@ -71,7 +72,7 @@ def test_wer_uses_whisper_normaliser():
 @pytest.mark.timeout(240)
 def test_bench_quick(tmp_path):
     manifest("speech-dev")  # skips when the data is absent
-    from streamer.bench import main  # `uadf-stream bench` without the other subcommands' imports
+    from tools.bench import main  # `uadf-stream bench` without the other subcommands' imports
 
     assert main(["--quick", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "bench.json").read_text())

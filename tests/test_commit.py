@@ -1,7 +1,7 @@
 """Commit policy: pure logic, no model."""
 
-from streamer.asr_backend import Word
-from streamer.commit import LocalAgreement, common_prefix, normalize, strip_committed
+from core.types import Mode, Word
+from streamer.commit import POLICIES, EndpointOnly, LocalAgreement, common_prefix, make_policy, normalize, strip_committed
 
 
 def words(text: str, start: float = 0.0, step: float = 0.5) -> list[Word]:
@@ -65,4 +65,16 @@ def test_no_commit_inside_a_written_word():
 def test_commit_stops_short_of_the_window_end():
     la = LocalAgreement(2)
     la.update(words("one two three"))
-    assert [w.word.strip() for w in la.update(words("one two three four"), until=0.5)] == ["one"]
+    assert [w.word.strip() for w in la.update(words("one two three four"), window_end=0.5)] == ["one"]
+    margin = LocalAgreement(2, margin=1.5)
+    margin.update(words("one two three"))
+    assert [w.word.strip() for w in margin.update(words("one two three four"), window_end=2.0)] == ["one"]
+
+
+def test_policies_by_name_and_mode():
+    assert isinstance(make_policy("auto", Mode.ASR, 0.8), LocalAgreement)
+    assert isinstance(make_policy("auto", Mode.UADF, 0.8), EndpointOnly)
+    assert isinstance(make_policy("agreement", Mode.UADF, 0.8), LocalAgreement)
+    endpoint = make_policy("endpoint", Mode.ASR, 0.8)
+    assert endpoint.update(words("one two three"), 10.0) == [] and endpoint.update(words("one two three"), 10.0) == []
+    assert set(POLICIES) == {"agreement", "endpoint"}

@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 
-from streamer.asr_backend import Hypothesis, WindowRequest
+from core.types import Hypothesis, WindowRequest
 from streamer.config import SchedulerOptions
 from streamer.scheduler import DecodeScheduler
 
@@ -20,7 +20,7 @@ class RecordingBackend:
 
     def transcribe(self, requests):
         self.threads.add(threading.current_thread().name)
-        names = [r.meta["name"] for r in requests]
+        names = [r.prompt for r in requests]
         self.batches.append(names)
         if self.fail_on in names:
             raise RuntimeError("bad window")
@@ -28,12 +28,12 @@ class RecordingBackend:
 
 
 def request(name: str) -> WindowRequest:
-    return WindowRequest(audio=np.zeros(1600, np.float32), offset=0.0, meta={"name": name})
+    return WindowRequest(audio=np.zeros(1600, np.float32), offset=0.0, end=0.1, prompt=name)
 
 
 def run(backend, names, options=SchedulerOptions(max_batch=4, max_wait_ms=20)):
     async def go():
-        scheduler = DecodeScheduler(backend, options)
+        scheduler = DecodeScheduler(backend.transcribe, options)
         scheduler.start()
         try:
             return await asyncio.gather(*(scheduler.submit(request(n)) for n in names), return_exceptions=True)

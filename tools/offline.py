@@ -13,9 +13,9 @@ import ctranslate2
 import numpy as np
 from faster_whisper.tokenizer import Tokenizer
 
+from core.types import SAMPLE_RATE, Mode
 from fusion.decoder import FusionDecoder
-from streamer.asr_backend import MAX_SECONDS, WhisperBackend
-from streamer.audio import SAMPLE_RATE
+from streamer.whisper_backend import MAX_SECONDS, WhisperBackend
 
 WINDOW = int(MAX_SECONDS * SAMPLE_RATE)
 
@@ -49,7 +49,7 @@ class OfflineTranscriber:
                 self._cache[key] = enc
         return ctranslate2.StorageView.from_array(enc)
 
-    def transcribe(self, audio: np.ndarray, mode: str, key: str | None = None) -> OfflineResult:
+    def transcribe(self, audio: np.ndarray, mode: Mode, key: str | None = None) -> OfflineResult:
         tok = self.tokenizer
         context = self.decoder.new_context()
         previous: list[int] = []
@@ -58,7 +58,7 @@ class OfflineTranscriber:
         for offset in range(0, max(len(audio), 1), WINDOW):
             window = audio[offset : offset + WINDOW]
             enc = self.encoder_output(window, (key, offset) if key is not None else None)
-            prompt = [tok.sot_prev] + previous[-223:] + list(tok.sot_sequence) + [tok.no_timestamps]
+            prompt = self.backend.prompt_tokens(previous)
             res = self.decoder.decode(enc, prompt, context, mode, max_length=448)
             text = tok.decode(res.tokens)
             context.commit(text)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
 
@@ -155,25 +154,6 @@ def file_latency(
             out.onset.append(min(w.first_seen for w in shown) - speech_onset(ref, begin, speech or []) / speed)
             out.finalization.append(max(w.final_wall for w in shown) - ref[end - 1].end / speed)
     return out
-
-
-@lru_cache(maxsize=1)
-def _normalizer():
-    from whisper_normalizer.english import EnglishTextNormalizer
-
-    return EnglishTextNormalizer()
-
-
-def wer(refs: list[str], hyps: list[str]) -> float:
-    """Corpus WER with Whisper's English normaliser on both sides (as tests/conftest.py)."""
-    import jiwer
-
-    norm = _normalizer()
-    pairs = [(norm(r), norm(h)) for r, h in zip(refs, hyps)]
-    pairs = [(r, h) for r, h in pairs if r.strip()]
-    if not pairs:
-        return float("nan")
-    return float(jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]))
 
 
 def percentile(values: list[float], q: float) -> float | None:

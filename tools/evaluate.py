@@ -10,13 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from collections import defaultdict
 from pathlib import Path
 
-import jiwer
-from whisper_normalizer.english import EnglishTextNormalizer
+from core.types import Mode
+from tools.data import load_manifest, word_errors
 
 log = logging.getLogger(__name__)
 
@@ -44,35 +43,29 @@ def _group_report(rows: list[dict]) -> dict:
     }
 
 
-def evaluate(engine, manifests: list[str], mode: str, condition: str | None = None, limit: int = 0) -> dict:
+def evaluate(engine, manifests: list[str], mode: Mode | str, condition: str | None = None, limit: int = 0) -> dict:
     """Stream every entry; return {"sets": {name: report}, "conditions": {...}, "rows": [...]}."""
     from streamer.pipeline import transcribe_file
 
-    norm = EnglishTextNormalizer()
     rows = []
     for manifest in manifests:
-        base = os.path.dirname(os.path.abspath(manifest))
-        entries = [json.loads(line) for line in Path(manifest).read_text().splitlines() if line.strip()]
-        if condition:
-            entries = [e for e in entries if e.get("condition") == condition]
-        for entry in entries[: limit or None]:
+        for entry in load_manifest(manifest, limit, condition):
             t0 = time.perf_counter()
-            result = transcribe_file(os.path.join(base, entry["audio"]), engine, mode)
-            ref, hyp = norm(entry["text"]), norm(result.text)
-            out = jiwer.process_words(ref, hyp)
+            result = transcribe_file(entry["path"], engine, mode)
+            errors, ref_words = word_errors(entry["text"], result.text)
             row = {
-                "set": Path(manifest).parent.name,
+                "set": entry["set"],
                 "id": entry["id"],
                 "condition": entry.get("condition", ""),
                 "seconds": result.audio_seconds,
                 "decode_seconds": result.decode_seconds,
                 "wall_seconds": time.perf_counter() - t0,
-                "ref_words": len(ref.split()),
-                "errors": out.substitutions + out.deletions + out.insertions,
+                "ref_words": ref_words,
+                "errors": errors,
                 "llm_calls": result.stats.llm_calls,
                 "tokens": result.stats.tokens,
                 "fused_tokens": result.stats.fused_tokens,
-                "fused_words": sum(1 for f in result.finals for w in f.words if getattr(w, "fused", False)),
+                "fused_words": sum(1 for f in result.finals for w in f.words if w.fused),
                 "text": result.text,
                 "reference": entry["text"],
             }
@@ -85,7 +78,7 @@ def evaluate(engine, manifests: list[str], mode: str, condition: str | None = No
         if row["condition"]:
             conditions[f'{row["set"]}/{row["condition"]}'].append(row)
     return {
-        "mode": mode,
+        "mode": str(mode),
         "sets": {k: _group_report(v) for k, v in groups.items()},
         "conditions": {k: _group_report(v) for k, v in conditions.items()},
         "all": _group_report(rows),
@@ -106,7 +99,7 @@ def format_report(report: dict) -> str:
 def run(args: argparse.Namespace, config) -> int:
     from streamer.engine import Engine
 
-    if args.mode == "asr":
+    if args.mode == Mode.ASR:
         config.fusion.llm = ""  # no need to load the LLM
     engine = Engine(config)
     mode = args.mode or engine.default_mode

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import psutil
 
-from streamer import bench_plots
-from streamer.bench_metrics import summary
-from streamer.bench_results import CAPACITY_LIMIT, CapacityLevel, FileResult, ModeSetResult, all_rows
+from tools import bench_plots
+from tools.bench_metrics import summary
+from tools.bench_results import CAPACITY_LIMIT, CapacityLevel, FileResult, ModeSetResult, all_rows
 
 
 def _round(obj):

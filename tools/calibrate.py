@@ -4,7 +4,7 @@ ASR: greedy tiny.en steps, a token counts as correct when its word is a hit in t
 alignment with the normalized reference. LLM: next-token prediction over the ASR hypotheses of
 the clips the ASR got right (cased, punctuated text like what the LLM sees at run time).
 Spans and gate: the decoder's comparisons at every step the lowest gate would open, observed on
-the ASR path and labelled against the references (fusion/decisions.py); span temperatures fitted
+the ASR path and labelled against the references (tools/decisions.py); span temperatures fitted
 on them, then the gate with the most net fixes that regresses no set or condition.
 """
 
@@ -13,21 +13,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from dataclasses import replace
 from pathlib import Path
 
 import jiwer
 import numpy as np
-import soundfile as sf
 import torch
-from whisper_normalizer.english import EnglishTextNormalizer
 
+from core.types import SAMPLE_RATE, FusionOptions, Mode
 from fusion.calibration import Calibration, fit_temperature
-from fusion.decisions import Decision, choose_gate, fit_span_temperatures, gate_table, label
 from fusion.decoder import Comparison
-from fusion.offline import OfflineTranscriber
-from fusion.options import FusionOptions
+from streamer.audio import load_audio
+from tools.data import load_manifest, normalize
+from tools.decisions import Decision, choose_gate, fit_span_temperatures, gate_table, label
+from tools.offline import OfflineTranscriber
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +40,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="calibration JSON (default: fusion.calibration of config)")
     parser.add_argument("--decisions", help="also write the labelled decisions here (JSONL)")
     parser.add_argument("--gates", default=",".join(map(str, GATE_GRID)), help="comma-separated gate grid")
-
-
-def load_manifest(path: str) -> list[dict]:
-    base = os.path.dirname(os.path.abspath(path))
-    rows = [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
-    for row in rows:
-        row["path"] = os.path.join(base, row["audio"])
-    return rows
 
 
 def _token_correct(transcriber: OfflineTranscriber, tokens: list[int], reference: str, norm) -> list[bool]:
@@ -80,9 +71,9 @@ def fit_asr(transcriber: OfflineTranscriber, rows: list[dict], norm) -> tuple[fl
     dec, tok = transcriber.decoder, transcriber.tokenizer
     tops, correct, hyps = [], [], []
     for row in rows:
-        audio, _ = sf.read(row["path"], dtype="float32")
-        enc = transcriber.encoder_output(audio[: 30 * 16000], (row["id"], 0))
-        prompt = [tok.sot_prev] + list(tok.sot_sequence) + [tok.no_timestamps]
+        audio = load_audio(row["path"])
+        enc = transcriber.encoder_output(audio[: 30 * SAMPLE_RATE], (row["id"], 0))
+        prompt = transcriber.backend.prompt_tokens("")
         res = dec.whisper.generate(enc, [prompt], beam_size=1, return_logits_vocab=True)[0]
         tokens = res.sequences_ids[0]
         if not tokens or row["seconds"] > 30:
@@ -123,8 +114,7 @@ def record_decisions(transcriber: OfflineTranscriber, sets: dict[str, list[dict]
             reference = norm(row["text"]).split()
             found: list[Comparison] = []
             decoder.observer = found.append
-            audio, _ = sf.read(row["path"], dtype="float32")
-            transcriber.transcribe(audio, "uadf", key=row["id"])
+            transcriber.transcribe(load_audio(row["path"]), Mode.UADF, key=row["id"])
             group = f"{name}/{row['condition']}" if row.get("condition") else name
             decisions += [Decision(c, group, label(c, reference, norm)) for c in found]
             log.info("%s: %d decisions", row["id"], len(found))
@@ -142,20 +132,20 @@ def save_decisions(decisions: list[Decision], path: str) -> None:
 
 def run(args: argparse.Namespace, config) -> int:
     """Needs the Whisper model and a fusion LLM; writes the calibration JSON."""
-    from fusion.factory import create_decoder
-    from streamer.asr_backend import WhisperBackend
+    from fusion.factory import DEFAULT_CALIBRATION, create_fusion
+    from streamer.whisper_backend import WhisperBackend
 
-    options: FusionOptions = replace(config.fusion, mode="uadf", gate=None)
+    options: FusionOptions = replace(config.fusion, mode=Mode.UADF, gate=None)
     if args.llm:
         options = replace(options, llm=args.llm)
     if not options.llm:
         raise SystemExit("calibrate needs an LLM: --llm or fusion.llm")
-    out = args.out or options.calibration or str(Path(__file__).with_name("calibration.json"))
+    out = args.out or options.calibration or str(DEFAULT_CALIBRATION)
     backend = WhisperBackend(config.asr)
-    decoder = create_decoder(backend, options)
+    decoder = create_fusion(backend, options)
     decoder.calibration, decoder.scorer.tau = Calibration(), 1.0  # fit from tau = 1
     transcriber = OfflineTranscriber(backend, decoder)
-    norm = EnglishTextNormalizer()
+    norm = normalize
     sets = {Path(m).parent.name: load_manifest(m) for m in args.manifest}
     rows = [r for rs in sets.values() for r in rs]
     asr_tau, asr_info = fit_asr(transcriber, rows, norm)

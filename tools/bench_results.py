@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from streamer.bench_metrics import FileLatency, RefWord, summary, wer
-from streamer.daemon_process import Usage
+from tools.bench_metrics import FileLatency, RefWord, summary
+from tools.daemon_process import Usage
+from tools.data import corpus_wer as wer
 
 CAPACITY_LIMIT = 2.0  # median final latency (s) a stream may have to count as served
 
