@@ -23,7 +23,7 @@ from deepgram.listen.v1.types import (
 )
 from pydantic import TypeAdapter
 
-from streamer.protocol import Error, Final, Finalize, KeepAlive, Partial, Stop
+from streamer.protocol import Error, Final, Finalize, KeepAlive, Stop
 from streamer.wire import deepgram as dg
 from streamer.wire.auth import credentials, token_matches
 from wire_harness import script, serve, words

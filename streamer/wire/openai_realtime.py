@@ -178,9 +178,9 @@ def apply_update(config: SessionConfig, update: SessionUpdate, audio_started: bo
     their value. The audio format is fixed once audio has been appended (the daemon session started)."""
     s, eid = update.session, update.event_id
     if update.beta:
-        fmt, transcription, td_key = s.get("input_audio_format"), s.get("input_audio_transcription"), "turn_detection"
-        formats, fmt_param, base = BETA_FORMATS, "session.input_audio_format", "session"
-        source = s
+        source, formats, base = s, BETA_FORMATS, "session"
+        fmt, fmt_param = s.get("input_audio_format"), "session.input_audio_format"
+        transcription, transcription_param = s.get("input_audio_transcription"), "session.input_audio_transcription"
     else:
         kind = s.get("type")
         if kind is None:
@@ -188,18 +188,18 @@ def apply_update(config: SessionConfig, update: SessionUpdate, audio_started: bo
         if kind != "transcription":
             raise RealtimeError("invalid_value", "Only transcription sessions are served: set session.type to 'transcription'.", "session.type", eid)
         audio = _object(s.get("audio"), "session.audio", eid) or {}
-        source = _object(audio.get("input"), "session.audio.input", eid) or {}
-        fmt, transcription, td_key = source.get("format"), source.get("transcription"), "turn_detection"
-        formats, fmt_param, base = GA_FORMATS, "session.audio.input.format", "session.audio.input"
+        source, formats, base = _object(audio.get("input"), "session.audio.input", eid) or {}, GA_FORMATS, "session.audio.input"
+        fmt, fmt_param = source.get("format"), "session.audio.input.format"
+        transcription, transcription_param = source.get("transcription"), "session.audio.input.transcription"
     new = config
     if fmt is not None:
         raw = _format(config, fmt, formats, fmt_param, eid)
         if audio_started and raw != config.raw:
             raise RealtimeError("invalid_value", "The audio format cannot change once audio has been appended.", fmt_param, eid)
         new = replace(new, raw=raw)
-    new = _transcription(new, transcription, f"{base}.{'input_audio_transcription' if update.beta else 'transcription'}", eid)
-    if td_key in source:
-        new = replace(new, turn_detection=_turn_detection(source[td_key], f"{base}.turn_detection", eid))
+    new = _transcription(new, transcription, transcription_param, eid)
+    if "turn_detection" in source:
+        new = replace(new, turn_detection=_turn_detection(source["turn_detection"], f"{base}.turn_detection", eid))
     include = s.get("include")
     if include is not None:
         if not isinstance(include, list) or not all(isinstance(i, str) for i in include):
