@@ -2,7 +2,10 @@
 
 Every adapter drives the same sessions through the same connection state machine
 (streamer/connection.py); an adapter only turns frames into client messages and session messages into
-frames. Protocol v1 is `v1.py`; another API is another module here plus one route in streamer/app.py.
+frames. Protocol v1 is `v1.py`; the APIs existing clients speak are `deepgram.py` (Deepgram live),
+`openai_realtime.py` and `openai_transcriptions.py` (OpenAI), with `auth.py` (credentials wherever a client
+puts them) and `transcode.py` (their audio encodings). Another API is another module here plus one route
+in streamer/app.py.
 """
 
 from __future__ import annotations
