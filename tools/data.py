@@ -33,7 +33,8 @@ def load_manifest(name_or_path: str | os.PathLike, limit: int = 0, condition: st
     if condition:
         entries = [e for e in entries if e.get("condition") == condition]
     for entry in entries:
-        entry["path"] = str(path.parent / entry["audio"])
+        if "audio" in entry:
+            entry["path"] = str(path.parent / entry["audio"])
         entry.setdefault("set", path.parent.name)
     return entries[: limit or None]
 
