@@ -34,6 +34,8 @@ class StreamingOptions:
     endpoint_silence: float = 0.5
     commit: str = "auto"  # a name in streamer.commit.POLICIES, or "auto": agreement in asr mode, endpoint in fusion modes
     commit_margin: float = 0.8
+    commit_delay: float = 1.0  # lookahead: a word is final once this much audio after it was decoded
+    commit_interval: float = 0.5  # lookahead: committing windows at most this often (the fused ones in fusion modes)
     prompt_words: int = 40
     vad_threshold: float = 0.5
     vad_neg_threshold: float = 0.35

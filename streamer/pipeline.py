@@ -30,6 +30,9 @@ class TranscriptResult:
     audio_seconds: float
     decode_seconds: float
     stats: StepStats = field(default_factory=StepStats)
+    # per final word: seconds from the word's end (its aligned time) to its final, in stream time plus
+    # the decode time of its window; what a real-time client waits when the decoder has no queue
+    word_delays: list[float] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -45,15 +48,19 @@ async def stream(
 ) -> TranscriptResult:
     """Feed audio frame by frame through the drive loop, then flush."""
     result = TranscriptResult([], [], len(audio) / SAMPLE_RATE, 0.0, processor.stats)
+    last_decode = [0.0]
 
     async def decode(request: WindowRequest) -> Hypothesis:
         t0 = time.perf_counter()
         (hyp,) = engine.transcribe([request])
-        result.decode_seconds += time.perf_counter() - t0
+        last_decode[0] = time.perf_counter() - t0
+        result.decode_seconds += last_decode[0]
         return hyp
 
     async def emit(event: Partial | Final) -> None:
         (result.finals if isinstance(event, Final) else result.partials).append(event)
+        if isinstance(event, Final):
+            result.word_delays += [processor.clock + last_decode[0] - w.end for w in event.words]
         if on_event:
             on_event(event)
 

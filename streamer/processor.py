@@ -66,7 +66,7 @@ class StreamingProcessor:
         self.mode = mode
         self.decoder_context = decoder_context
         self.vad = StreamingVad(options.vad_threshold, options.vad_neg_threshold, start_time)
-        self.policy = make_policy(options.commit, mode, options.commit_margin)
+        self.policy = make_policy(options, mode)
         self.buffer = SampleBuffer()
         self.buffer_start = start_time  # stream time of buffer[0]
         self.committed_in_buffer: list[Word] = []
@@ -138,7 +138,7 @@ class StreamingProcessor:
         if self.finalize_requested or too_long or now - speech_end >= self.options.endpoint_silence:
             return self._request(now if too_long else min(now, speech_end + FINAL_TAIL), final=True)
         if now - self.last_decode_end >= self.options.step and now - speech_start >= self.options.min_window:
-            return self._request(now, final=False)
+            return self._request(now, final=False, commit=self.policy.commit_window(now, speech_start))
         return None
 
     def _drop_silence(self, now: float) -> None:
@@ -149,13 +149,13 @@ class StreamingProcessor:
         self._retire_committed()
         self._trim_to(max(now - PRE_ROLL, self.buffer_start))
 
-    def _request(self, end: float, final: bool) -> WindowRequest:
+    def _request(self, end: float, final: bool, commit: bool = False) -> WindowRequest:
         n = max(int(round((end - self.buffer_start) * SAMPLE_RATE)), 0)
         self.last_decode_end = end
         prompt = " ".join(self.context_words[-self.options.prompt_words :])
-        # Fusion runs on endpoint windows only, where words become final in a fusion mode: a running
-        # window cuts its last words short, and fusing every one costs ~5x (see the README's Fusion).
-        mode = self.mode if final else Mode.ASR
+        # Windows that may commit words are decoded in the session's mode (fused in the fusion modes);
+        # the others only show partials, from plain ASR.
+        mode = self.mode if final or commit else Mode.ASR
         return WindowRequest(
             audio=self.buffer.head(n),
             offset=self.buffer_start,
@@ -199,7 +199,7 @@ class StreamingProcessor:
             self.policy.reset()
             self.uncommitted = []
         else:
-            done = self.policy.update(new, request.end)
+            done = self.policy.update(new, request.end) if request.mode == self.mode else []
             if done:
                 events.append(self._commit(done, endpoint=False))
             self.uncommitted = new[len(done) :]

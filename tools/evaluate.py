@@ -14,6 +14,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from core.types import Mode
 from tools.data import load_manifest, word_errors
 
@@ -32,6 +34,7 @@ def _group_report(rows: list[dict]) -> dict:
     words = sum(r["ref_words"] for r in rows)
     tokens = sum(r["tokens"] for r in rows)
     audio = sum(r["seconds"] for r in rows)
+    delays = [d for r in rows for d in r["word_delays"]]
     return {
         "utterances": len(rows),
         "ref_words": words,
@@ -40,6 +43,7 @@ def _group_report(rows: list[dict]) -> dict:
         "fused_words": sum(r["fused_words"] for r in rows),
         "fused_tokens_decoded": sum(r["fused_tokens"] for r in rows),
         "rtf": sum(r["decode_seconds"] for r in rows) / audio if audio else 0.0,
+        "word_delay": {k: float(np.percentile(delays, q)) if delays else None for k, q in (("p50", 50), ("p90", 90), ("max", 100))},
     }
 
 
@@ -66,6 +70,7 @@ def evaluate(engine, manifests: list[str], mode: Mode | str, condition: str | No
                 "tokens": result.stats.tokens,
                 "fused_tokens": result.stats.fused_tokens,
                 "fused_words": sum(1 for f in result.finals for w in f.words if w.fused),
+                "word_delays": [round(d, 3) for d in result.word_delays],
                 "text": result.text,
                 "reference": entry["text"],
             }
@@ -87,11 +92,16 @@ def evaluate(engine, manifests: list[str], mode: Mode | str, condition: str | No
 
 
 def format_report(report: dict) -> str:
-    lines = [f"mode {report['mode']}", f"{'set':34s} {'utts':>5s} {'words':>6s} {'WER%':>6s} {'calls/100t':>10s} {'fused_w':>7s} {'RTF':>6s}"]
+    lines = [
+        f"mode {report['mode']}; word delay = word end -> its final, stream time + decode time (s)",
+        f"{'set':34s} {'utts':>5s} {'words':>6s} {'WER%':>6s} {'calls/100t':>10s} {'fused_w':>7s} {'RTF':>6s} "
+        f"{'delay50':>7s} {'delay90':>7s} {'max':>6s}",
+    ]
     for name, r in [*report["sets"].items(), *report["conditions"].items(), ("all", report["all"])]:
+        d = {k: (f"{v:.2f}" if v is not None else "-") for k, v in r["word_delay"].items()}
         lines.append(
             f"{name:34s} {r['utterances']:5d} {r['ref_words']:6d} {100 * r['wer']:6.2f} "
-            f"{r['llm_calls_per_100_tokens']:10.1f} {r['fused_words']:7d} {r['rtf']:6.3f}"
+            f"{r['llm_calls_per_100_tokens']:10.1f} {r['fused_words']:7d} {r['rtf']:6.3f} {d['p50']:>7s} {d['p90']:>7s} {d['max']:>6s}"
         )
     return "\n".join(lines)
 
