@@ -17,7 +17,6 @@ from streamer.protocol import Final, Partial
 log = logging.getLogger(__name__)
 
 FLUSH_ROUNDS = 4  # an endpoint window, then at most a few leftovers
-MAX_LAG = 0.5  # seconds of decision points a busy decoder may replay before it skips to the newest
 
 
 class StreamDriver:
@@ -45,7 +44,7 @@ class StreamDriver:
     async def pump(self) -> None:
         """Decode what is due at each decision point since the last pump: at each point every endpoint
         window, then at most one running window."""
-        for point in self.processor.decision_points(MAX_LAG):
+        for point in self.processor.decision_points(self.processor.options.max_lag):
             while (request := self.processor.next_request(point)) is not None:
                 if not request.final and not self.admit(request):
                     break  # shed: the next point asks again
