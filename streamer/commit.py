@@ -9,12 +9,9 @@ full buffer) commits everything in every policy. Policies are chosen by `streami
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from core.types import Mode, Word
-
-if TYPE_CHECKING:
-    from streamer.config import StreamingOptions
 
 _PUNCT = re.compile(r"[^\w']+")
 MAX_NGRAM = 5  # committed words looked for when a hypothesis rewrites the committed part
@@ -154,7 +151,16 @@ class Lookahead:
         pass
 
 
-POLICIES: dict[str, Callable[[StreamingOptions], CommitPolicy]] = {
+class PolicyOptions(Protocol):
+    """The `[streaming]` options the policies read (streamer.config.StreamingOptions)."""
+
+    commit: str
+    commit_margin: float
+    commit_delay: float
+    commit_interval: float
+
+
+POLICIES: dict[str, Callable[[PolicyOptions], CommitPolicy]] = {
     "agreement": lambda o: LocalAgreement(2, o.commit_margin),
     "endpoint": lambda o: EndpointOnly(),
     "lookahead": lambda o: Lookahead(o.commit_delay, o.commit_interval),
@@ -168,5 +174,5 @@ def policy_name(configured: str, mode: Mode) -> str:
     return "endpoint" if mode.fused else "agreement"
 
 
-def make_policy(options: StreamingOptions, mode: Mode) -> CommitPolicy:
+def make_policy(options: PolicyOptions, mode: Mode) -> CommitPolicy:
     return POLICIES[policy_name(options.commit, mode)](options)
