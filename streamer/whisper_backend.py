@@ -104,9 +104,6 @@ class WhisperBackend:
         encoded = self._encode_frames(feats)
         out = np.repeat(self.silence, len(audios), axis=0)
         out[:, : encoded.shape[1]] = encoded
-        keep = int(os.environ.get("UADF_SILENCE_FRAMES", "-1"))
-        if keep >= 0:
-            out = out[:, : min(out.shape[1], encoded.shape[1] + keep)]
         frames = [min(int(len(a) / SAMPLE_RATE * 100) // 2 * 2, 3000) for a in audios]
         return out, frames
 
