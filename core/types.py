@@ -56,6 +56,7 @@ class WindowRequest:
     context: Any = None  # the decoder's per-stream state (fusion: the LLM context), from TokenDecoder.new_context
     prefix: str = ""  # the window's words that are final already: a fusion decoder forces them, not re-decides them
     final: bool = False  # an endpoint window: what it decodes becomes final
+    commits: bool = False  # the window may commit words (endpoint windows and the commit policy's windows)
 
 
 @dataclass

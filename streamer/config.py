@@ -55,6 +55,7 @@ class SchedulerOptions:
     max_batch: int = 4
     max_wait_ms: float = 10.0
     max_partial_interval: float = 8.0
+    max_commit_interval: float = 1.0
 
 
 @dataclass

@@ -165,6 +165,7 @@ class StreamingProcessor:
             context=self.decoder_context if mode.fused else None,
             prefix=join_words(self.committed_in_buffer) if mode.fused else "",
             final=final,
+            commits=final or commit,
         )
 
     # -- results -------------------------------------------------------------------------------

@@ -153,7 +153,7 @@ class Session:
     def _admit(self, request: WindowRequest) -> bool:
         # counted from when the last hypothesis came back, not from its window's end: the time a window
         # waited for the decoder must not count as a partial interval (or a lagging decoder gets more work)
-        if self.scheduler.admits_partial(request.end - self.decoded_at):
+        if self.scheduler.admits_partial(request.end - self.decoded_at, request.commits):
             return True
         self.metrics.partials_skipped.inc()
         return False
