@@ -12,7 +12,7 @@ from importlib.metadata import entry_points
 from typing import Sequence
 
 from core.interfaces import DECODER_PLUGINS, AsrBackend, DecoderFactory, TokenDecoder
-from core.types import Hypothesis, Mode, WindowRequest
+from core.types import Hypothesis, MeetingContext, Mode, WindowRequest
 from streamer.config import Config
 from streamer.errors import StreamError
 from streamer.greedy import GreedyDecoder
@@ -76,10 +76,18 @@ class Engine:
         """One batch of windows through the backend, each with its mode's decoder."""
         return self.backend.transcribe(requests, self.decoder_for)
 
-    def new_processor(self, mode: Mode | str | None = None, start_time: float = 0.0, first_segment: int = 0, context: str = "") -> StreamingProcessor:
-        """A processor for one stream; start_time, first_segment and context continue a resumed stream."""
+    def new_processor(
+        self,
+        mode: Mode | str | None = None,
+        start_time: float = 0.0,
+        first_segment: int = 0,
+        history: str = "",
+        meeting: MeetingContext = MeetingContext(),
+    ) -> StreamingProcessor:
+        """A processor for one stream; start_time, first_segment and history (committed text) continue a
+        resumed stream; `meeting`: the session's keyterms and notes."""
         mode = self.check_mode(mode)
-        decoder_context = self.decoders[mode].new_context()
-        if decoder_context is not None and context:
-            decoder_context.commit(context)
-        return StreamingProcessor(self.config.streaming, mode, decoder_context, start_time, first_segment, context)
+        decoder_context = self.decoders[mode].new_context(meeting)
+        if decoder_context is not None and history:
+            decoder_context.commit(history)
+        return StreamingProcessor(self.config.streaming, mode, decoder_context, start_time, first_segment, history, meeting)

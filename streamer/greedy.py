@@ -8,7 +8,7 @@ import ctranslate2
 import numpy as np
 
 from core.interfaces import DecodeTask
-from core.types import DecodeResult
+from core.types import DecodeResult, MeetingContext
 
 
 class GreedyDecoder:
@@ -18,7 +18,7 @@ class GreedyDecoder:
         self.model = model
         self.eot = eot
 
-    def new_context(self) -> None:
+    def new_context(self, meeting: MeetingContext = MeetingContext()) -> None:
         return None
 
     def decode(self, encoder_output: np.ndarray, tasks: Sequence[DecodeTask]) -> list[DecodeResult]:

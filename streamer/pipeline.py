@@ -13,7 +13,7 @@ from typing import Callable
 
 import numpy as np
 
-from core.types import SAMPLE_RATE, Hypothesis, Mode, WindowRequest
+from core.types import SAMPLE_RATE, Hypothesis, MeetingContext, Mode, WindowRequest
 from streamer.audio import load_audio
 from streamer.drive import StreamDriver
 from streamer.engine import Engine
@@ -77,5 +77,7 @@ def run_stream(engine: Engine, processor: StreamingProcessor, audio: np.ndarray,
     return asyncio.run(stream(engine, processor, audio, on_event))
 
 
-def transcribe_file(path: str, engine: Engine, mode: Mode | str | None = None, on_event=None) -> TranscriptResult:
-    return run_stream(engine, engine.new_processor(mode), load_audio(path), on_event)
+def transcribe_file(
+    path: str, engine: Engine, mode: Mode | str | None = None, on_event=None, meeting: MeetingContext = MeetingContext()
+) -> TranscriptResult:
+    return run_stream(engine, engine.new_processor(mode, meeting=meeting), load_audio(path), on_event)

@@ -18,7 +18,7 @@ from collections import deque
 
 import numpy as np
 
-from core.types import SAMPLE_RATE, Hypothesis, Mode, WindowRequest, Word
+from core.types import SAMPLE_RATE, Hypothesis, MeetingContext, Mode, WindowRequest, Word
 from streamer.audio import SampleBuffer
 from streamer.commit import make_policy, strip_committed
 from streamer.config import StreamingOptions
@@ -58,10 +58,12 @@ class StreamingProcessor:
         decoder_context: Any = None,
         start_time: float = 0.0,
         first_segment: int = 0,
-        context: str = "",
+        history: str = "",
+        meeting: MeetingContext = MeetingContext(),
     ):
         """decoder_context: the mode's per-stream decoder state (fusion: the LLM context), told every
-        committed final. start_time, first_segment and context continue a resumed session's stream."""
+        committed final. start_time, first_segment and history (committed text) continue a resumed
+        session's stream; `meeting`'s keyterms go into Whisper's prompt."""
         self.options = options
         self.mode = mode
         self.decoder_context = decoder_context
@@ -70,7 +72,8 @@ class StreamingProcessor:
         self.buffer = SampleBuffer()
         self.buffer_start = start_time  # stream time of buffer[0]
         self.committed_in_buffer: list[Word] = []
-        self.context_words: list[str] = context.split()[-options.prompt_words :]  # committed, out of the buffer
+        self.context_words: list[str] = history.split()[-options.prompt_words :]  # committed, out of the buffer
+        self.meeting = meeting
         self.uncommitted: list[Word] = []
         self.segment = first_segment
         self.last_decode_end = start_time
@@ -111,6 +114,12 @@ class StreamingProcessor:
         if not points and self.finalize_requested:
             points = [self.samples_in]
         return points
+
+    def set_meeting(self, meeting: MeetingContext) -> None:
+        """Replace the session's keyterms and notes (a mid-stream `context` message)."""
+        self.meeting = meeting
+        if self.decoder_context is not None:
+            self.decoder_context.set_meeting(meeting)
 
     def request_finalize(self) -> None:
         """Commit everything pending at the next request (a client `finalize`, `stop`, or end of file)."""
@@ -161,6 +170,7 @@ class StreamingProcessor:
             offset=self.buffer_start,
             end=end,
             prompt=prompt,
+            keyterms=self.meeting.keyterms,
             mode=mode,
             context=self.decoder_context if mode.fused else None,
             prefix=join_words(self.committed_in_buffer) if mode.fused else "",

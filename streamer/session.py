@@ -95,7 +95,7 @@ class Session:
         if resume_at is not None:  # where the previous connection's audio ended
             self.start_time = max(self.start_time, resume_at)
         self.processor = engine.new_processor(
-            self.mode, start_time=self.start_time, first_segment=len(previous), context=" ".join(f.text for f in previous[-20:])
+            self.mode, start_time=self.start_time, first_segment=len(previous), history=" ".join(f.text for f in previous[-20:])
         )
         self.finals = len(previous)
         self.writer = store.open(self.id, {"mode": str(self.mode), "format": start.to_dict(), "resumed_at": self.finals})
