@@ -13,6 +13,7 @@ import sys
 import soundfile as sf
 
 from clients.stream import DEFAULT_URL, Received, stream_audio
+from core.types import Mode
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("audio")
     p.add_argument("--url", default=DEFAULT_URL)
     p.add_argument("--speed", type=float, default=1.0, help="times real time (0: as fast as possible)")
-    p.add_argument("--mode", choices=["asr", "shallow", "uadf", "uadf-llm"])
+    p.add_argument("--mode", choices=Mode.names())
     p.add_argument("--chunk", type=float, default=0.1, help="seconds of audio a frame")
     p.add_argument("--token", help="bearer token")
     p.add_argument("--out", help="write every message (with arrival times) as JSON lines here")

@@ -15,6 +15,7 @@ import sys
 import numpy as np
 
 from clients.stream import DEFAULT_URL, connect, start_message, to_pcm16
+from core.types import Mode
 
 
 class CaptionLine:
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", type=lambda s: int(s) if s.isdigit() else s, help="input device index or name")
     p.add_argument("--list-devices", action="store_true")
     p.add_argument("--rate", type=int, help="capture sample rate (default: the device's)")
-    p.add_argument("--mode", choices=["asr", "shallow", "uadf", "uadf-llm"])
+    p.add_argument("--mode", choices=Mode.names())
     p.add_argument("--token")
     args = p.parse_args(argv)
     if args.list_devices:

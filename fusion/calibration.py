@@ -46,7 +46,7 @@ class Calibration:
 
     asr_tau: float = 1.0
     llm_tau: float = 1.0
-    span_asr_tau: float = 1.0  # on span log-odds between candidates (fusion/decisions.py)
+    span_asr_tau: float = 1.0  # on span log-odds between candidates (tools/decisions.py)
     span_llm_tau: float = 1.0
     gate: float = 0.5
     llm: str = ""

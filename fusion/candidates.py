@@ -56,6 +56,11 @@ class WordPieces:
         return max(j, 0)
 
 
+def text_logits(step: ctranslate2.StorageView | np.ndarray, eot: int) -> np.ndarray:
+    """One step's logits over text tokens + eot; timestamps and other specials are never candidates."""
+    return np.array(step, dtype=np.float32).reshape(-1)[: eot + 1]
+
+
 def select_candidates(log_probs: np.ndarray, eot: int, top_k: int, min_prob: float) -> list[int]:
     """The ASR's top-k tokens (eot included) with probability >= min_prob, best first."""
     k = min(top_k, log_probs.shape[0])

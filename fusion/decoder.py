@@ -11,21 +11,20 @@ forced positions come back teacher-forced, so earlier logits stay valid).
 from __future__ import annotations
 
 import logging
-import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import ctranslate2
 import numpy as np
 from faster_whisper.tokenizer import Tokenizer
 
+from core.interfaces import DecodeTask
+from core.types import DecodeResult, FusionOptions, MeetingContext, Mode
 from fusion.calibration import Calibration
-from fusion.candidates import WordPieces, audio_frames, continue_with_asr, rejoin, same_words, select_candidates
+from fusion.candidates import WordPieces, audio_frames, continue_with_asr, rejoin, same_words, select_candidates, text_logits
 from fusion.llm_led import decode_llm_led
 from fusion.llm_scorer import LLMScorer, LLMState
-from fusion.options import FusionOptions
-from fusion.result import DecodeResult
 from fusion.uncertainty import entropy, fusion_weight, gate_open, log_softmax, softmax
 
 log = logging.getLogger(__name__)
@@ -52,14 +51,13 @@ class Comparison:
 
 @dataclass
 class _Run:
-    """State of one decode() call: its inputs, LLM call count and time."""
+    """State of one decode() call: its inputs and LLM call count."""
 
     encoder_output: ctranslate2.StorageView
     prompt: list[int]
     context: "FusionContext"
-    mode: str
+    mode: Mode
     calls: int = 0
-    seconds: float = 0.0
     _audio: np.ndarray | None = None
 
     def encoder(self, silence: np.ndarray | None) -> np.ndarray:
@@ -70,14 +68,27 @@ class _Run:
         return self._audio
 
 
+def meeting_prefix(meeting: MeetingContext) -> str:
+    """The session prefix the LLM reads before the transcript: the meeting's notes and keyterms."""
+    if not meeting:
+        return ""
+    lines = [f"Meeting notes: {meeting.notes.strip()}"] if meeting.notes.strip() else []
+    if meeting.keyterms:
+        lines.append("Names and terms: " + ", ".join(meeting.keyterms) + ".")
+    return "\n".join(lines) + "\nTranscript:\n"
+
+
 @dataclass
 class FusionContext:
-    """Per-session LLM context: the committed transcript and the KV cache that holds it."""
+    """Per-session LLM context: the meeting prefix, the committed transcript, and the KV cache that holds
+    them. The prefix is tokenized once and leads every context, so trimming the transcript keeps it cached."""
 
     scorer: LLMScorer | None
     max_tokens: int = 200
     committed: str = ""
+    meeting: MeetingContext = field(default_factory=MeetingContext)
     state: LLMState = field(default_factory=LLMState)
+    _prefix_ids: list[int] | None = None
     # Streaming re-decodes a growing window every step: the same gated step (same text before
     # it, same ASR choice) comes back many times. Its decision is remembered: no new LLM call,
     # and consecutive hypotheses agree (LocalAgreement commits only what two of them share).
@@ -104,11 +115,24 @@ class FusionContext:
             keep = max(1, int(len(words) * self.max_tokens / 2 / len(self.scorer.tokenize(self.committed))))
             self.committed = " ".join(words[-keep:])
 
+    def set_meeting(self, meeting: MeetingContext) -> None:
+        """New keyterms or notes: the prefix (and the decisions taken under the old one) are recomputed."""
+        if meeting != self.meeting:
+            self.meeting, self._prefix_ids = meeting, None
+            self.memo.clear()
+
     def prefix_text(self, window_text: str) -> str:
-        """The LLM context: committed transcript followed by the window's accepted text."""
+        """The transcript the LLM continues: committed text followed by the window's accepted text."""
         if not self.committed:
             return window_text.lstrip()
         return self.committed + (window_text if window_text.startswith(" ") else " " + window_text)
+
+    def llm_ids(self, transcript: str) -> list[int]:
+        """Token ids of the whole LLM context: start, meeting prefix (tokenized once), transcript."""
+        if self._prefix_ids is None:
+            text = meeting_prefix(self.meeting)
+            self._prefix_ids = self.scorer.tokenize(text) if text else []
+        return self.scorer.start_ids + self._prefix_ids + self.scorer.tokenize(transcript)
 
 
 class FusionDecoder:
@@ -134,13 +158,8 @@ class FusionDecoder:
         self.silence = silence  # encoder output of 30 s of zeros, (1500, d_model)
         self.observer: Callable[[Comparison], None] | None = None  # set by calibration
 
-    @property
-    def modes(self) -> tuple[str, ...]:
-        """Modes this decoder can serve (fusion modes need an LLM)."""
-        return ("asr",) if self.scorer is None else ("asr", "shallow", "uadf", "uadf-llm")
-
-    def new_context(self) -> FusionContext:
-        return FusionContext(scorer=self.scorer, max_tokens=self.options.context_tokens)
+    def new_context(self, meeting: MeetingContext = MeetingContext()) -> FusionContext:
+        return FusionContext(scorer=self.scorer, max_tokens=self.options.context_tokens, meeting=meeting)
 
     def _generate(self, encoder: ctranslate2.StorageView, prompt: list[int], max_length: int, suppress_blank: bool):
         return self.whisper.generate(
@@ -153,41 +172,38 @@ class FusionDecoder:
             suppress_blank=suppress_blank,  # not after a forced prefix: it decided the first step
         )[0]
 
-    def _logits(self, step: ctranslate2.StorageView) -> np.ndarray:
-        """Logits over text tokens + eot; timestamps and other specials are never candidates."""
-        return np.array(step, dtype=np.float32).reshape(-1)[: self.eot + 1]
-
     def decode(
         self,
         encoder_output: ctranslate2.StorageView,
         prompt: list[int],
         context: FusionContext,
-        mode: str,
+        mode: Mode,
         max_length: int,
-        prefix: list[int] = (),
+        prefix: Sequence[int] = (),
     ) -> DecodeResult:
         """Decode a window; `prefix` (text already final, at the window's start) is forced, not fused."""
-        if mode != "asr" and self.scorer is None:
+        mode = Mode(mode)
+        if mode.fused and self.scorer is None:
             raise ValueError(f"mode {mode!r} needs an LLM (fusion.llm)")
-        if mode == "uadf-llm":
+        if mode == Mode.UADF_LLM:
             return decode_llm_led(self, encoder_output, prompt, context, max_length)
         prefix = list(prefix)
         result = self._generate(encoder_output, prompt + prefix, max_length + len(prefix), suppress_blank=not prefix)
         tokens = list(result.sequences_ids[0])
-        logits = [self._logits(step) for step in result.logits[0]]
+        logits = [text_logits(step, self.eot) for step in result.logits[0]]
         fused = [False] * len(tokens)
         run = _Run(encoder_output, prompt, context, mode)
         i = len(prefix)
-        while mode != "asr" and i < len(logits):  # an override re-decodes the rest of the path
+        while mode.fused and i < len(logits):  # an override re-decodes the rest of the path
             chosen = tokens[i] if i < len(tokens) else self.eot
             winner = self._fuse_step(run, tokens, logits, i, chosen)
             if winner != chosen:
                 forced = self._generate(encoder_output, prompt + tokens[:i] + [winner], max_length + i + 1, suppress_blank=False)
                 tokens = list(forced.sequences_ids[0])
-                logits = logits[: i + 1] + [self._logits(s) for s in forced.logits[0][i + 1 :]]
+                logits = logits[: i + 1] + [text_logits(s, self.eot) for s in forced.logits[0][i + 1 :]]
                 fused = fused[:i] + [True] + [False] * (len(tokens) - i - 1)
             i += 1
-        return self.path_result(tokens, logits, fused, float(result.no_speech_prob), run.calls, run.seconds)
+        return self.path_result(tokens, logits, fused, float(result.no_speech_prob), run.calls)
 
     def _fuse_step(self, run: "_Run", tokens: list[int], logits: list[np.ndarray], i: int, chosen: int) -> int:
         """The token to emit at step i: the ASR's, unless the gated fusion picks another."""
@@ -195,7 +211,7 @@ class FusionDecoder:
             return chosen
         cal = log_softmax(logits[i], self.calibration.asr_tau)
         h = float(entropy(cal))
-        if run.mode != "shallow" and not gate_open(h, self.gate):
+        if run.mode != Mode.SHALLOW and not gate_open(h, self.gate):
             return chosen
         if not self._has_context(run.context, tokens, i) or not self._has_right_context(tokens, i):
             return chosen
@@ -206,9 +222,7 @@ class FusionDecoder:
         cands = self._candidates(cal, tokens, i, chosen)
         if len(cands) < 2:
             return chosen
-        t0 = time.perf_counter()
         cmp = self._compare_spans(run, tokens, logits, cal, i, cands, chosen)
-        run.seconds += time.perf_counter() - t0
         if len(cmp.cands) < 2:
             run.context.remember(key, chosen)
             return chosen
@@ -217,7 +231,7 @@ class FusionDecoder:
         if self.observer is not None:  # calibration: record the decision, keep the ASR's token
             self.observer(cmp)
             return chosen
-        if run.mode == "shallow":
+        if run.mode == Mode.SHALLOW:
             best = int(np.argmax(cmp.asr_lp + self.options.shallow_weight * cmp.llm_lp))
         else:
             best = cmp.uadf_choice(self.calibration.span_asr_tau, self.calibration.span_llm_tau)
@@ -290,7 +304,7 @@ class FusionDecoder:
             return Comparison(0.0, [chosen], [], np.zeros(1), np.zeros(1))
         context_text = run.context.prefix_text(self.tokenizer.decode(tokens[:j]))
         texts = sorted({t for p in pairs for t in (p[1], p[3])})
-        self.scorer.sync(run.context.state, self.scorer.context_ids(context_text))
+        self.scorer.sync(run.context.state, run.context.llm_ids(context_text))
         llm = dict(zip(texts, self.scorer.score(run.context.state, [t if context_text else t.lstrip() for t in texts])))
         return Comparison(
             h=0.0,
@@ -301,34 +315,42 @@ class FusionDecoder:
             context=context_text,
         )
 
-    def path_result(
-        self,
-        tokens: list[int],
-        logits: list[np.ndarray],
-        fused: list[bool],
-        no_speech: float,
-        calls: int,
-        llm_seconds: float,
-    ) -> DecodeResult:
-        """ASR probabilities of the final path; avg_logprob as faster-whisper (eot included)."""
-        def logprob(step: np.ndarray, token: int) -> float:
-            top = float(step.max())
-            return float(step[token]) - top - float(np.log(np.exp(step.astype(np.float64) - top).sum()))
-
-        token_lp = [logprob(logits[k], t) for k, t in enumerate(tokens)]
-        eot_lp = [logprob(logits[len(tokens)], self.eot)] if len(logits) > len(tokens) else []
+    def path_result(self, tokens: list[int], logits: list[np.ndarray], fused: list[bool], no_speech: float, calls: int) -> DecodeResult:
+        """The final path with the ASR's confidence in it: avg_logprob as faster-whisper's (eot included)."""
         # avg_logprob feeds the pipeline's hallucination gate: it measures acoustic confidence, so
         # a fused token counts with the ASR's confidence in its own best token at that step
         # (otherwise every LLM correction would push the window towards rejection).
-        gate_lp = [logprob(logits[k], int(np.argmax(logits[k]))) if f else lp for k, (lp, f) in enumerate(zip(token_lp, fused))]
-        total = gate_lp + eot_lp
+        steps = [log_softmax(logits[k]) for k in range(min(len(logits), len(tokens) + 1))]
+        gate_lp = [float(steps[k].max() if f else steps[k][t]) for k, (t, f) in enumerate(zip(tokens, fused))]
+        eot_lp = [float(steps[len(tokens)][self.eot])] if len(steps) > len(tokens) else []
         return DecodeResult(
             tokens=tokens,
-            token_probs=[float(np.exp(x)) for x in token_lp],
             fused=fused,
-            avg_logprob=sum(total) / (len(tokens) + 1),
+            avg_logprob=sum(gate_lp + eot_lp) / (len(tokens) + 1),
             no_speech_prob=no_speech,
             llm_calls=calls,
-            steps=len(logits),
-            llm_seconds=llm_seconds,
         )
+
+
+class ModeDecoder:
+    """The TokenDecoder of one fusion mode over the shared FusionDecoder (windows decoded one by one)."""
+
+    def __init__(self, fusion: FusionDecoder, mode: Mode):
+        self.fusion = fusion
+        self.mode = mode
+
+    def new_context(self, meeting: MeetingContext = MeetingContext()) -> FusionContext:
+        return self.fusion.new_context(meeting)
+
+    def decode(self, encoder_output: np.ndarray, tasks: Sequence[DecodeTask]) -> list[DecodeResult]:
+        return [
+            self.fusion.decode(
+                ctranslate2.StorageView.from_array(np.ascontiguousarray(encoder_output[i : i + 1])),
+                task.prompt,
+                task.context,
+                self.mode,
+                task.max_length,
+                task.prefix,
+            )
+            for i, task in enumerate(tasks)
+        ]

@@ -1,4 +1,8 @@
-"""Builds the fusion decoder once per daemon: calibration, LLM (never from a hub), decoder."""
+"""The fusion plugin: builds the fusion decoders once per daemon around the ASR backend's Whisper.
+
+Registered under the entry-point group `uadf_stream.decoders` (pyproject.toml); the daemon loads it when
+`fusion.llm` names an LLM. Calibration from `uadf-stream calibrate`; the LLM never from a hub.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,12 @@ from pathlib import Path
 
 import torch
 
+from core.interfaces import AsrBackend, TokenDecoder
+from core.types import FusionOptions, Mode
 from fusion.calibration import Calibration
-from fusion.decoder import FusionDecoder
+from fusion.decoder import FusionDecoder, ModeDecoder
 from fusion.llm_loader import load_llm
 from fusion.llm_scorer import LLMScorer
-from fusion.options import FusionOptions
-from streamer.asr_backend import WhisperBackend
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +24,7 @@ log = logging.getLogger(__name__)
 DEFAULT_CALIBRATION = Path(__file__).with_name("calibration.json")
 
 
-def create_decoder(backend: WhisperBackend, options: FusionOptions) -> FusionDecoder:
+def create_fusion(backend: AsrBackend, options: FusionOptions) -> FusionDecoder:
     """Load the calibration and, when `options.llm` is set, the LLM, around the backend's Whisper."""
     path = Path(options.calibration).expanduser() if options.calibration else DEFAULT_CALIBRATION
     calibration = Calibration.load(path) if path.exists() else Calibration()
@@ -33,3 +37,9 @@ def create_decoder(backend: WhisperBackend, options: FusionOptions) -> FusionDec
         llm = load_llm(options.llm, options.device, options.cache_dir, options.quantize)
         scorer = LLMScorer(llm, calibration.llm_tau)
     return FusionDecoder(backend.model, backend.tokenizer, options, scorer, calibration, backend.silence[0])
+
+
+def create_decoders(backend: AsrBackend, options: FusionOptions) -> dict[Mode, TokenDecoder]:
+    """The plugin's entry point: a decoder for every fusion mode, sharing one LLM and calibration."""
+    fusion = create_fusion(backend, options)
+    return {mode: ModeDecoder(fusion, mode) for mode in Mode if mode.fused}

@@ -9,12 +9,11 @@ Slow (one LLM forward and one batched ASR pass per LLM token): an experimental m
 from __future__ import annotations
 
 import difflib
-import time
 
 import ctranslate2
 import numpy as np
 
-from fusion.candidates import audio_frames
+from fusion.candidates import audio_frames, text_logits
 from fusion.uncertainty import entropy, fusion_weight, log_softmax
 
 END = -1  # candidate id: the transcript ends here
@@ -32,7 +31,6 @@ def prompt_text(committed: str, hypotheses: list[str]) -> str:
 def decode_llm_led(decoder, encoder_output: ctranslate2.StorageView, prompt: list[int], context, max_length: int):
     """Returns a DecodeResult whose tokens are Whisper tokens of the LLM-led transcript."""
     tok, scorer, opts = decoder.tokenizer, decoder.scorer, decoder.options
-    t0 = time.perf_counter()
     nbest = decoder.whisper.generate(
         encoder_output, [prompt], beam_size=opts.top_k, num_hypotheses=opts.top_k,
         max_length=max_length, return_no_speech_prob=True,
@@ -40,7 +38,7 @@ def decode_llm_led(decoder, encoder_output: ctranslate2.StorageView, prompt: lis
     greedy = list(nbest.sequences_ids[0])
     hyps = [tok.decode(s).strip() for s in nbest.sequences_ids]
     if not greedy:
-        return decoder.path_result([], [], [], float(nbest.no_speech_prob), 0, 0.0)
+        return decoder.path_result([], [], [], float(nbest.no_speech_prob), 0)
     enc = np.array(encoder_output)
     enc = enc[:, : audio_frames(enc, decoder.silence) + 25]
     llm_ids = scorer.context_ids(prompt_text(context.committed, hyps))
@@ -71,12 +69,12 @@ def decode_llm_led(decoder, encoder_output: ctranslate2.StorageView, prompt: lis
         encoder_output, [prompt + tokens], beam_size=1, max_length=max(max_length, 2 * (len(prompt) + len(tokens) + 2)),
         return_logits_vocab=True, suppress_blank=False,
     )[0]
-    logits = [decoder._logits(s) for s in forced.logits[0][: len(tokens) + 1]]
+    logits = [text_logits(s, tok.eot) for s in forced.logits[0][: len(tokens) + 1]]
     same = difflib.SequenceMatcher(a=greedy, b=tokens, autojunk=False)
     fused = [True] * len(tokens)
     for block in same.get_matching_blocks():
         fused[block.b : block.b + block.size] = [False] * block.size
-    return decoder.path_result(tokens, logits, fused, float(nbest.no_speech_prob), calls, time.perf_counter() - t0)
+    return decoder.path_result(tokens, logits, fused, float(nbest.no_speech_prob), calls)
 
 
 def _asr_probs(decoder, enc: np.ndarray, prompt: list[int], texts: list[str], ends: list[bool]) -> np.ndarray:
@@ -94,7 +92,7 @@ def _asr_probs(decoder, enc: np.ndarray, prompt: list[int], texts: list[str], en
     )
     logp = np.zeros(len(seqs))
     for k, (seq, end, res) in enumerate(zip(seqs, ends, results)):
-        steps = [log_softmax(decoder._logits(x)) for x in res.logits[0][: len(seq) + 1]]
+        steps = [log_softmax(text_logits(x, tok.eot)) for x in res.logits[0][: len(seq) + 1]]
         logp[k] = sum(float(steps[j][t]) for j, t in enumerate(seq))
         if end:
             logp[k] += float(steps[len(seq)][tok.eot]) if len(steps) > len(seq) else -np.inf

@@ -89,3 +89,37 @@ def load_audio(path: str) -> np.ndarray:
     if rate != SAMPLE_RATE:
         audio = soxr.resample(audio, rate, SAMPLE_RATE, quality="HQ").astype(np.float32)
     return audio
+
+
+class SampleBuffer:
+    """A growing window of float32 samples: appending a frame and dropping the front cost O(frame),
+    not a copy of the whole buffer (a flood of tiny frames must not cost a full copy each)."""
+
+    def __init__(self, capacity: int = 30 * SAMPLE_RATE):
+        self._data = np.zeros(capacity, np.float32)
+        self._start = 0
+        self._end = 0
+
+    def __len__(self) -> int:
+        return self._end - self._start
+
+    def append(self, samples: np.ndarray) -> None:
+        n = len(samples)
+        if self._end + n > len(self._data):
+            live = self._data[self._start : self._end]
+            if len(live) + n > len(self._data) // 2:  # grow by doubling, else just move the live part to the front
+                grown = np.zeros(max(2 * len(self._data), len(live) + n), np.float32)
+                grown[: len(live)] = live
+                self._data = grown
+            else:
+                self._data[: len(live)] = live
+            self._start, self._end = 0, len(live)
+        self._data[self._end : self._end + n] = samples
+        self._end += n
+
+    def drop_front(self, n: int) -> None:
+        self._start += min(max(n, 0), len(self))
+
+    def head(self, n: int) -> np.ndarray:
+        """A copy of the first n samples."""
+        return self._data[self._start : self._start + min(max(n, 0), len(self))].copy()

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import sys
+from importlib.metadata import entry_points
 
+from core.types import Mode
 from streamer.config import Config, ConfigError, load_config
+
+COMMANDS = "uadf_stream.commands"  # entry-point group of the subcommands that live in tools/
 
 # flag -> config key, shared by every subcommand that loads models
 SHORTCUTS = {
@@ -32,7 +37,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="asr.model: 'embedded', a faster-whisper size name, or a CTranslate2 folder")
     p.add_argument("--device", help="asr.device: auto, cpu or cuda")
     p.add_argument("--compute-type", help="asr.compute_type")
-    p.add_argument("--mode", choices=["asr", "shallow", "uadf", "uadf-llm"], help="fusion.mode (default session mode)")
+    p.add_argument("--mode", choices=Mode.names(), help="fusion.mode (default session mode)")
     p.add_argument("--llm", help="fusion.llm: GGUF file, local folder or model id ('' for none)")
 
 
@@ -42,7 +47,7 @@ def build_config(args: argparse.Namespace, shortcuts: dict[str, str]) -> Config:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from streamer.server import serve
+    from streamer.app import serve
 
     asyncio.run(serve(build_config(args, SHORTCUTS | SERVER_SHORTCUTS)))
     return 0
@@ -90,15 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jsonl", action="store_true", help="print every message as JSON lines")
     p.set_defaults(func=cmd_transcribe)
 
-    import importlib
-
-    for name, module_name, text in (
-        ("eval", "streamer.evaluate", "WER and fusion statistics of the streaming pipeline over a manifest"),
-        ("calibrate", "fusion.calibrate_cmd", "fit ASR/LLM temperatures and the fusion gate on a manifest"),
-        ("bench", "streamer.bench", "latency, accuracy and capacity of a running daemon over websockets"),
-    ):
-        module = importlib.import_module(module_name)
-        p = sub.add_parser(name, help=text)
+    for entry in sorted(entry_points(group=COMMANDS), key=lambda e: e.name):
+        module = importlib.import_module(entry.value)
+        p = sub.add_parser(entry.name, help=(module.__doc__ or "").strip().splitlines()[0])
         _add_common(p)
         module.add_arguments(p)
         p.set_defaults(func=lambda a, m=module: m.run(a, build_config(a, SHORTCUTS)))

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fusion.options import FusionOptions
+from core.types import FusionOptions
+from streamer.commit import POLICIES
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
 
@@ -25,12 +26,17 @@ class AsrOptions:
 
 @dataclass
 class StreamingOptions:
-    step: float = 0.5
+    """`[streaming]`: when a stream is decoded and what becomes final (see config.toml for each key)."""
+
+    step: float = 0.5  # seconds of new audio between running decodes
     min_window: float = 0.3
-    max_window: float = 12.0
+    max_window: float = 12.0  # the buffer is trimmed at a committed word past this
     endpoint_silence: float = 0.5
-    commit: str = "auto"  # "agreement", "endpoint", or "auto": agreement in asr mode, endpoint in fusion modes
+    commit: str = "auto"  # a name in streamer.commit.POLICIES, or "auto": agreement in asr mode, endpoint in fusion modes
     commit_margin: float = 0.8
+    commit_delay: float = 1.0  # lookahead: a word is final once this much audio after it was decoded
+    commit_interval: float = 0.5  # lookahead: committing windows at most this often (the fused ones in fusion modes)
+    max_lag: float = 0.5  # a decoder behind by more than this many seconds of decision points skips to the newest
     prompt_words: int = 40
     vad_threshold: float = 0.5
     vad_neg_threshold: float = 0.35
@@ -40,8 +46,8 @@ class StreamingOptions:
     compression_ratio_threshold: float = 2.4
 
     def __post_init__(self) -> None:
-        if self.commit not in ("auto", "agreement", "endpoint"):
-            raise ValueError(f"streaming.commit must be auto, agreement or endpoint, got {self.commit!r}")
+        if self.commit != "auto" and self.commit not in POLICIES:
+            raise ValueError(f"streaming.commit must be auto or one of {sorted(POLICIES)}, got {self.commit!r}")
 
 
 @dataclass
@@ -49,6 +55,7 @@ class SchedulerOptions:
     max_batch: int = 4
     max_wait_ms: float = 10.0
     max_partial_interval: float = 8.0
+    max_commit_interval: float = 1.0
 
 
 @dataclass

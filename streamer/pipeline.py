@@ -1,13 +1,21 @@
-"""In-process streaming: the daemon's pipeline without a server (`uadf-stream transcribe`, eval)."""
+"""In-process streaming: the daemon's drive loop without a server (`uadf-stream transcribe`, eval).
+
+Audio is fed in CHUNK-second frames, as a real-time client sends it, and each frame is followed by the
+decodes it makes due (the decoder always keeps up here, as on an idle daemon).
+"""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
-from streamer.audio import SAMPLE_RATE, load_audio
+from core.types import SAMPLE_RATE, Hypothesis, MeetingContext, Mode, WindowRequest
+from streamer.audio import load_audio
+from streamer.drive import StreamDriver
 from streamer.engine import Engine
 from streamer.processor import StepStats, StreamingProcessor
 from streamer.protocol import Final, Partial
@@ -22,6 +30,9 @@ class TranscriptResult:
     audio_seconds: float
     decode_seconds: float
     stats: StepStats = field(default_factory=StepStats)
+    # per final word: seconds from the word's end (its aligned time) to its final, in stream time plus
+    # the decode time of its window; what a real-time client waits when the decoder has no queue
+    word_delays: list[float] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -32,33 +43,41 @@ class TranscriptResult:
         return self.decode_seconds / self.audio_seconds if self.audio_seconds else 0.0
 
 
-def run_stream(engine: Engine, processor: StreamingProcessor, audio: np.ndarray, on_event=None) -> TranscriptResult:
-    """Feed audio in CHUNK-second frames, decoding whenever the processor asks, then flush."""
-    finals: list[Final] = []
-    partials: list[Partial] = []
-    decode_seconds = 0.0
+async def stream(
+    engine: Engine, processor: StreamingProcessor, audio: np.ndarray, on_event: Callable[[Partial | Final], None] | None = None
+) -> TranscriptResult:
+    """Feed audio frame by frame through the drive loop, then flush."""
+    result = TranscriptResult([], [], len(audio) / SAMPLE_RATE, 0.0, processor.stats)
+    last_decode = [0.0]
+
+    async def decode(request: WindowRequest) -> Hypothesis:
+        t0 = time.perf_counter()
+        (hyp,) = engine.transcribe([request])
+        last_decode[0] = time.perf_counter() - t0
+        result.decode_seconds += last_decode[0]
+        return hyp
+
+    async def emit(event: Partial | Final) -> None:
+        (result.finals if isinstance(event, Final) else result.partials).append(event)
+        if isinstance(event, Final):
+            result.word_delays += [processor.clock + last_decode[0] - w.end for w in event.words]
+        if on_event:
+            on_event(event)
+
+    driver = StreamDriver(processor, decode, emit)
     step = int(CHUNK * SAMPLE_RATE)
-
-    def drain() -> None:
-        nonlocal decode_seconds
-        while (request := processor.next_request()) is not None:
-            t0 = time.perf_counter()
-            (hyp,) = engine.backend.transcribe([request])
-            decode_seconds += time.perf_counter() - t0
-            for event in processor.accept_hypothesis(hyp, request):
-                (finals if isinstance(event, Final) else partials).append(event)
-                if on_event:
-                    on_event(event)
-            if not request.final:
-                break
-
     for i in range(0, len(audio), step):
         processor.insert_audio(audio[i : i + step])
-        drain()
-    processor.request_finalize()
-    drain()
-    return TranscriptResult(finals, partials, len(audio) / SAMPLE_RATE, decode_seconds, processor.stats)
+        await driver.pump()
+    await driver.flush()
+    return result
 
 
-def transcribe_file(path: str, engine: Engine, mode: str | None = None, on_event=None) -> TranscriptResult:
-    return run_stream(engine, engine.new_processor(mode), load_audio(path), on_event)
+def run_stream(engine: Engine, processor: StreamingProcessor, audio: np.ndarray, on_event=None) -> TranscriptResult:
+    return asyncio.run(stream(engine, processor, audio, on_event))
+
+
+def transcribe_file(
+    path: str, engine: Engine, mode: Mode | str | None = None, on_event=None, meeting: MeetingContext = MeetingContext()
+) -> TranscriptResult:
+    return run_stream(engine, engine.new_processor(mode, meeting=meeting), load_audio(path), on_event)

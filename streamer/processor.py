@@ -2,20 +2,27 @@
 
 Knows nothing of models or sockets: it hands out WindowRequests and takes back Hypotheses, so the
 same object runs under the daemon's scheduler and in-process (`uadf-stream transcribe`, eval).
+
+Decisions are made at decision points in stream time (the end of each inserted frame), not at the
+wall-clock moment they are evaluated: a daemon whose decoder was busy while frames arrived replays
+the points it missed, so it decodes the same windows as the in-process pipeline (the drive loop).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
+
+from collections import deque
 
 import numpy as np
 
-from streamer.asr_backend import Hypothesis, WindowRequest, Word
-from streamer.audio import SAMPLE_RATE
-from streamer.commit import LocalAgreement, strip_committed
+from core.types import SAMPLE_RATE, Hypothesis, MeetingContext, Mode, WindowRequest, Word
+from streamer.audio import SampleBuffer
+from streamer.commit import make_policy, strip_committed
 from streamer.config import StreamingOptions
-from streamer.protocol import Final, Partial, WordInfo
+from streamer.protocol import Final, Partial
 from streamer.vad import StreamingVad
 
 PRE_ROLL = 0.4  # seconds kept before detected speech, so onsets are not clipped
@@ -26,12 +33,14 @@ IGNORED_SPEECH = 1.0  # seconds of speech after the committed words that a hypot
 
 @dataclass
 class StepStats:
+    """What a stream's decodes did, for eval and logs."""
+
     decodes: int = 0
-    rejected: int = 0
-    context_drops: int = 0
+    rejected: int = 0  # hypotheses dropped by the hallucination gate
+    context_drops: int = 0  # committed context dropped because Whisper skipped new speech after it
     llm_calls: int = 0
     tokens: int = 0
-    fused_tokens: int = 0
+    fused_tokens: int = 0  # tokens the LLM chose over the ASR
 
 
 def join_words(words: list[Word]) -> str:
@@ -40,31 +49,31 @@ def join_words(words: list[Word]) -> str:
 
 
 class StreamingProcessor:
-    """LocalAgreement-2 over a sliding buffer, with VAD endpointing and hallucination gates."""
+    """A commit policy over a sliding buffer, with VAD endpointing and the hallucination gate."""
 
     def __init__(
         self,
         options: StreamingOptions,
-        mode: str = "asr",
-        fusion_context: Any = None,
+        mode: Mode = Mode.ASR,
+        decoder_context: Any = None,
         start_time: float = 0.0,
         first_segment: int = 0,
-        context: str = "",
+        history: str = "",
+        meeting: MeetingContext = MeetingContext(),
     ):
-        """start_time, first_segment and context continue a resumed session's stream."""
+        """decoder_context: the mode's per-stream decoder state (fusion: the LLM context), told every
+        committed final. start_time, first_segment and history (committed text) continue a resumed
+        session's stream; `meeting`'s keyterms go into Whisper's prompt."""
         self.options = options
         self.mode = mode
-        self.fusion_context = fusion_context
+        self.decoder_context = decoder_context
         self.vad = StreamingVad(options.vad_threshold, options.vad_neg_threshold, start_time)
-        self.agreement = LocalAgreement(2)
-        # Words agreed on by two running windows are final at once ("agreement"), or only at the
-        # utterance's endpoint ("endpoint"): fusion decides on whole utterances, as it was calibrated.
-        commit = options.commit if options.commit != "auto" else ("agreement" if mode == "asr" else "endpoint")
-        self.early_commit = commit == "agreement"
-        self.buffer = np.zeros(0, np.float32)
+        self.policy = make_policy(options, mode)
+        self.buffer = SampleBuffer()
         self.buffer_start = start_time  # stream time of buffer[0]
         self.committed_in_buffer: list[Word] = []
-        self.context_words: list[str] = context.split()[-options.prompt_words :]  # committed, out of the buffer
+        self.context_words: list[str] = history.split()[-options.prompt_words :]  # committed, out of the buffer
+        self.meeting = meeting
         self.uncommitted: list[Word] = []
         self.segment = first_segment
         self.last_decode_end = start_time
@@ -73,15 +82,44 @@ class StreamingProcessor:
         self.utterance_open = False  # finals were sent since the last endpoint
         self.partial_key: tuple[int, str] = (first_segment, "")
         self.stats = StepStats()
+        self.samples_in = 0  # samples inserted since the stream (or its resume) started
+        self._points: deque[int] = deque(maxlen=4096)  # decision points not taken yet, as samples_in values
+        self._clock = 0  # the decision point in effect (samples_in at that point)
 
     # -- intake --------------------------------------------------------------------------------
     @property
     def stream_time(self) -> float:
+        """Stream time of the end of the audio received."""
         return self.buffer_start + len(self.buffer) / SAMPLE_RATE
 
+    @property
+    def clock(self) -> float:
+        """Stream time of the decision point in effect (the end of the audio received by then)."""
+        return self.buffer_start + (len(self.buffer) - (self.samples_in - self._clock)) / SAMPLE_RATE
+
     def insert_audio(self, audio: np.ndarray) -> None:
-        self.buffer = np.concatenate([self.buffer, audio.astype(np.float32, copy=False)])
+        self.buffer.append(audio)
         self.vad.accept(audio)
+        self.samples_in += len(audio)
+        self._points.append(self.samples_in)
+
+    def decision_points(self, max_lag: float) -> list[int]:
+        """The decision points not taken yet, oldest first; only the newest when the oldest lags it by more
+        than `max_lag` seconds (a decoder that cannot keep up skips stale points). A finalize with no new
+        audio decides at the end of what was received."""
+        points = list(self._points)
+        self._points.clear()
+        if points and points[-1] - points[0] > max_lag * SAMPLE_RATE:
+            points = points[-1:]
+        if not points and self.finalize_requested:
+            points = [self.samples_in]
+        return points
+
+    def set_meeting(self, meeting: MeetingContext) -> None:
+        """Replace the session's keyterms and notes (a mid-stream `context` message)."""
+        self.meeting = meeting
+        if self.decoder_context is not None:
+            self.decoder_context.set_meeting(meeting)
 
     def request_finalize(self) -> None:
         """Commit everything pending at the next request (a client `finalize`, `stop`, or end of file)."""
@@ -91,24 +129,25 @@ class StreamingProcessor:
     def _committed_end(self) -> float:
         return self.committed_in_buffer[-1].end if self.committed_in_buffer else self.buffer_start
 
-    def next_request(self) -> WindowRequest | None:
-        """The window to decode now, or None when nothing is due (call whenever audio arrived)."""
-        now = min(self.stream_time, self.vad.processed_until)
+    def next_request(self, at: int | None = None) -> WindowRequest | None:
+        """The window due at decision point `at` (default: the end of the audio received), or None."""
+        self._clock = self.samples_in if at is None else at
+        now = self.vad.time_at(self._clock)  # the end of the VAD frames complete at that point
         pending_from = max(self._committed_end(), self.flushed_until)
-        speech_start = self.vad.first_speech_start(pending_from)
-        if speech_start is None or self.vad.speech_seconds(pending_from) < MIN_SPEECH:
+        speech_start = self.vad.first_speech_start(pending_from, now)
+        if speech_start is None or self.vad.speech_seconds(pending_from, now) < MIN_SPEECH:
             if self.finalize_requested and self.uncommitted:
                 return self._request(now, final=True)
             self.finalize_requested = False
             if not self.uncommitted:
                 self._drop_silence(now)
             return None
-        speech_end = self.vad.last_speech_end(pending_from) or now
+        speech_end = self.vad.last_speech_end(pending_from, now) or now
         too_long = now - self.buffer_start >= self.options.max_window * 1.5
         if self.finalize_requested or too_long or now - speech_end >= self.options.endpoint_silence:
             return self._request(now if too_long else min(now, speech_end + FINAL_TAIL), final=True)
         if now - self.last_decode_end >= self.options.step and now - speech_start >= self.options.min_window:
-            return self._request(now, final=False)
+            return self._request(now, final=False, commit=self.policy.commit_window(now, speech_start))
         return None
 
     def _drop_silence(self, now: float) -> None:
@@ -119,22 +158,24 @@ class StreamingProcessor:
         self._retire_committed()
         self._trim_to(max(now - PRE_ROLL, self.buffer_start))
 
-    def _request(self, end: float, final: bool) -> WindowRequest:
+    def _request(self, end: float, final: bool, commit: bool = False) -> WindowRequest:
         n = max(int(round((end - self.buffer_start) * SAMPLE_RATE)), 0)
         self.last_decode_end = end
         prompt = " ".join(self.context_words[-self.options.prompt_words :])
-        # Fusion runs on endpoint windows only, where words become final in a fusion mode: a running
-        # window cuts its last words short, and fusing every one costs ~5x (see the README's Fusion).
-        mode = self.mode if final else "asr"
+        # Windows that may commit words are decoded in the session's mode (fused in the fusion modes);
+        # the others only show partials, from plain ASR.
+        mode = self.mode if final or commit else Mode.ASR
         return WindowRequest(
-            audio=self.buffer[:n].copy(),
+            audio=self.buffer.head(n),
             offset=self.buffer_start,
+            end=end,
             prompt=prompt,
+            keyterms=self.meeting.keyterms,
             mode=mode,
-            fusion_context=self.fusion_context,
-            prefix=join_words(self.committed_in_buffer) if mode != "asr" else "",
+            context=self.decoder_context if mode.fused else None,
+            prefix=join_words(self.committed_in_buffer) if mode.fused else "",
             final=final,
-            meta={"end": end},
+            commits=final or commit,
         )
 
     # -- results -------------------------------------------------------------------------------
@@ -153,7 +194,7 @@ class StreamingProcessor:
             # Whisper sometimes transcribes the committed context and stops, skipping the new
             # speech after a pause: drop the context, so the next window holds the new speech only.
             self.stats.context_drops += 1
-            cut = min(max(self._committed_end(), self.flushed_until), request.meta["end"])
+            cut = min(max(self._committed_end(), self.flushed_until), request.end)
             self._retire_committed()
             self._trim_to(cut)
             self.last_decode_end = self.buffer_start
@@ -161,15 +202,15 @@ class StreamingProcessor:
         events: list[Partial | Final] = []
         if request.final:
             self.finalize_requested = False
-            self.flushed_until = request.meta["end"]
+            self.flushed_until = request.end
             if new:
                 events.append(self._commit(new, endpoint=True))
             elif self.utterance_open:  # its words are all final already: close it with an empty final
-                events.append(self._commit([], endpoint=True, at=request.meta["end"]))
-            self.agreement.reset()
+                events.append(self._commit([], endpoint=True, at=request.end))
+            self.policy.reset()
             self.uncommitted = []
         else:
-            done = self.agreement.update(new, until=request.meta["end"] - self.options.commit_margin) if self.early_commit else []
+            done = self.policy.update(new, request.end) if request.mode == self.mode else []
             if done:
                 events.append(self._commit(done, endpoint=False))
             self.uncommitted = new[len(done) :]
@@ -177,20 +218,20 @@ class StreamingProcessor:
         partial = join_words(self.uncommitted)
         if (self.segment, partial) != self.partial_key:
             self.partial_key = (self.segment, partial)
-            start = self.uncommitted[0].start if self.uncommitted else self.stream_time
-            end = self.uncommitted[-1].end if self.uncommitted else self.stream_time
+            start = self.uncommitted[0].start if self.uncommitted else self.clock
+            end = self.uncommitted[-1].end if self.uncommitted else self.clock
             events.append(Partial(segment=self.segment, text=partial, start=start, end=end))
         return events
 
     def _speech_ignored(self, request: WindowRequest) -> bool:
         since = max(self._committed_end(), self.flushed_until)
-        return self.vad.speech_seconds(since, request.meta["end"]) >= IGNORED_SPEECH
+        return self.vad.speech_seconds(since, request.end) >= IGNORED_SPEECH
 
     def discard(self, request: WindowRequest) -> None:
         """A window whose decode failed: forget it (an endpoint window counts as flushed)."""
         if request.final:
             self.finalize_requested = False
-            self.flushed_until = request.meta["end"]
+            self.flushed_until = request.end
 
     def _rejected(self, hyp: Hypothesis) -> bool:
         """The one hallucination gate: silence-like, or a decoder stuck repeating itself."""
@@ -211,18 +252,18 @@ class StreamingProcessor:
             start=words[0].start if words else at,
             end=words[-1].end if words else at,
             endpoint=endpoint,
-            words=[WordInfo(w.word.strip(), w.start, w.end, w.probability, w.fused) for w in words],
+            words=[replace(w, word=w.word.strip()) for w in words],
         )
         self.segment += 1
         self.utterance_open = not endpoint
         self.committed_in_buffer.extend(words)
-        if self.fusion_context is not None and words:
-            self.fusion_context.commit(final.text)
+        if self.decoder_context is not None and words:
+            self.decoder_context.commit(final.text)
         return final
 
     def _maybe_trim(self) -> None:
         """Keep decode cost bounded: once the buffer is long, cut it after the last committed word."""
-        if self.stream_time - self.buffer_start <= self.options.max_window or not self.committed_in_buffer:
+        if self.clock - self.buffer_start <= self.options.max_window or not self.committed_in_buffer:
             return
         cut = self.committed_in_buffer[-1].end
         if self.uncommitted:
@@ -239,6 +280,6 @@ class StreamingProcessor:
         drop = min(int(round((t - self.buffer_start) * SAMPLE_RATE)), len(self.buffer))
         if drop <= 0:
             return
-        self.buffer = self.buffer[drop:]
+        self.buffer.drop_front(drop)
         self.buffer_start += drop / SAMPLE_RATE
         self.vad.forget_before(self.buffer_start)

@@ -7,11 +7,11 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+from core.types import Mode, Word
 from streamer.audio import AudioFormat
 from streamer.errors import StreamError
 
 PROTOCOL_VERSION = 1
-MODES = ("asr", "shallow", "uadf", "uadf-llm")
 
 
 # -- client -> server -----------------------------------------------------------------------------
@@ -19,7 +19,7 @@ MODES = ("asr", "shallow", "uadf", "uadf-llm")
 class Start:
     type: ClassVar[str] = "start"
     format: AudioFormat
-    mode: str | None = None
+    mode: Mode | None = None
     session_id: str | None = None
     resume_from: int = 0
     language: str | None = None
@@ -33,7 +33,7 @@ class Start:
         }
         for key in ("mode", "session_id", "language"):
             if getattr(self, key) is not None:
-                out[key] = getattr(self, key)
+                out[key] = str(getattr(self, key))
         if self.resume_from:
             out["resume_from"] = self.resume_from
         return out
@@ -41,20 +41,32 @@ class Start:
 
 @dataclass
 class Finalize:
+    """Commit everything pending now, as at a pause (e.g. push-to-talk released)."""
+
     type: ClassVar[str] = "finalize"
 
 
 @dataclass
 class KeepAlive:
-    type: ClassVar[str] = "keepalive"
+    type: ClassVar[str] = "keepalive"  # resets the idle timer, nothing else
 
 
 @dataclass
 class Stop:
+    """End of audio: flush everything into finals, send `end`, close normally."""
+
     type: ClassVar[str] = "stop"
 
 
-ClientMessage = Start | Finalize | KeepAlive | Stop
+@dataclass
+class Audio:
+    """A frame of the client's audio (binary in protocol v1; other APIs may carry it in JSON)."""
+
+    type: ClassVar[str] = "audio"
+    data: bytes
+
+
+ClientMessage = Start | Finalize | KeepAlive | Stop | Audio
 _SIMPLE = {"finalize": Finalize, "keepalive": KeepAlive, "stop": Stop}
 
 
@@ -90,8 +102,8 @@ def parse_client_message(text: str) -> ClientMessage:
     fmt = AudioFormat(sample_rate=rate, encoding=encoding, channels=channels)
     fmt.validate()
     mode = _field(obj, "mode", str, code="bad_mode")
-    if mode is not None and mode not in MODES:
-        raise StreamError("bad_mode", f"mode must be one of {list(MODES)}, got {mode[:40]!r}")
+    if mode is not None and mode not in Mode.names():
+        raise StreamError("bad_mode", f"mode must be one of {Mode.names()}, got {mode[:40]!r}")
     session_id = _field(obj, "session_id", str)
     if session_id is not None and not (0 < len(session_id) <= 64 and session_id.replace("-", "").isalnum()):
         raise StreamError("bad_message", "session_id must be 1-64 letters, digits or '-'")
@@ -101,21 +113,14 @@ def parse_client_message(text: str) -> ClientMessage:
     language = _field(obj, "language", str)
     if language not in (None, "", "en"):
         raise StreamError("bad_message", f"language {language[:20]!r} is not served (only 'en')")
-    return Start(format=fmt, mode=mode, session_id=session_id, resume_from=resume_from, language=language)
+    return Start(format=fmt, mode=Mode(mode) if mode else None, session_id=session_id, resume_from=resume_from, language=language)
 
 
 # -- server -> client -----------------------------------------------------------------------------
 @dataclass
-class WordInfo:
-    word: str
-    start: float
-    end: float
-    probability: float
-    fused: bool = False
-
-
-@dataclass
 class Partial:
+    """The current guess at the words after the last final; replaced by the next partial."""
+
     type: ClassVar[str] = "partial"
     segment: int
     text: str
@@ -125,29 +130,35 @@ class Partial:
 
 @dataclass
 class Final:
+    """Words that will never change; segments are numbered from 0 without gaps."""
+
     type: ClassVar[str] = "final"
     segment: int
     text: str
     start: float
     end: float
     endpoint: bool = False
-    words: list[WordInfo] = field(default_factory=list)
+    words: list[Word] = field(default_factory=list)  # stripped of Whisper's leading space
 
 
 @dataclass
 class Ready:
+    """The answer to `start`: the session's id (keep it to resume) and what serves it."""
+
     type: ClassVar[str] = "ready"
     session_id: str
-    mode: str
+    mode: Mode
     model: str
-    sample_rate: int
+    sample_rate: int  # of the client's audio, as in its start
     resumed: bool = False
-    stream_time: float = 0.0
+    stream_time: float = 0.0  # where the session's clock continues (a resume)
     protocol: int = PROTOCOL_VERSION
 
 
 @dataclass
 class End:
+    """The answer to `stop`, after the last final."""
+
     type: ClassVar[str] = "end"
     session_id: str
     finals: int
@@ -156,6 +167,8 @@ class End:
 
 @dataclass
 class Error:
+    """A stable `code` and a readable message; fatal codes are followed by a close."""
+
     type: ClassVar[str] = "error"
     code: str
     message: str
@@ -190,5 +203,5 @@ def final_from_dict(obj: dict[str, Any]) -> Final:
         start=obj["start"],
         end=obj["end"],
         endpoint=obj.get("endpoint", False),
-        words=[WordInfo(**w) for w in obj.get("words", [])],
+        words=[Word(**w) for w in obj.get("words", [])],
     )

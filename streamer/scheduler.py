@@ -19,8 +19,9 @@ import ctypes
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence
 
-from streamer.asr_backend import Hypothesis, WhisperBackend, WindowRequest
+from core.types import Hypothesis, WindowRequest
 from streamer.config import SchedulerOptions, StreamingOptions
 from streamer.metrics import Metrics
 
@@ -51,13 +52,14 @@ def malloc_trim() -> None:
 class DecodeScheduler:
     def __init__(
         self,
-        backend: WhisperBackend,
+        transcribe: Callable[[Sequence[WindowRequest]], list[Hypothesis]],
         options: SchedulerOptions,
         metrics: Metrics | None = None,
         step: float = StreamingOptions.step,
     ):
-        """`step`: the processor's partial step, the shortest partial interval."""
-        self.backend = backend
+        """`transcribe`: a batch of windows -> their hypotheses (Engine.transcribe), run on the decode thread.
+        `step`: the processor's partial step, the shortest partial interval."""
+        self.transcribe = transcribe
         self.options = options
         self.metrics = metrics
         self.step = step
@@ -81,10 +83,13 @@ class DecodeScheduler:
     def depth(self) -> int:
         return self._queue.qsize()
 
-    def admits_partial(self, new_audio: float) -> bool:
+    def admits_partial(self, new_audio: float, commits: bool = False) -> bool:
         """Whether a session that received `new_audio` seconds of audio since its last hypothesis came back
-        may queue a partial window now (always while the decoder keeps up; finals always may)."""
-        return self.partial_interval <= self.step or new_audio >= self.partial_interval
+        may queue a running window now (always while the decoder keeps up; endpoint windows always may).
+        A window that may commit words waits at most `max_commit_interval`: shedding bounds partial updates,
+        never how late a word becomes final."""
+        interval = min(self.partial_interval, self.options.max_commit_interval) if commits else self.partial_interval
+        return interval <= self.step or new_audio >= interval
 
     async def submit(self, request: WindowRequest) -> Hypothesis:
         """Queue a window and wait for its hypothesis."""
@@ -145,7 +150,7 @@ class DecodeScheduler:
     def _transcribe(self, requests: list[WindowRequest]) -> list[Hypothesis]:
         """One batch, on the decode thread; then the heap's free pages go back to the OS (a few ms)."""
         try:
-            return self.backend.transcribe(requests)
+            return self.transcribe(requests)
         finally:
             malloc_trim()
 
@@ -154,7 +159,7 @@ class DecodeScheduler:
         out: list[Hypothesis | BaseException] = []
         for request, _ in batch:
             try:
-                (hyp,) = await loop.run_in_executor(self._executor, self.backend.transcribe, [request])
+                (hyp,) = await loop.run_in_executor(self._executor, self.transcribe, [request])
                 out.append(hyp)
             except Exception as exc:  # one bad window must not take the others down
                 out.append(exc)

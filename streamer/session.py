@@ -11,8 +11,10 @@ import logging
 import time
 import uuid
 
+from core.types import SAMPLE_RATE, WindowRequest
 from streamer.audio import AudioConverter
 from streamer.config import ServerOptions
+from streamer.drive import StreamDriver
 from streamer.engine import Engine
 from streamer.errors import StreamError
 from streamer.metrics import Metrics
@@ -93,13 +95,14 @@ class Session:
         if resume_at is not None:  # where the previous connection's audio ended
             self.start_time = max(self.start_time, resume_at)
         self.processor = engine.new_processor(
-            self.mode, start_time=self.start_time, first_segment=len(previous), context=" ".join(f.text for f in previous[-20:])
+            self.mode, start_time=self.start_time, first_segment=len(previous), history=" ".join(f.text for f in previous[-20:])
         )
         self.finals = len(previous)
-        self.writer = store.open(self.id, {"mode": self.mode, "format": start.to_dict(), "resumed_at": self.finals})
+        self.writer = store.open(self.id, {"mode": str(self.mode), "format": start.to_dict(), "resumed_at": self.finals})
         self.outbox = Outbox(options.send_queue, metrics)
         self.audio_seconds = 0.0  # received on this connection; the session's total is start_time + this
         self.decoded_at = self.start_time  # stream time when the last hypothesis came back
+        self.driver = StreamDriver(self.processor, self._decode, self._emit, self._admit, self._decode_failed)
         self.started = time.monotonic()
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -129,7 +132,7 @@ class Session:
         if len(data) > self.options.max_frame_bytes:
             raise StreamError("frame_too_large", f"audio frame of {len(data)} bytes exceeds {self.options.max_frame_bytes}")
         audio = self.converter.decode(data)
-        seconds = len(audio) / 16000
+        seconds = len(audio) / SAMPLE_RATE
         if self.start_time + self.audio_seconds + seconds > self.options.max_session_seconds:  # resumes included
             raise StreamError("session_too_long", f"session exceeds {self.options.max_session_seconds:.0f} s of audio", fatal=True)
         allowed = (time.monotonic() - self.started) * self.options.max_rate + RATE_ALLOWANCE
@@ -147,39 +150,37 @@ class Session:
         self._wake.set()
 
     # -- decoding ------------------------------------------------------------------------------
+    def _admit(self, request: WindowRequest) -> bool:
+        # counted from when the last hypothesis came back, not from its window's end: the time a window
+        # waited for the decoder must not count as a partial interval (or a lagging decoder gets more work)
+        if self.scheduler.admits_partial(request.end - self.decoded_at, request.commits):
+            return True
+        self.metrics.partials_skipped.inc()
+        return False
+
+    async def _decode(self, request: WindowRequest):
+        hyp = await self.scheduler.submit(request)
+        self.decoded_at = self.processor.stream_time
+        self.metrics.llm_calls.inc(hyp.llm_calls)
+        return hyp
+
+    async def _emit(self, event: Partial | Final) -> None:
+        if isinstance(event, Final):
+            self.writer.append(event)  # on disk before it is sent
+            self.finals += 1
+            self.metrics.finals.inc()
+        self.outbox.put(event)
+
+    def _decode_failed(self, request: WindowRequest, exc: Exception) -> None:
+        log.error("session %s: decode failed", self.id, exc_info=exc)
+        self.send_error(StreamError("internal", "decoding this window failed; the session goes on", fatal=False))
+
     async def _decode_loop(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
             async with self._lock:
-                await self._drain()
-
-    async def _drain(self) -> None:
-        while (request := self.processor.next_request()) is not None:
-            # counted from when the last hypothesis came back, not from its window's end: the time a window
-            # waited for the decoder must not count as a partial interval (or a lagging decoder gets more work)
-            if not request.final and not self.scheduler.admits_partial(request.meta["end"] - self.decoded_at):
-                self.metrics.partials_skipped.inc()  # the processor asks again after another step of audio
-                return
-            try:
-                hyp = await self.scheduler.submit(request)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("session %s: decode failed", self.id)
-                self.processor.discard(request)
-                self.send_error(StreamError("internal", "decoding this window failed; the session goes on", fatal=False))
-                continue
-            self.decoded_at = self.processor.stream_time
-            self.metrics.llm_calls.inc(hyp.llm_calls)
-            for event in self.processor.accept_hypothesis(hyp, request):
-                if isinstance(event, Final):
-                    self.writer.append(event)  # on disk before it is sent
-                    self.finals += 1
-                    self.metrics.finals.inc()
-                self.outbox.put(event)
-            if not request.final:
-                return
+                await self.driver.pump()
 
     async def flush(self) -> None:
         """Turn every pending sample into finals (stop, disconnect, shutdown)."""
@@ -188,12 +189,8 @@ class Session:
         tail = self.converter.flush()
         if len(tail):
             self.processor.insert_audio(tail)
-        self.processor.request_finalize()
         async with self._lock:
-            for _ in range(4):  # an endpoint window, then at most a few leftovers
-                await self._drain()
-                if not self.processor.finalize_requested:
-                    break
+            await self.driver.flush()
 
     def send_error(self, error: StreamError) -> None:
         self.metrics.errors.labels(error.code).inc()

@@ -27,6 +27,7 @@ class StreamingVad:
         self._pending = np.zeros(0, np.float32)
         self._speech: list[bool] = []  # one flag a frame since `_first_frame`
         self._first_frame = int(round(start_time / FRAME_SECONDS))
+        self._base_frame = self._first_frame
         self._in_speech = False
         self._quiet = 0  # frames since the last speech frame
 
@@ -59,6 +60,11 @@ class StreamingVad:
     def processed_until(self) -> float:
         return (self._first_frame + len(self._speech)) * FRAME_SECONDS
 
+    def time_at(self, samples: int) -> float:
+        """Stream time up to which frames were complete once `samples` samples had been accepted
+        (processed_until as it was then)."""
+        return (self._base_frame + samples // FRAME) * FRAME_SECONDS
+
     def forget_before(self, t: float) -> None:
         """Drop flags of frames before stream time t (keeps memory bounded on long streams)."""
         drop = min(int(t / FRAME_SECONDS) - self._first_frame, len(self._speech))
@@ -66,23 +72,31 @@ class StreamingVad:
             del self._speech[:drop]
             self._first_frame += drop
 
+    def _since(self, t: float) -> int:
+        """Index of the frame holding stream time t."""
+        return max(int(t / FRAME_SECONDS) - self._first_frame, 0)
+
+    def _until(self, t: float | None) -> int:
+        """Index past the last frame that ends by stream time t (None, or t at the end: every frame). Frame
+        boundaries computed elsewhere may sit a rounding error below the boundary: they count as on it."""
+        if t is None or t >= self.processed_until:
+            return len(self._speech)
+        return min(max(int(t / FRAME_SECONDS + 1e-9) - self._first_frame, 0), len(self._speech))
+
     def speech_seconds(self, start: float, end: float | None = None) -> float:
         """Seconds of speech between stream times start and end."""
-        lo = max(int(start / FRAME_SECONDS) - self._first_frame, 0)
-        hi = len(self._speech) if end is None else max(int(end / FRAME_SECONDS) - self._first_frame, 0)
-        return sum(self._speech[lo:hi]) * FRAME_SECONDS
+        return sum(self._speech[self._since(start) : self._until(end)]) * FRAME_SECONDS
 
-    def last_speech_end(self, since: float) -> float | None:
-        """Stream time where the last speech frame after `since` ends, or None if there is none."""
-        lo = max(int(since / FRAME_SECONDS) - self._first_frame, 0)
-        for i in range(len(self._speech) - 1, lo - 1, -1):
+    def last_speech_end(self, since: float, until: float | None = None) -> float | None:
+        """Stream time where the last speech frame between `since` and `until` ends, or None if there is none."""
+        lo = self._since(since)
+        for i in range(self._until(until) - 1, lo - 1, -1):
             if self._speech[i]:
                 return (self._first_frame + i + 1) * FRAME_SECONDS
         return None
 
-    def first_speech_start(self, since: float) -> float | None:
-        lo = max(int(since / FRAME_SECONDS) - self._first_frame, 0)
-        for i in range(lo, len(self._speech)):
+    def first_speech_start(self, since: float, until: float | None = None) -> float | None:
+        for i in range(self._since(since), self._until(until)):
             if self._speech[i]:
                 return (self._first_frame + i) * FRAME_SECONDS
         return None

@@ -2,25 +2,38 @@
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 
 import pytest
 
-from streamer.daemon_process import start_daemon, stop_daemon
+from tools.daemon_process import start_daemon, stop_daemon
+from tools.data import DATA, corpus_wer, load_manifest, manifest_path
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
+
+
+def _missing(name: str) -> None:
+    """Speech data is part of the test environment: under CI (`CI` set) its absence fails the run."""
+    message = f"speech data {DATA / name} is not present"
+    if os.environ.get("CI"):
+        pytest.fail(message + " (required under CI)")
+    pytest.skip(message)
 
 
 def manifest(name: str) -> list[dict]:
-    folder = DATA / name
-    if not (folder / "manifest.jsonl").exists():
-        pytest.skip(f"speech data {folder} is not present")
-    entries = [json.loads(line) for line in (folder / "manifest.jsonl").read_text().splitlines() if line.strip()]
-    for e in entries:
-        e["path"] = str(folder / e["audio"])
-    return entries
+    """A shared data set's entries (with absolute `path`)."""
+    try:
+        return load_manifest(name)
+    except FileNotFoundError:
+        _missing(name)
+
+
+def manifest_file(name: str) -> str:
+    path = manifest_path(name)
+    if not path.exists():
+        _missing(name)
+    return str(path)
 
 
 @pytest.fixture(scope="session")
@@ -51,9 +64,4 @@ def offline_text(model, path: str) -> str:
     return " ".join(s.text.strip() for s in segments)
 
 
-def wer(refs: list[str], hyps: list[str]) -> float:
-    import jiwer
-    from whisper_normalizer.english import EnglishTextNormalizer
-
-    norm = EnglishTextNormalizer()
-    return jiwer.wer([norm(r) for r in refs], [norm(h) for h in hyps])
+wer = corpus_wer

@@ -13,6 +13,7 @@ import psutil
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
+from clients.stream import to_pcm16
 from conftest import manifest
 from streamer.audio import load_audio
 
@@ -30,8 +31,7 @@ def start(**fields) -> str:
     return json.dumps({k: v for k, v in msg.items() if v is not None})
 
 
-def pcm16(audio: np.ndarray) -> bytes:
-    return (np.clip(audio, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+pcm16 = to_pcm16
 
 
 def open_ws(url: str, token: str | None = None, ssl_context: ssl.SSLContext | None = None, **kw):

@@ -1,7 +1,8 @@
 """Commit policy: pure logic, no model."""
 
-from streamer.asr_backend import Word
-from streamer.commit import LocalAgreement, common_prefix, normalize, strip_committed
+from core.types import Mode, Word
+from streamer.commit import POLICIES, EndpointOnly, LocalAgreement, Lookahead, common_prefix, make_policy, normalize, strip_committed
+from streamer.config import StreamingOptions
 
 
 def words(text: str, start: float = 0.0, step: float = 0.5) -> list[Word]:
@@ -65,4 +66,28 @@ def test_no_commit_inside_a_written_word():
 def test_commit_stops_short_of_the_window_end():
     la = LocalAgreement(2)
     la.update(words("one two three"))
-    assert [w.word.strip() for w in la.update(words("one two three four"), until=0.5)] == ["one"]
+    assert [w.word.strip() for w in la.update(words("one two three four"), window_end=0.5)] == ["one"]
+    margin = LocalAgreement(2, margin=1.5)
+    margin.update(words("one two three"))
+    assert [w.word.strip() for w in margin.update(words("one two three four"), window_end=2.0)] == ["one"]
+
+
+def test_policies_by_name_and_mode():
+    assert isinstance(make_policy(StreamingOptions(commit="auto"), Mode.ASR), LocalAgreement)
+    assert isinstance(make_policy(StreamingOptions(commit="auto"), Mode.UADF), EndpointOnly)
+    assert isinstance(make_policy(StreamingOptions(commit="agreement"), Mode.UADF), LocalAgreement)
+    endpoint = make_policy(StreamingOptions(commit="endpoint"), Mode.ASR)
+    assert endpoint.update(words("one two three"), 10.0) == [] and not endpoint.commit_window(10.0, 0.0)
+    assert set(POLICIES) == {"agreement", "endpoint", "lookahead"}
+
+
+def test_lookahead_commits_words_with_enough_audio_after_them():
+    policy = Lookahead(delay=1.0, interval=1.0)
+    hyp = words("one two three four five")  # ends 0.45, 0.95, 1.45, 1.95, 2.45
+    assert not policy.commit_window(0.9, speech_start=0.0)  # less than the delay of speech so far
+    assert policy.commit_window(2.5, speech_start=0.0)
+    assert [w.word.strip() for w in policy.update(hyp, 2.5)] == ["one", "two", "three"]
+    assert not policy.commit_window(3.0, speech_start=1.5)  # the next committing window waits the interval
+    assert policy.commit_window(3.5, speech_start=1.5)
+    written = words("totaled 181") + [Word(".8", 1.0, 1.2, 0.9), Word(" million", 1.2, 1.6, 0.9)]
+    assert [w.word for w in policy.update(written, 2.1)] == [" totaled"]  # "181" waits for ".8"

@@ -4,7 +4,7 @@ import numpy as np
 from whisper_normalizer.english import EnglishTextNormalizer
 
 from fusion.candidates import rejoin, same_words
-from fusion.decisions import Decision, choose_gate, fit_span_temperatures, gate_table, label
+from tools.decisions import Decision, choose_gate, fit_span_temperatures, gate_table, label
 from fusion.decoder import Comparison
 
 NORM = EnglishTextNormalizer()

@@ -3,24 +3,24 @@
 Also: in mode "asr" FusionDecoder equals plain greedy CTranslate2 decoding.
 """
 
-import json
-import os
-from pathlib import Path
-
 import ctranslate2
 import numpy as np
 import pytest
 
+from conftest import manifest, manifest_file
+from core.interfaces import DecodeTask
+from core.types import Mode
 from streamer.audio import load_audio
 from streamer.config import load_config
 from streamer.engine import Engine
-from streamer.evaluate import evaluate
+from tools.evaluate import evaluate
 
-DATA = Path(os.environ.get("UADF_DATA", "/work/shared/data"))
-NOISY = DATA / "speech-dev-noisy" / "manifest.jsonl"
 LIMIT = 6  # first clips of the noisy set (pink noise 5 and 0 dB): where fusion has something to do
 
-pytestmark = pytest.mark.skipif(not NOISY.exists(), reason="speech data not available")
+
+@pytest.fixture(scope="module")
+def noisy() -> str:
+    return manifest_file("speech-dev-noisy")
 
 
 @pytest.fixture(scope="module")
@@ -28,43 +28,47 @@ def engine():
     return Engine(load_config(overrides=["fusion.llm=gemma3-270m", "fusion.mode=uadf", "fusion.calibration="]))
 
 
+@pytest.fixture(scope="module")
+def fusion(engine):
+    return engine.decoders[Mode.UADF].fusion
+
+
 def first_clip_encoding(backend) -> ctranslate2.StorageView:
     """Encoder output of the noisy set's first clip."""
-    entry = json.loads(NOISY.read_text().splitlines()[0])
-    enc, _ = backend.encode([load_audio(str(NOISY.parent / entry["audio"]))])
+    enc, _ = backend.encode([load_audio(manifest("speech-dev-noisy")[0]["path"])])
     return ctranslate2.StorageView.from_array(np.ascontiguousarray(enc))
 
 
-def test_asr_mode_equals_plain_greedy(engine):
-    backend, fusion = engine.backend, engine.fusion
+def test_asr_mode_equals_plain_greedy(engine, fusion):
+    backend = engine.backend
     view = first_clip_encoding(backend)
     prompt = backend.prompt_tokens("")
     plain = backend.model.generate(view, [prompt], beam_size=1, max_length=200)[0].sequences_ids[0]
-    res = fusion.decode(view, prompt, fusion.new_context(), "asr", 200)
+    res = fusion.decode(view, prompt, fusion.new_context(), Mode.ASR, 200)
     assert res.tokens == plain and res.llm_calls == 0 and not any(res.fused)
-    assert len(res.token_probs) == len(res.tokens) and res.avg_logprob < 0
+    assert res.avg_logprob < 0
+    greedy = engine.decoders[Mode.ASR].decode(np.array(view), [DecodeTask(prompt, 200)])[0]
+    assert greedy.tokens == [t for t in plain if t < backend.tokenizer.eot]
 
 
-def test_uadf_no_worse_than_asr(engine):
-    asr = evaluate(engine, [str(NOISY)], "asr", limit=LIMIT)["all"]
-    uadf = evaluate(engine, [str(NOISY)], "uadf", limit=LIMIT)["all"]
+def test_uadf_no_worse_than_asr(engine, noisy):
+    asr = evaluate(engine, [noisy], Mode.ASR, limit=LIMIT)["all"]
+    uadf = evaluate(engine, [noisy], Mode.UADF, limit=LIMIT)["all"]
     assert uadf["wer"] <= asr["wer"] + 0.01
     assert uadf["llm_calls_per_100_tokens"] > 0  # the LLM was actually consulted
 
 
-def test_calibration_records_and_labels_real_comparisons(engine):
+def test_calibration_records_and_labels_real_comparisons(engine, fusion):
     """The calibration observer sees the decoder's span comparisons on real audio (keeping the ASR's
     tokens) and labels some of them against the reference."""
-    from whisper_normalizer.english import EnglishTextNormalizer
+    from tools.calibrate import record_decisions
+    from tools.data import normalize
 
-    from fusion.calibrate_cmd import load_manifest, record_decisions
-    from fusion.offline import OfflineTranscriber
-
-    decoder = engine.fusion
+    decoder = fusion
     gate = decoder.gate
-    rows = load_manifest(str(NOISY))[:LIMIT]
+    rows = manifest("speech-dev-noisy")[:LIMIT]
     try:
-        decisions = record_decisions(OfflineTranscriber(engine.backend, decoder), {"noisy": rows}, 0.25, EnglishTextNormalizer())
+        decisions = record_decisions(engine, decoder, {"noisy": rows}, 0.25, normalize)
     finally:
         decoder.gate = gate
     assert decoder.observer is None
@@ -76,11 +80,11 @@ def test_calibration_records_and_labels_real_comparisons(engine):
     assert any(d.correct is not None for d in decisions)
 
 
-def test_forced_prefix_is_kept_and_not_fused(engine):
+def test_forced_prefix_is_kept_and_not_fused(engine, fusion):
     """Words already final at a window's start are forced through the prompt, not decided again."""
-    backend, fusion = engine.backend, engine.fusion
+    backend = engine.backend
     view = first_clip_encoding(backend)
     prefix = backend.tokenizer.encode(" Boats full of men")
-    res = fusion.decode(view, backend.prompt_tokens(""), fusion.new_context(), "uadf", 200, prefix)
+    res = fusion.decode(view, backend.prompt_tokens(""), fusion.new_context(), Mode.UADF, 200, prefix)
     assert res.tokens[: len(prefix)] == prefix and len(res.tokens) > len(prefix) + 5
     assert not any(res.fused[: len(prefix)])

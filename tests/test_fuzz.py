@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from conftest import wer
 from streamer.audio import AudioConverter, AudioFormat
 from streamer.errors import StreamError
-from streamer.server import parse_text
+from streamer.wire.v1 import V1Adapter
 from streamutil import ERROR_CODES, close_code, metric, metrics, open_ws, recv, reference, speech, start
 
 MAX_FRAME = 262144  # the shared daemon's server.max_frame_bytes
@@ -224,7 +224,7 @@ def check(got: list[dict], code: int | None, model: Model) -> None:
 @given(st.one_of(text_frames, st.text(max_size=400)))
 def test_text_frames_raise_nothing_but_stream_errors(text):
     try:
-        parse_text(text, MAX_FRAME)
+        V1Adapter(MAX_FRAME).parse(text, started=False)
     except StreamError as exc:
         assert exc.code in ERROR_CODES and exc.message
         assert exc.fatal == (exc.code in ("bad_encoding", "bad_sample_rate", "bad_channels", "bad_mode"))

@@ -21,7 +21,7 @@ import pytest
 import websockets
 
 from conftest import ROOT, manifest, wer
-from streamer.daemon_process import start_daemon, stop_daemon
+from tools.daemon_process import start_daemon, stop_daemon
 from streamutil import disk_finals, metric, metrics, open_ws, pcm16, recv, rss_mb, same_final, speech, start
 
 OUT = ROOT / "test-output"

@@ -33,17 +33,17 @@ def test_long_stream_keeps_the_window_bounded(engine):
     audio = load_audio(entry["path"])
     processor = engine.new_processor("asr")
     windows: list[float] = []
-    original = engine.backend.transcribe
+    original = engine.transcribe
 
     def spy(requests):
         windows.extend(len(r.audio) / SAMPLE_RATE for r in requests)
         return original(requests)
 
-    engine.backend.transcribe = spy
+    engine.transcribe = spy
     try:
         result = run_stream(engine, processor, audio)
     finally:
-        engine.backend.transcribe = original
+        del engine.transcribe
     limit = engine.config.streaming.max_window * 1.5 + engine.config.streaming.step + 0.5
     assert max(windows) <= limit, max(windows)
     assert wer([entry["text"]], [result.text]) < 0.2
@@ -59,10 +59,10 @@ def test_finalize_commits_everything_pending(engine):
     for i in range(0, half, 1600):
         processor.insert_audio(audio[i : i + 1600])
         if (req := processor.next_request()) is not None:
-            events += processor.accept_hypothesis(engine.backend.transcribe([req])[0], req)
+            events += processor.accept_hypothesis(engine.transcribe([req])[0], req)
     processor.request_finalize()
     while (req := processor.next_request()) is not None:
-        events += processor.accept_hypothesis(engine.backend.transcribe([req])[0], req)
+        events += processor.accept_hypothesis(engine.transcribe([req])[0], req)
     finals = [e for e in events if e.type == "final"]
     assert finals and finals[-1].endpoint
     assert not processor.uncommitted
@@ -72,12 +72,12 @@ def test_finalize_commits_everything_pending(engine):
 def test_silence_is_never_decoded(engine):
     processor = engine.new_processor("asr")
     calls = []
-    original = engine.backend.transcribe
-    engine.backend.transcribe = lambda reqs: calls.append(reqs) or original(reqs)
+    original = engine.transcribe
+    engine.transcribe = lambda reqs: calls.append(reqs) or original(reqs)
     try:
         result = run_stream(engine, processor, np.zeros(SAMPLE_RATE * 20, np.float32))
     finally:
-        engine.backend.transcribe = original
+        del engine.transcribe
     assert calls == [] and result.finals == []
     assert len(processor.buffer) <= SAMPLE_RATE  # silence is dropped, not buffered
 
@@ -104,3 +104,20 @@ def test_endpoint_commit_policy_finals_only_at_endpoints(engine):
     assert endpoint.partials and endpoint.finals and all(f.endpoint for f in endpoint.finals)
     assert any(not f.endpoint for f in agreement.finals)
     assert len(endpoint.text.split()) >= 0.9 * len(agreement.text.split()) > 80
+
+
+def test_sample_buffer_matches_a_plain_array():
+    """Appends and front drops of any size keep exactly the samples a concatenated array would."""
+    from streamer.audio import SampleBuffer
+
+    rng = np.random.default_rng(0)
+    buffer, plain = SampleBuffer(capacity=1000), np.zeros(0, np.float32)
+    for _ in range(500):
+        frame = rng.standard_normal(int(rng.integers(0, 700))).astype(np.float32)
+        buffer.append(frame)
+        plain = np.concatenate([plain, frame])
+        drop = int(rng.integers(0, len(plain) + 1)) if rng.random() < 0.3 else 0
+        buffer.drop_front(drop)
+        plain = plain[drop:]
+        n = int(rng.integers(0, len(plain) + 10))
+        assert len(buffer) == len(plain) and np.array_equal(buffer.head(n), plain[:n])

@@ -7,7 +7,8 @@ import pytest
 
 from streamer.audio import AudioConverter, AudioFormat
 from streamer.errors import StreamError
-from streamer.protocol import Final, Finalize, KeepAlive, Start, Stop, WordInfo, parse_client_message, to_dict
+from core.types import Mode, Word
+from streamer.protocol import Final, Finalize, KeepAlive, Start, Stop, parse_client_message, to_dict
 
 
 def start(**kw) -> str:
@@ -16,7 +17,7 @@ def start(**kw) -> str:
 
 def test_start_round_trip():
     msg = parse_client_message(start(mode="uadf", session_id="abc-1", resume_from=3))
-    assert isinstance(msg, Start) and msg.mode == "uadf" and msg.session_id == "abc-1" and msg.resume_from == 3
+    assert isinstance(msg, Start) and msg.mode is Mode.UADF and msg.session_id == "abc-1" and msg.resume_from == 3
     assert parse_client_message(json.dumps(msg.to_dict())) == msg
 
 
@@ -53,7 +54,7 @@ def test_bad_messages_have_stable_codes(text, code):
 
 
 def test_final_serialisation_rounds_times():
-    f = Final(segment=2, text="hi there", start=1.23456, end=2.0, endpoint=True, words=[WordInfo("hi", 1.23456, 1.5, 0.91234)])
+    f = Final(segment=2, text="hi there", start=1.23456, end=2.0, endpoint=True, words=[Word("hi", 1.23456, 1.5, 0.91234)])
     d = to_dict(f)
     assert d["type"] == "final" and d["start"] == 1.235 and d["words"][0]["probability"] == 0.912 and d["words"][0]["fused"] is False
 

@@ -23,7 +23,7 @@ import pytest
 import websockets
 
 from conftest import wer
-from streamer.daemon_process import DaemonProcess as Daemon, start_daemon, stop_daemon
+from tools.daemon_process import DaemonProcess as Daemon, start_daemon, stop_daemon
 from streamutil import (
     close_code,
     disk_finals,

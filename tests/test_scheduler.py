@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 
-from streamer.asr_backend import Hypothesis, WindowRequest
+from core.types import Hypothesis, WindowRequest
 from streamer.config import SchedulerOptions
 from streamer.scheduler import DecodeScheduler
 
@@ -20,7 +20,7 @@ class RecordingBackend:
 
     def transcribe(self, requests):
         self.threads.add(threading.current_thread().name)
-        names = [r.meta["name"] for r in requests]
+        names = [r.prompt for r in requests]
         self.batches.append(names)
         if self.fail_on in names:
             raise RuntimeError("bad window")
@@ -28,12 +28,12 @@ class RecordingBackend:
 
 
 def request(name: str) -> WindowRequest:
-    return WindowRequest(audio=np.zeros(1600, np.float32), offset=0.0, meta={"name": name})
+    return WindowRequest(audio=np.zeros(1600, np.float32), offset=0.0, end=0.1, prompt=name)
 
 
 def run(backend, names, options=SchedulerOptions(max_batch=4, max_wait_ms=20)):
     async def go():
-        scheduler = DecodeScheduler(backend, options)
+        scheduler = DecodeScheduler(backend.transcribe, options)
         scheduler.start()
         try:
             return await asyncio.gather(*(scheduler.submit(request(n)) for n in names), return_exceptions=True)
@@ -62,3 +62,13 @@ def test_a_failing_window_does_not_fail_the_others():
     results = run(backend, ["a", "b", "c"])
     assert results[0].text == "a" and results[2].text == "c"
     assert isinstance(results[1], RuntimeError)
+
+
+def test_shedding_bounds_partials_but_not_commits():
+    """Behind the load, partial-only windows wait for the grown interval; windows that may commit words wait
+    at most max_commit_interval (so a word's final latency stays bounded)."""
+    scheduler = DecodeScheduler(RecordingBackend().transcribe, SchedulerOptions(max_partial_interval=8.0, max_commit_interval=1.0), step=0.5)
+    assert scheduler.admits_partial(0.5) and scheduler.admits_partial(0.5, commits=True)  # keeping up: every step
+    scheduler.partial_interval = 6.0  # what _adapt reaches while windows wait after every batch
+    assert not scheduler.admits_partial(1.2) and scheduler.admits_partial(6.0)
+    assert not scheduler.admits_partial(0.9, commits=True) and scheduler.admits_partial(1.0, commits=True)

@@ -13,7 +13,7 @@ import websockets
 
 from clients.stream import connect, stream_audio, to_pcm16
 from conftest import DATA, manifest, offline_text, wer
-from streamer.daemon_process import start_daemon, stop_daemon
+from tools.daemon_process import start_daemon, stop_daemon
 
 SPEED = 4.0  # stream faster than real time; the processor paces itself in stream time
 
@@ -189,3 +189,21 @@ def test_busy_beyond_max_sessions(tmp_path):
         assert json.load(d.get("/healthz"))["status"] == "ok"
     finally:
         assert stop_daemon(d) == 0
+
+
+def test_eval_pipeline_gives_the_finals_a_websocket_client_gets(tmp_path, engine):
+    """One drive loop: `uadf-stream eval`'s in-process pipeline and a real-time websocket client get the
+    same finals, word for word, on three dev clips (asr mode). The daemon replays every decision point
+    (a max_lag no shared CI machine reaches), so not even a slow machine makes it skip one."""
+    from streamer.pipeline import transcribe_file
+
+    entries = [e for e in manifest("speech-dev") if e["id"] in ("jfk", "01jc020j", "40dc021d")]
+    assert len(entries) == 3
+    daemon = start_daemon(tmp_path, "--set", "streaming.max_lag=60")
+    try:
+        for entry in entries:
+            online = [(m["segment"], m["text"], m["endpoint"]) for m in finals_of(stream_file(daemon, entry["path"], speed=1.0))]
+            in_process = [(f.segment, f.text, f.endpoint) for f in transcribe_file(entry["path"], engine).finals]
+            assert online == in_process, entry["id"]
+    finally:
+        stop_daemon(daemon)

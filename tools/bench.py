@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -28,11 +29,11 @@ import numpy as np
 import psutil
 
 from clients.stream import stream_audio
-from streamer.audio import SAMPLE_RATE, load_audio
-from streamer.bench_metrics import FileLatency, RefWord, file_latency, summary, wer
-from streamer.bench_report import build_report, write_outputs
-from streamer.bench_results import (
-    CAPACITY_LIMIT,
+from core.types import SAMPLE_RATE, Mode, WindowRequest
+from streamer.audio import load_audio
+from tools.bench_metrics import FileLatency, RefWord, file_latency, summary
+from tools.bench_report import build_report, write_outputs
+from tools.bench_results import (
     CapacityLevel,
     Clip,
     DaemonRun,
@@ -41,15 +42,15 @@ from streamer.bench_results import (
     Reference,
     Soak,
     aggregate,
+    capacity_targets,
 )
 from streamer.config import Config
-from streamer.daemon_process import ResourceMonitor, start_daemon, stop_daemon
+from tools.daemon_process import ResourceMonitor, start_daemon, stop_daemon
+from tools.data import DATA, corpus_wer as wer, load_manifest
 
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data"
-FUSION_MODES = ("shallow", "uadf", "uadf-llm")
 NAIVE_CHUNK = 2.0  # seconds of the naive baseline's chunks
 
 
@@ -75,15 +76,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _manifest(folder: str, name: str, limit: int) -> list[Clip]:
-    path = Path(folder) / "manifest.jsonl"
-    if limit == 0 or not path.exists():
-        if limit != 0:
-            log.warning("no manifest at %s: set %s skipped", path, name)
+    if limit == 0:
         return []
-    entries = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    if limit > 0:
-        entries = entries[:limit]
-    return [Clip(e["id"], name, str(Path(folder) / e["audio"]), e["text"], float(e["seconds"])) for e in entries]
+    entries = load_manifest(folder, max(limit, 0))
+    return [Clip(e["id"], name, e["path"], e["text"], float(e["seconds"])) for e in entries]
 
 
 def _csv_ints(text: str) -> list[int]:
@@ -110,13 +106,11 @@ def offline_references(backend, clips: list[Clip]) -> dict[str, Reference]:
     return refs
 
 
-def naive_chunks(backend, clip: Clip, ref: Reference, speed: float) -> tuple[FileResult, float]:
+def naive_chunks(engine, clip: Clip, ref: Reference, speed: float) -> tuple[FileResult, float]:
     """Fixed 2 s chunks, no overlap, no context; a chunk's words are final when its decode ends.
 
     Time line: chunk k is ready at its end (/ speed); decoding starts when it is ready and the previous
     chunk is done. Returns the result and the CPU seconds spent."""
-    from streamer.asr_backend import WindowRequest
-
     audio = load_audio(clip.path)
     step = int(NAIVE_CHUNK * SAMPLE_RATE)
     done = 0.0
@@ -127,7 +121,7 @@ def naive_chunks(backend, clip: Clip, ref: Reference, speed: float) -> tuple[Fil
         chunk = audio[i : i + step]
         ready = (i + len(chunk)) / SAMPLE_RATE / speed
         c0, w0 = time.process_time(), time.perf_counter()
-        (hyp,) = backend.transcribe([WindowRequest(audio=chunk, offset=i / SAMPLE_RATE)])
+        (hyp,) = engine.transcribe([WindowRequest(audio=chunk, offset=i / SAMPLE_RATE, end=(i + len(chunk)) / SAMPLE_RATE)])
         cpu += time.process_time() - c0
         done = max(done, ready) + time.perf_counter() - w0
         if hyp.text:
@@ -174,7 +168,7 @@ async def run_mode(url: str, mode: str, sets: dict[str, list[Clip]], refs: dict[
     return rows, files
 
 
-async def run_capacity(url: str, mode: str, clients: int, clips: list[Clip], per_client: int, refs: dict[str, Reference], speed: float, monitor: ResourceMonitor | None) -> CapacityLevel:
+async def run_capacity(url: str, mode: str, clients: int, clips: list[Clip], per_client: int, refs: dict[str, Reference], speed: float, monitor: ResourceMonitor | None, wer_one_stream: float | None = None) -> CapacityLevel:
     """`clients` concurrent sessions, each streaming `per_client` clips in turn (rotated, staggered starts)."""
 
     async def client(i: int) -> list[FileResult]:
@@ -183,7 +177,8 @@ async def run_capacity(url: str, mode: str, clients: int, clips: list[Clip], per
         return [await stream_clip(url, c, mode, speed, refs[c.id]) for c in mine]
 
     start = monitor.mark() if monitor else 0
-    results = [r for rs in await asyncio.gather(*(client(i) for i in range(clients))) for r in rs]
+    by_client = await asyncio.gather(*(client(i) for i in range(clients)))
+    results = [r for rs in by_client for r in rs]
     usage = monitor.usage(start, monitor.mark()) if monitor else None
     by_id = {c.id: c for c in clips}
     return CapacityLevel(
@@ -197,6 +192,8 @@ async def run_capacity(url: str, mode: str, clients: int, clips: list[Clip], per
         final=summary([v for r in results for v in r.latency.final]),
         cpu_percent=usage.cpu_percent if usage else None,
         rss_peak_mb=usage.rss_peak_mb if usage else None,
+        per_client=[summary([v for r in rs for v in r.latency.final]) for rs in by_client],
+        wer_one_stream=wer_one_stream,
     )
 
 
@@ -223,7 +220,7 @@ async def run_soak(url: str, clips: list[Clip], minutes: float, speed: float, mo
     error = None
     received = []
     try:
-        received = await asyncio.wait_for(stream_audio(url, audio, SAMPLE_RATE, mode="asr", speed=speed), len(audio) / SAMPLE_RATE / speed * 3 + 120)
+        received = await asyncio.wait_for(stream_audio(url, audio, SAMPLE_RATE, mode=Mode.ASR, speed=speed), len(audio) / SAMPLE_RATE / speed * 3 + 120)
     except Exception as exc:  # noqa: BLE001
         error = f"{type(exc).__name__}: {exc}"
     wall = time.monotonic() - t0
@@ -241,7 +238,7 @@ async def run_soak(url: str, clips: list[Clip], minutes: float, speed: float, mo
 
 def bench_daemon(url: str, pid: int | None, modes: list[str], sets: dict[str, list[Clip]], refs: dict[str, Reference], args, levels: dict[str, list[int]]) -> DaemonRun:
     run = DaemonRun(modes=[])
-    offered = healthz(url).get("modes", ["asr"])
+    offered = healthz(url).get("modes", [Mode.ASR])
     monitor = ResourceMonitor(pid).start() if pid else None
     if monitor:
         run.idle_rss_mb = monitor.usage(monitor.mark(), monitor.mark()).rss_end_mb
@@ -257,18 +254,23 @@ def bench_daemon(url: str, pid: int | None, modes: list[str], sets: dict[str, li
                 run.unavailable[mode] = f"warm-up failed: {type(exc).__name__}: {exc}"
                 continue
             run.modes.append(mode)
-            mode_sets = sets if mode == "asr" else {k: v for k, v in sets.items() if k in args.fusion_sets.split(",")}
+            mode_sets = sets if mode == Mode.ASR else {k: v for k, v in sets.items() if k in args.fusion_sets.split(",")}
             rows, files = asyncio.run(run_mode(url, mode, mode_sets, refs, args.speed, monitor))
             run.rows += rows
             run.files += files
             capacity_clips = next(iter(sets.values()))
+            one_stream = None
             for n in levels.get(mode, []):
-                level = asyncio.run(run_capacity(url, mode, n, capacity_clips, args.capacity_clips, refs, args.speed, monitor))
-                log.info("capacity %s x%d: final p50 %s p95 %s, errors %d", mode, n, level.final["p50"], level.final["p95"], level.errors)
+                level = asyncio.run(run_capacity(url, mode, n, capacity_clips, args.capacity_clips, refs, args.speed, monitor, one_stream))
+                if n == 1:
+                    one_stream = level.wer
+                log.info("capacity %s x%d: word final p50 %s p90 %s, worst client %s, errors %d", mode, n, level.final["p50"],
+                         level.final["p90"], level.worst, level.errors)
                 run.capacity.append(level)
-                if not level.served and level.final["p50"] is not None and level.final["p50"] > 2 * CAPACITY_LIMIT:
+                worst = level.worst["p50"]
+                if not level.served and worst is not None and worst > 3 * capacity_targets(mode).p50:
                     break  # far past capacity: larger N only takes longer
-        if monitor and args.soak_minutes > 0 and "asr" in run.modes:
+        if monitor and args.soak_minutes > 0 and Mode.ASR in run.modes:
             soak_clips = sets.get("long") or all_clips
             log.info("soak: %.1f min of audio at %gx", args.soak_minutes, args.soak_speed)
             run.soak = asyncio.run(run_soak(url, soak_clips, args.soak_minutes, args.soak_speed, monitor))
@@ -280,7 +282,7 @@ def bench_daemon(url: str, pid: int | None, modes: list[str], sets: dict[str, li
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    from streamer.asr_backend import WhisperBackend
+    from streamer.engine import Engine
 
     if args.quick:
         args.dev_limit, args.long_limit = 2, 0
@@ -292,14 +294,19 @@ def run(args: argparse.Namespace, config: Config) -> int:
         log.error("no clips: check --dev / --long")
         return 2
     clips = [c for cs in sets.values() for c in cs]
-    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
-    levels = {m: _csv_ints(args.clients if m == "asr" else args.fusion_clients) for m in modes}
+    try:
+        modes = [Mode(m.strip()) for m in args.modes.split(",") if m.strip()]
+    except ValueError as exc:
+        log.error("--modes: %s (modes: %s)", exc, ", ".join(Mode.names()))
+        return 2
+    levels = {m: _csv_ints(args.clients if m == Mode.ASR else args.fusion_clients) for m in modes}
     started = datetime.now(timezone.utc)
     t_start = time.monotonic()
 
     # Baselines first, while no daemon competes for the CPU.
     log.info("offline references for %d clips", len(clips))
-    backend = WhisperBackend(config.asr)
+    engine = Engine(replace(config, fusion=replace(config.fusion, llm="")))  # the baselines decode with Whisper alone
+    backend = engine.backend
     refs = offline_references(backend, clips)
     rows: list[ModeSetResult] = []
     files: list[FileResult] = []
@@ -312,13 +319,13 @@ def run(args: argparse.Namespace, config: Config) -> int:
         files += res
     if not args.no_baselines:
         for name, cs in sets.items():
-            pairs = [naive_chunks(backend, c, refs[c.id], args.speed) for c in cs]
+            pairs = [naive_chunks(engine, c, refs[c.id], args.speed) for c in cs]
             row = aggregate("naive-2s", name, cs, [r for r, _ in pairs], None, sum(cpu for _, cpu in pairs))
             row.rss_peak_mb = me.memory_info().rss / 2**20
             rows.append(row)
             files += [r for r, _ in pairs]
     model_name = backend.model_name
-    del backend
+    del backend, engine
     gc.collect()
 
     # The daemon modes: one daemon without an LLM for asr, one with it for the fusion modes.
@@ -328,12 +335,11 @@ def run(args: argparse.Namespace, config: Config) -> int:
         groups: list[tuple[str, list[str]]] = []
         daemon_runs.append(bench_daemon(args.url, args.daemon_pid, modes, sets, refs, args, levels))
     else:
-        groups = [("", [m for m in modes if m == "asr"]), (config.fusion.llm, [m for m in modes if m in FUSION_MODES])]
-        unavailable.update({m: "unknown mode" for m in modes if m != "asr" and m not in FUSION_MODES})
+        groups = [("", [m for m in modes if not m.fused]), (config.fusion.llm, [m for m in modes if m.fused])]
     for llm, group in groups:
         if not group:
             continue
-        if group != ["asr"] and not llm:
+        if group != [Mode.ASR] and not llm:
             unavailable.update({m: "no LLM configured (fusion.llm; pass --llm smollm2)" for m in group})
             continue
         workdir = Path(tempfile.mkdtemp(prefix="uadf-bench-"))
@@ -367,7 +373,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m streamer.bench ...`: the same as `uadf-stream bench ...`."""
+    """`python -m tools.bench ...`: the same as `uadf-stream bench ...`."""
     from streamer.cli import SHORTCUTS, _add_common, build_config
 
     parser = argparse.ArgumentParser(prog="uadf-stream bench", description=__doc__)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import difflib
 import re
 from dataclasses import dataclass, field
-from functools import lru_cache
 
 import numpy as np
 
@@ -157,35 +156,17 @@ def file_latency(
     return out
 
 
-@lru_cache(maxsize=1)
-def _normalizer():
-    from whisper_normalizer.english import EnglishTextNormalizer
-
-    return EnglishTextNormalizer()
-
-
-def wer(refs: list[str], hyps: list[str]) -> float:
-    """Corpus WER with Whisper's English normaliser on both sides (as tests/conftest.py)."""
-    import jiwer
-
-    norm = _normalizer()
-    pairs = [(norm(r), norm(h)) for r, h in zip(refs, hyps)]
-    pairs = [(r, h) for r, h in pairs if r.strip()]
-    if not pairs:
-        return float("nan")
-    return float(jiwer.wer([r for r, _ in pairs], [h for _, h in pairs]))
-
-
 def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
 def summary(values: list[float]) -> dict[str, float | int | None]:
-    """n, median, p90, p95 and mean of a latency list (None when empty)."""
+    """n, median, p90, p95, max and mean of a latency list (None when empty)."""
     return {
         "n": len(values),
         "p50": percentile(values, 50),
         "p90": percentile(values, 90),
         "p95": percentile(values, 95),
+        "max": float(np.max(values)) if values else None,
         "mean": float(np.mean(values)) if values else None,
     }

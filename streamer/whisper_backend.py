@@ -1,4 +1,4 @@
-"""Whisper backend on CTranslate2: encodes short windows cheaply, decodes, aligns words.
+"""Whisper on CTranslate2 (the `AsrBackend`): encodes short windows cheaply, decodes, aligns words.
 
 Whisper is trained on 30 s windows. Encoding the whole padded window costs 0.25-0.6 s on a 2-core CPU,
 while the live window is usually 1-10 s. We encode only the audio (plus 0.5 s of zeros) and paste the
@@ -12,8 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Callable, Sequence
 
 import ctranslate2
 import numpy as np
@@ -21,8 +20,8 @@ from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_compression_ratio, merge_punctuations
 
-from fusion.result import DecodeResult
-from streamer.audio import SAMPLE_RATE
+from core.interfaces import DecodeTask, TokenDecoder
+from core.types import SAMPLE_RATE, DecodeResult, Hypothesis, Mode, WindowRequest, Word
 from streamer.config import AsrOptions
 
 log = logging.getLogger(__name__)
@@ -36,51 +35,10 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
 
 TAIL_PAD = 0.5  # seconds of zeros after the window's audio
 MAX_SECONDS = 29.0  # longest window the encoder takes (30 s of frames, less the pad)
+MAX_PROMPT_TOKENS = 448 // 2 - 1  # Whisper's previous-text budget: half its 448-token context, less sot_prev
+KEYTERM_TOKENS = 160  # of that budget, at most this much for keyterms: committed text keeps the rest
 PREPEND_PUNCTUATION = "\"'“¿([{-"
 APPEND_PUNCTUATION = "\"'.。,，!！?？:：”)]}、"
-
-
-@dataclass
-class Word:
-    word: str  # as Whisper spells it, with its leading space when it starts a new word
-    start: float
-    end: float
-    probability: float
-    fused: bool = False
-
-
-@dataclass
-class Hypothesis:
-    """A window's transcript with stream-time word timings."""
-
-    words: list[Word]
-    text: str
-    avg_logprob: float
-    no_speech_prob: float
-    compression_ratio: float
-    llm_calls: int = 0
-    tokens: int = 0
-    fused_tokens: int = 0
-
-
-@dataclass
-class WindowRequest:
-    """Audio to transcribe, where it starts in the stream, and the text to condition on."""
-
-    audio: np.ndarray
-    offset: float
-    prompt: str = ""
-    mode: str = "asr"
-    fusion_context: Any = None
-    prefix: str = ""  # the window's words that are final already: fusion forces them, not re-decides them
-    final: bool = False
-    meta: dict = field(default_factory=dict)
-
-
-class FusionDecoderLike(Protocol):
-    def decode(
-        self, encoder_output: ctranslate2.StorageView, prompt: list[int], context: Any, mode: str, max_length: int, prefix: list[int]
-    ) -> DecodeResult: ...
 
 
 def resolve_model_path(name: str) -> str:
@@ -100,8 +58,14 @@ def resolve_device(device: str, compute_type: str) -> tuple[str, str]:
     return device, compute_type
 
 
+def max_length(seconds: float, prompt_len: int) -> int:
+    """Decode-length bound of a window. CTranslate2 counts the prompt in max_length. Fast speech is
+    ~5 tokens a second; the cap bounds the cost of a looping decode."""
+    return int(min(448, prompt_len + 16 + 8 * seconds))
+
+
 class WhisperBackend:
-    """One loaded Whisper model shared by all sessions; every call runs on the scheduler's thread."""
+    """One loaded Whisper model shared by all sessions; calls are serialised (the scheduler's thread)."""
 
     def __init__(self, options: AsrOptions):
         self.options = options
@@ -121,7 +85,6 @@ class WhisperBackend:
         )
         self.model_name = "tiny.en" if options.model == "embedded" else os.path.basename(options.model.rstrip("/"))
         self.silence = self._encode_frames(self._features(np.zeros(30 * SAMPLE_RATE, np.float32)))
-        self.fusion: FusionDecoderLike | None = None
         self._lock = threading.Lock()
 
     # -- encoding -----------------------------------------------------------------------------
@@ -134,7 +97,7 @@ class WhisperBackend:
         out = self.model.encode(ctranslate2.StorageView.from_array(feats[None] if feats.ndim == 2 else feats), to_cpu=True)
         return np.array(out)
 
-    def encode(self, audios: list[np.ndarray]) -> tuple[np.ndarray, list[int]]:
+    def encode(self, audios: Sequence[np.ndarray]) -> tuple[np.ndarray, list[int]]:
         """Encode a batch of windows; returns (encoder output [B, 1500, d], content frames per window)."""
         longest = max(len(a) for a in audios)
         padded_len = min(longest + int(TAIL_PAD * SAMPLE_RATE), int(30 * SAMPLE_RATE))
@@ -146,55 +109,31 @@ class WhisperBackend:
         return out, frames
 
     # -- decoding -----------------------------------------------------------------------------
-    def prompt_tokens(self, text: str) -> list[int]:
-        prompt: list[int] = []
-        if text.strip():
-            prompt = [self.tokenizer.sot_prev] + self.tokenizer.encode(" " + text.strip())[-223:]
+    def prompt_tokens(self, text: str | list[int], keyterms: Sequence[str] = ()) -> list[int]:
+        """Whisper's prompt: keyterms (as faster-whisper's `hotwords`: before the previous text, whole terms
+        within KEYTERM_TOKENS), then the previous text (its last tokens, within MAX_PROMPT_TOKENS in all),
+        then the start of transcript."""
+        previous = self.tokenizer.encode(" " + text.strip()) if isinstance(text, str) and text.strip() else list(text or [])
+        hot: list[int] = []
+        for term in keyterms:
+            tokens = self.tokenizer.encode((", " if hot else " ") + term.strip())
+            if len(hot) + len(tokens) > KEYTERM_TOKENS:
+                break
+            hot += tokens
+        previous = previous[len(previous) - (MAX_PROMPT_TOKENS - len(hot)) :] if len(hot) + len(previous) > MAX_PROMPT_TOKENS else previous
+        prompt = [self.tokenizer.sot_prev] + hot + previous if hot or previous else []
         return prompt + list(self.tokenizer.sot_sequence) + [self.tokenizer.no_timestamps]
 
-    def _max_length(self, seconds: float, prompt_len: int) -> int:
-        """CTranslate2 counts the prompt in max_length. Fast speech is ~5 tokens a second;
-        the cap bounds the cost of a looping decode."""
-        return int(min(448, prompt_len + 16 + 8 * seconds))
+    def text_tokens(self, text: str) -> list[int]:
+        """Tokens of text as Whisper writes it after other words (leading space)."""
+        return self.tokenizer.encode(" " + text.strip()) if text.strip() else []
 
-    def _generate(self, encoder_output: np.ndarray, requests: list[WindowRequest], prompts: list[list[int]]) -> list[DecodeResult]:
-        results: list[DecodeResult | None] = [None] * len(requests)
-        # CTranslate2 batches only prompts of one length (start-of-transcript at the same position):
-        # one generate call per prompt length.
-        groups: dict[int, list[int]] = {}
-        for i, r in enumerate(requests):
-            if r.mode == "asr" or self.fusion is None:
-                groups.setdefault(len(prompts[i]), []).append(i)
-        for plain in groups.values():
-            max_len = max(self._max_length(len(requests[i].audio) / SAMPLE_RATE, len(prompts[i])) for i in plain)
-            outs = self.model.generate(
-                ctranslate2.StorageView.from_array(np.ascontiguousarray(encoder_output[plain])),
-                [prompts[i] for i in plain],
-                beam_size=1,
-                max_length=max_len,
-                return_scores=True,
-                return_no_speech_prob=True,
-                suppress_blank=True,
-            )
-            for i, out in zip(plain, outs):
-                tokens = [t for t in out.sequences_ids[0] if t < self.tokenizer.eot]
-                seq_len = len(tokens)
-                results[i] = DecodeResult(
-                    tokens=tokens,
-                    token_probs=[],
-                    fused=[False] * seq_len,
-                    avg_logprob=out.scores[0] * seq_len / (seq_len + 1),
-                    no_speech_prob=out.no_speech_prob,
-                )
-        for i, req in enumerate(requests):
-            if results[i] is None:
-                enc = ctranslate2.StorageView.from_array(np.ascontiguousarray(encoder_output[i : i + 1]))
-                max_len = self._max_length(len(req.audio) / SAMPLE_RATE, len(prompts[i]))
-                prefix = self.tokenizer.encode(" " + req.prefix.strip()) if req.prefix.strip() else []
-                results[i] = self.fusion.decode(enc, prompts[i], req.fusion_context, req.mode, max_len, prefix)
-        return results  # type: ignore[return-value]
+    def _task(self, request: WindowRequest) -> DecodeTask:
+        prompt = self.prompt_tokens(request.prompt, request.keyterms)
+        return DecodeTask(prompt, max_length(len(request.audio) / SAMPLE_RATE, len(prompt)), self.text_tokens(request.prefix), request.context)
 
-    def _words(self, encoder_output: np.ndarray, decoded: list[DecodeResult], frames: list[int]) -> list[list[dict]]:
+    def align(self, encoder_output: np.ndarray, decoded: list[DecodeResult], frames: list[int]) -> list[list[dict]]:
+        """Word timings (window time) of each decoded window, with punctuation merged into its word."""
         todo = [i for i, d in enumerate(decoded) if d.tokens]
         words: list[list[dict]] = [[] for _ in decoded]
         if not todo:
@@ -216,37 +155,42 @@ class WhisperBackend:
             words[i] = [w for w in alignment if w["word"]]
         return words
 
-    def transcribe(self, requests: list[WindowRequest]) -> list[Hypothesis]:
-        """Transcribe a batch of windows (one scheduler step). Thread-safe; calls are serialised."""
+    def transcribe(self, requests: Sequence[WindowRequest], decoder_for: Callable[[Mode], TokenDecoder]) -> list[Hypothesis]:
+        """Transcribe a batch of windows (one scheduler step), each with its mode's token decoder."""
         with self._lock:
             audios = [r.audio[-int(MAX_SECONDS * SAMPLE_RATE) :] for r in requests]
             encoder_output, frames = self.encode(audios)
-            prompts = [self.prompt_tokens(r.prompt) for r in requests]
-            decoded = self._generate(encoder_output, requests, prompts)
-            word_lists = self._words(encoder_output, decoded, frames)
-        hyps = []
-        for req, audio, dec, words in zip(requests, audios, decoded, word_lists):
-            offset = req.offset + (len(req.audio) - len(audio)) / SAMPLE_RATE
-            text = self.tokenizer.decode(dec.tokens).strip()
-            hyps.append(
-                Hypothesis(
-                    words=[
-                        Word(
-                            word=w["word"],
-                            start=round(offset + float(w["start"]), 3),
-                            end=round(offset + float(w["end"]), 3),
-                            probability=round(float(w["probability"]), 4),
-                            fused=bool(w.get("fused", False)),
-                        )
-                        for w in words
-                    ],
-                    text=text,
-                    avg_logprob=float(dec.avg_logprob),
-                    no_speech_prob=float(dec.no_speech_prob),
-                    compression_ratio=get_compression_ratio(text) if text else 0.0,
-                    llm_calls=dec.llm_calls,
-                    tokens=len(dec.tokens),
-                    fused_tokens=sum(dec.fused),
+            tasks = [self._task(r) for r in requests]
+            decoded: list[DecodeResult | None] = [None] * len(requests)
+            by_mode: dict[Mode, list[int]] = {}
+            for i, r in enumerate(requests):
+                by_mode.setdefault(r.mode, []).append(i)
+            for mode, rows in by_mode.items():
+                results = decoder_for(mode).decode(encoder_output[rows], [tasks[i] for i in rows])
+                for i, result in zip(rows, results):
+                    decoded[i] = result
+            word_lists = self.align(encoder_output, decoded, frames)  # type: ignore[arg-type]
+        return [self._hypothesis(r, a, d, w) for r, a, d, w in zip(requests, audios, decoded, word_lists)]  # type: ignore[arg-type]
+
+    def _hypothesis(self, request: WindowRequest, audio: np.ndarray, decoded: DecodeResult, words: list[dict]) -> Hypothesis:
+        offset = request.offset + (len(request.audio) - len(audio)) / SAMPLE_RATE
+        text = self.tokenizer.decode(decoded.tokens).strip()
+        return Hypothesis(
+            words=[
+                Word(
+                    word=w["word"],
+                    start=round(offset + float(w["start"]), 3),
+                    end=round(offset + float(w["end"]), 3),
+                    probability=round(float(w["probability"]), 4),
+                    fused=bool(w.get("fused", False)),
                 )
-            )
-        return hyps
+                for w in words
+            ],
+            text=text,
+            avg_logprob=float(decoded.avg_logprob),
+            no_speech_prob=float(decoded.no_speech_prob),
+            compression_ratio=get_compression_ratio(text) if text else 0.0,
+            llm_calls=decoded.llm_calls,
+            tokens=len(decoded.tokens),
+            fused_tokens=sum(decoded.fused),
+        )

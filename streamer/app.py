@@ -1,0 +1,154 @@
+"""The daemon's HTTP face: routes, websocket endpoints (one per wire API), health, metrics, transcripts, life cycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import ssl
+from pathlib import Path
+
+from aiohttp import web
+
+from streamer.access import AccessLogger, AccessPolicy
+from streamer.config import Config
+from streamer.connection import Connection, Pending
+from streamer.engine import Engine
+from streamer.errors import CLOSE_NORMAL
+from streamer.formats import RENDERERS
+from streamer.metrics import Metrics
+from streamer.protocol import to_dict
+from streamer.registry import SessionRegistry
+from streamer.scheduler import DecodeScheduler, use_two_malloc_arenas
+from streamer.store import TranscriptStore
+from streamer.wire.v1 import V1Adapter
+
+log = logging.getLogger(__name__)
+
+WEB_ROOT = Path(__file__).resolve().parent.parent / "clients" / "web"
+
+
+class Daemon:
+    """Shared state of one running server: engine, scheduler, sessions, transcript store, open connections."""
+
+    def __init__(self, config: Config, engine: Engine):
+        self.config = config
+        self.options = config.server
+        self.engine = engine
+        self.metrics = Metrics()
+        self.store = TranscriptStore(self.options.data_dir)
+        self.scheduler = DecodeScheduler(engine.transcribe, config.scheduler, self.metrics, config.streaming.step)
+        self.registry = SessionRegistry(engine, self.scheduler, self.store, self.options, self.metrics)
+        self.access = AccessPolicy(self.options, self.metrics)
+        self.pending = Pending(self.options.max_pending)
+        self.connections: set[Connection] = set()
+
+    # -- HTTP --------------------------------------------------------------------------------------
+    async def index(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(WEB_ROOT / "index.html")
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "status": "ok" if self.registry.accepting else "stopping",
+                "sessions": len(self.registry),
+                "max_sessions": self.options.max_sessions,
+                "model": self.engine.backend.model_name,
+                "device": self.engine.backend.device,
+                "modes": [str(m) for m in self.engine.modes],
+                "default_mode": str(self.engine.default_mode),
+                "queue_depth": self.scheduler.depth,
+            }
+        )
+
+    async def metrics_endpoint(self, request: web.Request) -> web.Response:
+        sessions = self.registry.sessions.values()
+        self.metrics.sessions.set(len(self.registry))
+        self.metrics.connections.set(len(self.connections))
+        depths = [len(s.outbox) for s in sessions]
+        self.metrics.send_queue_depth.set(sum(depths))
+        self.metrics.send_queue_max.set(max(depths, default=0))
+        self.metrics.queue_depth.set(self.scheduler.depth)
+        return web.Response(body=self.metrics.render(), headers={"Content-Type": self.metrics.content_type})
+
+    async def transcript(self, request: web.Request) -> web.Response:
+        session_id = request.match_info["session_id"]
+        if not session_id.replace("-", "").isalnum() or not self.store.exists(session_id):
+            raise web.HTTPNotFound(text="unknown session\n")
+        finals = self.store.read(session_id)
+        fmt = request.query.get("format", "json")
+        if fmt == "json":
+            return web.json_response({"session_id": session_id, "finals": [to_dict(f) for f in finals]})
+        if fmt not in RENDERERS:
+            raise web.HTTPBadRequest(text=f"format must be json, {', '.join(RENDERERS)}\n")
+        render, content_type = RENDERERS[fmt]
+        return web.Response(text=render(finals), content_type=content_type)
+
+    # -- websockets --------------------------------------------------------------------------------
+    async def listen_v1(self, request: web.Request) -> web.WebSocketResponse:
+        return await self._serve_websocket(request, V1Adapter(self.options.max_frame_bytes))
+
+    async def _serve_websocket(self, request: web.Request, adapter) -> web.WebSocketResponse:
+        # aiohttp itself refuses frames past 4x the limit (close 1009); up to that we answer
+        # frame_too_large and go on
+        ws = web.WebSocketResponse(max_msg_size=self.options.max_frame_bytes * 4, heartbeat=20.0)
+        await ws.prepare(request)
+        connection = Connection(ws, adapter, self.registry, self.options, self.metrics, self.pending)
+        self.connections.add(connection)
+        try:
+            await connection.run(request.transport)
+        finally:
+            self.connections.discard(connection)
+        return ws
+
+    # -- life cycle --------------------------------------------------------------------------------
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self.access.middleware], client_max_size=1024**2)
+        app.router.add_get("/", self.index)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/metrics", self.metrics_endpoint)
+        app.router.add_get("/v1/listen", self.listen_v1)
+        app.router.add_get("/v1/sessions/{session_id}/transcript", self.transcript)
+        if WEB_ROOT.is_dir():
+            app.router.add_static("/web/", WEB_ROOT, show_index=False)
+        return app
+
+    async def shutdown(self) -> None:
+        """Stop accepting; every session's pending audio becomes finals, sent, then a normal close."""
+        await self.registry.shutdown()
+        await asyncio.gather(*(c.close(CLOSE_NORMAL, b"server shutting down") for c in list(self.connections)), return_exceptions=True)
+
+
+def ssl_context(config: Config) -> ssl.SSLContext | None:
+    if not config.server.tls_cert:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(config.server.tls_cert, config.server.tls_key or None)
+    return context
+
+
+async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    use_two_malloc_arenas()
+    engine = await asyncio.to_thread(Engine, config)
+    daemon = Daemon(config, engine)
+    daemon.scheduler.start()
+    runner = web.AppRunner(daemon.app(), handle_signals=False, shutdown_timeout=5, access_log_class=AccessLogger)
+    await runner.setup()
+    site = web.TCPSite(runner, config.server.host, config.server.port, ssl_context=ssl_context(config))
+    await site.start()
+    port = runner.addresses[0][1] if runner.addresses else config.server.port
+    scheme = "https" if config.server.tls_cert else "http"
+    print(f"uadf-stream listening on {scheme}://{config.server.host}:{port} (websocket /v1/listen)", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if ready is not None:
+        ready.set()
+    await stop.wait()
+    log.info("shutting down")
+    await site.stop()
+    await daemon.shutdown()
+    await runner.cleanup()
+    await daemon.scheduler.stop()
