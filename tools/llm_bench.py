@@ -43,28 +43,35 @@ def record(manifest: str, limit: int, config_path: str | None = None) -> tuple[l
     """Stream `limit` entries of the manifest in uadf mode; return the scorer calls and the loaded LLM."""
     from streamer.config import load_config
     from streamer.engine import Engine
-    from streamer.evaluate import evaluate
+    from tools.evaluate import evaluate
 
-    engine = Engine(load_config(config_path, ["fusion.mode=uadf"]))
-    scorer = engine.fusion.scorer
     calls: list[Call] = []
     sessions: dict[int, tuple[int, LLMState]] = {}  # holds the states so that no id is reused
-    sync, score = scorer.sync, scorer.score
+    scorers: list[LLMScorer] = []
+    sync, score = LLMScorer.sync, LLMScorer.score
 
-    def session(state: LLMState) -> int:
+    def session(scorer: LLMScorer, state: LLMState) -> int:
+        if scorer not in scorers:
+            scorers.append(scorer)
         return sessions.setdefault(id(state), (len(sessions), state))[0]
 
-    def recording_sync(state: LLMState, ids: list[int]) -> None:
-        calls.append(Call(session(state), "sync", ids=list(ids)))
-        sync(state, ids)
+    def recording_sync(self: LLMScorer, state: LLMState, ids: list[int]) -> None:
+        calls.append(Call(session(self, state), "sync", ids=list(ids)))
+        sync(self, state, ids)
 
-    def recording_score(state: LLMState, texts: list[str]) -> np.ndarray:
-        calls.append(Call(session(state), "score", texts=list(texts)))
-        return score(state, texts)
+    def recording_score(self: LLMScorer, state: LLMState, texts: list[str]) -> np.ndarray:
+        calls.append(Call(session(self, state), "score", texts=list(texts)))
+        return score(self, state, texts)
 
-    scorer.sync, scorer.score = recording_sync, recording_score
-    evaluate(engine, [manifest], "uadf", limit=limit)
-    return calls, scorer.llm
+    engine = Engine(load_config(config_path, ["fusion.mode=uadf"]))
+    LLMScorer.sync, LLMScorer.score = recording_sync, recording_score
+    try:
+        evaluate(engine, [manifest], "uadf", limit=limit)
+    finally:
+        LLMScorer.sync, LLMScorer.score = sync, score
+    if len(scorers) != 1:
+        raise RuntimeError(f"expected the calls of one LLM scorer, got {len(scorers)}")
+    return calls, scorers[0].llm
 
 
 def reference_llm(fp32: LoadedLLM) -> LoadedLLM:
