@@ -36,6 +36,7 @@ class StreamingOptions:
     commit_margin: float = 0.8
     commit_delay: float = 1.0  # lookahead: a word is final once this much audio after it was decoded
     commit_interval: float = 0.5  # lookahead: committing windows at most this often (the fused ones in fusion modes)
+    force_committed: bool = False  # committed words still in a window are forced as its decoder prefix, not re-decoded
     max_lag: float = 0.5  # a decoder behind by more than this many seconds of decision points skips to the newest
     prompt_words: int = 40
     vad_threshold: float = 0.5

@@ -173,7 +173,7 @@ class StreamingProcessor:
             keyterms=self.meeting.keyterms,
             mode=mode,
             context=self.decoder_context if mode.fused else None,
-            prefix=join_words(self.committed_in_buffer) if mode.fused else "",
+            prefix=join_words(self.committed_in_buffer) if mode.fused or self.options.force_committed else "",
             final=final,
             commits=final or commit,
         )
