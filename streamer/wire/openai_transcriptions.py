@@ -12,8 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from core.types import Mode
 from streamer.formats import cues, to_srt, to_vtt
-from streamer.protocol import MODES, Final
+from streamer.protocol import Final
 
 PATH = "/v1/audio/transcriptions"
 MODELS_PATH = "/v1/models"
@@ -103,7 +104,7 @@ def parse_fields(fields: Iterable[tuple[str, str]]) -> TranscriptionRequest:
     model = single.pop("model", "")
     if not model:
         raise APIError(400, "you must provide a model parameter", param="model")
-    mode = model if model in MODES else None
+    mode = model if model in Mode.names() else None
 
     language = single.pop("language", None)
     if language is not None and language.lower() != "en" and not language.lower().startswith("en-"):
