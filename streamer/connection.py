@@ -157,7 +157,7 @@ class Connection:
         adapter (messages of its own API). True: the connection ends."""
         for message in parsed if isinstance(parsed, list) else [parsed]:
             handler = self.HANDLERS.get(type(message))
-            if await (handler(self, message) if handler else self.adapter.handle(self, message)):
+            if await (handler(self, message) if handler else self.adapter.handle(self.session, message)):
                 return True
         return False
 

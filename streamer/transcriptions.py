@@ -77,10 +77,14 @@ class Transcriptions:
                 raise ot.APIError(400, "you must provide a file", param="file")
             for warning in req.warnings:
                 log.info("transcription request: %s", warning)
-            audio = await self._decode(data)
-            session = await self._open(req)
+            session = await self._open(req)  # admission first: a full daemon spends nothing on decoding the file
         except ot.APIError as err:
             return self._error(err)
+        try:
+            audio = await self._decode(data)
+        except ot.APIError as err:
+            await self.registry.end(session)
+            return self._error(err, {SESSION_HEADER: session.id})
         if req.stream:
             return await self._stream(request, req, session, audio)
         finals, error = await self._run(request, session, audio)

@@ -20,15 +20,21 @@ from streamutil import open_ws
 FRAME = 0.1  # seconds of audio a frame, as live clients send it
 
 
+def clip(clip_id: str) -> tuple[np.ndarray, str]:
+    """A speech-dev clip's audio (16 kHz float) and text."""
+    entry = next(e for e in manifest("speech-dev") if e["id"] == clip_id)
+    return load_audio(entry["path"]), entry["text"]
+
+
+def silence(seconds: float) -> np.ndarray:
+    return np.zeros(int(seconds * SAMPLE_RATE), np.float32)
+
+
 def speech(*ids: str, pause: float = 1.5) -> tuple[np.ndarray, list[str]]:
     """speech-dev clips joined by `pause` seconds of silence (an utterance end between them), and their texts."""
-    entries = {e["id"]: e for e in manifest("speech-dev")}
-    silence = np.zeros(int(pause * SAMPLE_RATE), np.float32)
-    parts: list[np.ndarray] = []
-    for i, clip in enumerate(ids):
-        parts += [silence] if i else []
-        parts.append(load_audio(entries[clip]["path"]))
-    return np.concatenate(parts), [entries[clip]["text"] for clip in ids]
+    clips = [clip(i) for i in ids]
+    parts = [part for i, (audio, _) in enumerate(clips) for part in ([silence(pause)] if i else []) + [audio]]
+    return np.concatenate(parts), [text for _, text in clips]
 
 
 def paced(data: bytes, bytes_per_second: int, frame: float = FRAME, speed: float = 1.0) -> Iterator[bytes]:

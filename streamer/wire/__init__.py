@@ -12,13 +12,11 @@ module here plus one route in streamer/app.py.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import Callable, Protocol
 
 from streamer.errors import StreamError
 from streamer.protocol import ClientMessage, ServerMessage, Start
-
-if TYPE_CHECKING:
-    from streamer.connection import Connection
+from streamer.session import Session
 
 
 @dataclass
@@ -64,6 +62,7 @@ class WireAdapter(Protocol):
     def close_frame(self, error: StreamError, code: int) -> tuple[int, bytes]:
         """The close code and reason after a fatal error (`code`: the daemon's close code for it)."""
 
-    async def handle(self, connection: "Connection", message: object) -> bool:
-        """A message of the adapter's own that the connection's dispatch table does not know (only adapters
-        whose `parse` returns such messages need it: OpenAI Realtime's commit and clear). True ends the connection."""
+    async def handle(self, session: Session, message: object) -> bool:
+        """A message of the adapter's own that the connection's dispatch table does not know, acting on the
+        session (only adapters whose `parse` returns such messages need it: OpenAI Realtime's commit and clear).
+        True ends the connection."""
