@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Callable, Iterator
 
 import numpy as np
+from deepgram.environment import DeepgramClientEnvironment
 
 from clients.stream import send_paced, to_pcm16
 from conftest import COMPAT_TOKEN, manifest
@@ -98,3 +99,10 @@ def get_json(daemon, path: str) -> dict:
     request = urllib.request.Request(daemon.http_url + path, headers={"Authorization": f"Bearer {COMPAT_TOKEN}"})
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
+
+
+def environment(daemon, prefix: str = "/deepgram") -> DeepgramClientEnvironment:
+    """deepgram-sdk's base URLs; it appends /v1/listen itself (so `/deepgram` is the unambiguous route)."""
+    return DeepgramClientEnvironment(
+        base=f"{daemon.http_url}{prefix}", production=f"ws://{daemon.host}:{daemon.port}{prefix}", agent="", agent_rest=""
+    )

@@ -12,19 +12,11 @@ import pytest
 import websockets
 from deepgram import AsyncDeepgramClient, DeepgramClient
 from deepgram.core.api_error import ApiError
-from deepgram.environment import DeepgramClientEnvironment
 from deepgram.listen.v1.types import ListenV1Configure
 
-from compat_util import get_json, in_thread, paced, pcm16, speech, v1_session, v1_text
+from compat_util import environment, get_json, in_thread, paced, pcm16, speech, v1_session, v1_text
 from conftest import COMPAT_TOKEN, wer
 from streamer.audio import SAMPLE_RATE
-
-
-def environment(daemon, prefix: str = "/deepgram") -> DeepgramClientEnvironment:
-    """The SDK's base URLs; it appends /v1/listen itself (so `/deepgram` is the unambiguous route)."""
-    return DeepgramClientEnvironment(
-        base=f"{daemon.http_url}{prefix}", production=f"ws://{daemon.host}:{daemon.port}{prefix}", agent="", agent_rest=""
-    )
 
 
 def stream_with_sdk(daemon, audio) -> list:

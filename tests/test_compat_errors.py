@@ -15,11 +15,10 @@ import websockets
 from deepgram import DeepgramClient
 from openai import OpenAI
 
-from compat_util import clip, get_json, in_thread, v1_session, v1_text
+from compat_util import clip, environment, get_json, in_thread, v1_session, v1_text
 from conftest import COMPAT_TOKEN
 from streamer.pipeline import run_stream
 from streamutil import metric, metrics, open_ws
-from test_compat_deepgram import environment
 
 DEEPGRAM_QUERY = "encoding=linear16&sample_rate=16000&model=asr"
 

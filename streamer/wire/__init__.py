@@ -12,11 +12,13 @@ module here plus one route in streamer/app.py.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from streamer.errors import StreamError
 from streamer.protocol import ClientMessage, ServerMessage, Start
-from streamer.session import Session
+
+if TYPE_CHECKING:  # the pure API modules here stay free of the model stack at run time
+    from streamer.session import Session
 
 
 @dataclass
@@ -62,7 +64,7 @@ class WireAdapter(Protocol):
     def close_frame(self, error: StreamError, code: int) -> tuple[int, bytes]:
         """The close code and reason after a fatal error (`code`: the daemon's close code for it)."""
 
-    async def handle(self, session: Session, message: object) -> bool:
+    async def handle(self, session: "Session", message: object) -> bool:
         """A message of the adapter's own that the connection's dispatch table does not know, acting on the
         session (only adapters whose `parse` returns such messages need it: OpenAI Realtime's commit and clear).
         True ends the connection."""

@@ -14,15 +14,18 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from streamer.errors import StreamError
 from streamer.protocol import Audio, Error, ServerMessage, Start
-from streamer.session import Session
 from streamer.wire import Parsed, Reply
 from streamer.wire import openai_realtime as rt
 from streamer.wire import openai_transcriptions as ot
 from streamer.wire.auth import credentials, offered_subprotocols, token_matches
 from streamer.wire.transcode import Transcoder
+
+if TYPE_CHECKING:
+    from streamer.session import Session
 
 BETA_PROTOCOL = "openai-beta.realtime-v1"  # what browsers offer instead of the OpenAI-Beta header
 
@@ -107,7 +110,7 @@ class RealtimeAdapter:
         messages += [Audio(pcm[i : i + step]) for i in range(0, len(pcm), step)]
         return messages
 
-    async def handle(self, session: Session, message: rt.Commit | rt.Clear) -> bool:
+    async def handle(self, session: "Session", message: rt.Commit | rt.Clear) -> bool:
         """Commit and clear, in order with the session's messages: a commit finalizes the pending audio and
         closes the item once its finals were rendered; a clear drops the open item and what was said before it."""
         if isinstance(message, rt.Commit):
