@@ -40,21 +40,23 @@ def stream_with_sdk(daemon, audio) -> list:
 def test_sdk_live_client_streams_like_protocol_v1(compat_daemon):
     """Interim and final Results, speech_final at the pause, UtteranceEnd, Finalize's from_finalize, CloseStream's
     Metadata and a normal close; the same WER as a protocol v1 client streaming the same audio beside it."""
-    audio, texts = speech("01jc020j", "40dc021d")
+    audio, texts = speech("01jc020j", "40dc021d", pause=2.5)  # a pause a busy decoder still sees (0.5 s ends an utterance)
     v1 = in_thread(v1_session, compat_daemon, audio)
     received = stream_with_sdk(compat_daemon, audio)
     reference = " ".join(texts)
 
     kinds = [m.type for m in received]
-    assert kinds[0] == "SpeechStarted" and kinds[-1] == "Metadata"
+    shown = [(m.type, m.is_final, m.speech_final, m.from_finalize, m.channel.alternatives[0].transcript) if m.type == "Results" else m.type
+             for m in received]
+    assert kinds[0] == "SpeechStarted" and kinds[-1] == "Metadata", shown
     results = [m for m in received if m.type == "Results"]
     interim = [m for m in results if not m.is_final and m.channel.alternatives[0].transcript]
     finals = [m for m in results if m.is_final]
-    assert interim and finals
+    assert interim and finals, shown
     # the pause after the first clip ends an utterance: speech_final, then UtteranceEnd, before the second clip's words
-    pause = next(i for i, m in enumerate(received) if m.type == "Results" and m.speech_final)
-    assert received[pause + 1].type == "UtteranceEnd" and received[pause + 1].last_word_end <= 5.0
-    assert finals[-1].from_finalize and not finals[-1].speech_final  # the Finalize after the last words
+    pause = next((i for i, m in enumerate(received) if m.type == "Results" and m.speech_final), None)
+    assert pause is not None and received[pause + 1].type == "UtteranceEnd" and received[pause + 1].last_word_end <= 5.0, shown
+    assert finals[-1].from_finalize and not finals[-1].speech_final, shown  # the Finalize after the last words
     words = [w for m in finals for w in m.channel.alternatives[0].words]
     assert words and all(w.word == w.word.lower() and w.punctuated_word and w.start <= w.end for w in words), words
     metadata = received[-1]
