@@ -26,6 +26,9 @@ class AccessPolicy:
     def __init__(self, options: ServerOptions, metrics: Metrics):
         self.options = options
         self.metrics = metrics
+        # Paths whose handlers check the token themselves, to refuse in their API's shape (Deepgram, OpenAI);
+        # the origin check still applies.
+        self.own_auth: set[str] = set()
 
     def authorized(self, request: web.Request) -> bool:
         token = self.options.token
@@ -43,12 +46,17 @@ class AccessPolicy:
             return True
         return urlsplit(origin).netloc == request.host
 
+    def require_token(self, request: web.Request) -> None:
+        """Protocol v1's refusal: 401 in plain text."""
+        if not self.authorized(request):
+            self.metrics.errors.labels("unauthorized").inc()
+            raise web.HTTPUnauthorized(text="missing or wrong bearer token\n", headers={"WWW-Authenticate": "Bearer"})
+
     @web.middleware
     async def middleware(self, request: web.Request, handler):
         if request.path not in PUBLIC_PATHS and not request.path.startswith(PUBLIC_PREFIXES):
-            if not self.authorized(request):
-                self.metrics.errors.labels("unauthorized").inc()
-                raise web.HTTPUnauthorized(text="missing or wrong bearer token\n", headers={"WWW-Authenticate": "Bearer"})
+            if request.path not in self.own_auth:
+                self.require_token(request)
             if not self.origin_allowed(request):
                 raise web.HTTPForbidden(text="origin not allowed\n")
         return await handler(request)

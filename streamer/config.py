@@ -71,6 +71,8 @@ class ServerOptions:
     max_pending: int = 32
     max_rate: float = 4.0
     send_queue: int = 256
+    max_upload_bytes: int = 25 * 1024 * 1024  # POST /v1/audio/transcriptions: OpenAI's own limit
+    max_upload_seconds: float = 1800.0
     data_dir: str = "data/sessions"
     token: str = ""
     allowed_origins: list[str] = field(default_factory=list)

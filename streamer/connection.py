@@ -19,7 +19,7 @@ from streamer.metrics import Metrics
 from streamer.protocol import Audio, End, Error, Finalize, KeepAlive, Start, Stop
 from streamer.registry import SessionRegistry, drain
 from streamer.session import Session
-from streamer.wire import WireAdapter
+from streamer.wire import Reply, WireAdapter
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class Connection:
         self.pending = pending
         self.session: Session | None = None
         self.writer: asyncio.Task | None = None
+        self.backlog: list = []  # messages that came after the start in its frame, handled once the session is open
         self._deadline = 0.0
         self._touch()
 
@@ -70,7 +71,8 @@ class Connection:
             for final in missed:
                 await self._send_direct(final)
             self.writer = asyncio.create_task(self._write(), name=f"send-{self.session.id}")
-            await self._read()
+            if not await self._dispatch(self.backlog):
+                await self._read()
         except StreamError as exc:
             await self._fail(exc, transport)
         except Exception:
@@ -115,15 +117,22 @@ class Connection:
                 await self._send_error(StreamError("not_started", "send a start message before audio"))
                 continue
             try:
-                message = self.adapter.parse(msg.data, started=False)
+                parsed = self.adapter.parse(msg.data, started=False)
             except StreamError as exc:
                 if exc.fatal:
                     raise
                 await self._send_error(exc)
                 continue
-            if isinstance(message, Start):
-                return message
-            await self._send_error(StreamError("not_started", f"{message.type} before start"))
+            messages = parsed if isinstance(parsed, list) else [parsed]
+            for i, message in enumerate(messages):
+                if isinstance(message, Start):
+                    self.backlog = messages[i + 1 :]
+                    return message
+                if isinstance(message, Reply):  # an adapter's own answer (OpenAI Realtime's session.updated)
+                    self._count_reply(message)
+                    await self._send_direct(message)
+                else:
+                    await self._send_error(StreamError("not_started", f"{message.type} before start"))
 
     # -- in a session ------------------------------------------------------------------------------
     async def _read(self) -> None:
@@ -133,15 +142,24 @@ class Connection:
             if session.closed:  # taken over by a resume while we waited
                 return
             if msg.type == WSMsgType.BINARY:
-                message = Audio(self.adapter.audio(msg.data))
+                message = self._guard(self.adapter.binary, msg.data)
             elif msg.type == WSMsgType.TEXT:
                 message = self._guard(self.adapter.parse, msg.data, True)
             else:  # close, error
                 return
-            if message is not None and await self.HANDLERS[type(message)](self, message):
+            if message is not None and await self._dispatch(message):
                 return
             if session.outbox.overflowed:
                 raise StreamError("slow_consumer", "the client does not read its messages", fatal=True)
+
+    async def _dispatch(self, parsed) -> bool:
+        """One frame's message, or its list of messages in order: each by the dispatch table, else by the
+        adapter (messages of its own API). True: the connection ends."""
+        for message in parsed if isinstance(parsed, list) else [parsed]:
+            handler = self.HANDLERS.get(type(message))
+            if await (handler(self, message) if handler else self.adapter.handle(self.session, message)):
+                return True
+        return False
 
     def _guard(self, fn, *args):
         """Per-frame errors go back to the client; fatal ones end the session."""
@@ -187,7 +205,19 @@ class Connection:
         session.outbox.put(End(session_id=session.id, finals=session.finals, audio_seconds=session.audio_seconds))
         return True
 
-    HANDLERS = {Audio: _on_audio, Finalize: _on_finalize, KeepAlive: _on_keepalive, Start: _on_start, Stop: _on_stop}
+    async def _on_reply(self, message: Reply) -> bool:
+        """An adapter's own answer, queued in order with the session's messages."""
+        self._count_reply(message)
+        self.session.outbox.put(message)
+        return False
+
+    def _count_reply(self, message: Reply) -> None:
+        if message.error:
+            self.metrics.errors.labels(message.error).inc()
+
+    HANDLERS = {
+        Audio: _on_audio, Finalize: _on_finalize, KeepAlive: _on_keepalive, Start: _on_start, Stop: _on_stop, Reply: _on_reply,
+    }
 
     # -- sending -----------------------------------------------------------------------------------
     async def _write(self) -> None:
@@ -249,7 +279,8 @@ class Connection:
                 await self._send_error(exc)
             except (StreamError, ConnectionError, RuntimeError):
                 pass
-        await self.close(code, exc.code.encode(), transport, 1.0 if slow else CLOSE_TIMEOUT)
+        code, reason = self.adapter.close_frame(exc, code)
+        await self.close(code, reason, transport, 1.0 if slow else CLOSE_TIMEOUT)
 
     async def _end(self) -> None:
         """The session ends with its connection: finals on disk, the slot freed, the outbox sent."""

@@ -1,7 +1,8 @@
 """In-process streaming: the daemon's drive loop without a server (`uadf-stream transcribe`, eval).
 
-Audio is fed in CHUNK-second frames, as a real-time client sends it, and each frame is followed by the
-decodes it makes due (the decoder always keeps up here, as on an idle daemon).
+Audio is fed in 0.1 s frames, as a real-time client sends it, and each frame is followed by the decodes it
+makes due (the decoder always keeps up here, as on an idle daemon): `StreamDriver.feed`, as the daemon feeds
+an uploaded file.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from streamer.drive import StreamDriver
 from streamer.engine import Engine
 from streamer.processor import StepStats, StreamingProcessor
 from streamer.protocol import Final, Partial
-
-CHUNK = 0.1  # seconds of audio a simulated client frame
 
 
 @dataclass
@@ -65,10 +64,7 @@ async def stream(
             on_event(event)
 
     driver = StreamDriver(processor, decode, emit)
-    step = int(CHUNK * SAMPLE_RATE)
-    for i in range(0, len(audio), step):
-        processor.insert_audio(audio[i : i + step])
-        await driver.pump()
+    await driver.feed(audio)
     await driver.flush()
     return result
 

@@ -10,8 +10,11 @@ import collections
 import logging
 import time
 import uuid
+from typing import Callable
 
-from core.types import SAMPLE_RATE, WindowRequest
+import numpy as np
+
+from core.types import SAMPLE_RATE, MeetingContext, WindowRequest
 from streamer.audio import AudioConverter
 from streamer.config import ServerOptions
 from streamer.drive import StreamDriver
@@ -95,7 +98,8 @@ class Session:
         if resume_at is not None:  # where the previous connection's audio ended
             self.start_time = max(self.start_time, resume_at)
         self.processor = engine.new_processor(
-            self.mode, start_time=self.start_time, first_segment=len(previous), history=" ".join(f.text for f in previous[-20:])
+            self.mode, start_time=self.start_time, first_segment=len(previous), history=" ".join(f.text for f in previous[-20:]),
+            meeting=MeetingContext(tuple(start.keyterms or ()), start.context or ""), endpoint_silence=start.endpoint_silence,
         )
         self.finals = len(previous)
         self.writer = store.open(self.id, {"mode": str(self.mode), "format": start.to_dict(), "resumed_at": self.finals})
@@ -181,6 +185,27 @@ class Session:
             self._wake.clear()
             async with self._lock:
                 await self.driver.pump()
+
+    async def commit(self) -> None:
+        """Finalize and wait: the audio received so far is decoded into finals (queued) before this returns, and
+        the stream goes on (OpenAI Realtime's `input_audio_buffer.commit`; `flush` also ends the resampler)."""
+        if self.closed:
+            return
+        async with self._lock:
+            await self.driver.flush()
+
+    async def transcribe(self, audio: np.ndarray, stopped: Callable[[], bool] = lambda: False) -> None:
+        """A whole recording (an uploaded file, 16 kHz float32) at full speed, not rate-limited: frame by frame
+        through the drive loop as the in-process pipeline feeds it, so its text is what a live client gets;
+        then flushed to finals. Stops early when `stopped()` (the client left) or the daemon shuts down."""
+        seconds = len(audio) / SAMPLE_RATE
+        if self.start_time + self.audio_seconds + seconds > self.options.max_session_seconds:
+            raise StreamError("session_too_long", f"session exceeds {self.options.max_session_seconds:.0f} s of audio", fatal=True)
+        self.audio_seconds += seconds
+        self.metrics.audio_seconds.inc(seconds)
+        async with self._lock:
+            await self.driver.feed(audio, stopped=lambda: self.closed or self.stopping or stopped())
+        await self.flush()
 
     async def flush(self) -> None:
         """Turn every pending sample into finals (stop, disconnect, shutdown)."""
