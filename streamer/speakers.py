@@ -123,13 +123,11 @@ class DiarizerOptions:
     joins that speaker; below it a new speaker starts (while fewer than `max_speakers` exist)."""
 
     max_speakers: int = 8
-    threshold: float = 0.65
+    threshold: float = 0.675
     context: float = 2.0  # seconds of the run's audio embedded to label a piece, ending `lookahead` after it
     lookahead: float = 0.8  # audio after the piece's last word, where it has arrived (finals lag the audio)
     pause: float = 0.3  # a pause between words at least this long ends a run (turns change at pauses)
     min_context: float = 1.0  # a shorter context cannot start a speaker or move a centroid
-    stay: float = 0.1  # inside a run the current speaker is kept down to `threshold - stay`
-    merge: float = 1.01  # two speakers whose centroids grow this similar are one: new speech goes to the older
     recheck: float = 1.0  # inside a run, embed again only once this much new speech has come (CPU)
     history: float = 30.0  # seconds of audio kept for context (a final's words are at most this old)
 
@@ -137,8 +135,7 @@ class DiarizerOptions:
 @dataclass
 class _Speaker:
     total: np.ndarray  # duration-weighted sum of the embeddings given to this speaker
-    seconds: float
-    merged_into: int | None = None  # found to be the same voice as an older speaker: new speech goes there
+    seconds: float  # speech behind `total`; 0 for a speaker started on too little speech to trust
 
     @property
     def centroid(self) -> np.ndarray:
@@ -151,7 +148,8 @@ class OnlineDiarizer:
     Feed it the session's 16 kHz audio as it arrives (`accept`) and call `label` with each final's words.
     Finals are short in agreement mode (often one word), so a piece is judged by `context` seconds of audio
     around it: back to the start of its run of speech (never across a pause, where the speaker may change)
-    and `lookahead` ahead. A run keeps its speaker unless the audio clearly moved to another one."""
+    and `lookahead` ahead. A run keeps its speaker while the audio still matches it, even if another matches
+    better; otherwise the best match at `threshold` or above, else a new speaker."""
 
     def __init__(self, encoder: SpeakerEncoder, options: DiarizerOptions | None = None, start_time: float = 0.0):
         self.encoder = encoder
@@ -206,6 +204,7 @@ class OnlineDiarizer:
             if clip is None:  # too little new speech since the run's last check: same speaker
                 speaker = self._run_speaker
             else:
+                # the lookahead counts: after a turn's first word the same voice usually goes on
                 reliable = len(clip) / SAMPLE_RATE >= o.min_context
                 speaker = self._assign(next(embeddings), reliable, words[b - 1].end - words[a].start)
                 self._checked_until = words[b - 1].end
@@ -245,39 +244,23 @@ class OnlineDiarizer:
 
     def _assign(self, embedding: np.ndarray, reliable: bool, seconds: float) -> int:
         o = self.options
-        live = [i for i, sp in enumerate(self.speakers) if sp.merged_into is None]
-        sims = {i: float(embedding @ self.speakers[i].centroid) for i in live}
-        if not sims:
-            return self._new(embedding, seconds)
-        run = self._live(self._run_speaker) if self._run_speaker is not None else None
-        ranked = sorted(sims, key=sims.get, reverse=True)
-        if not reliable:  # too little audio to tell: the run's speaker, else the nearest one
-            return run if run is not None else ranked[0]
-        if run is not None and sims[run] >= o.threshold - o.stay:
-            best = run
+        sims = [float(embedding @ sp.centroid) for sp in self.speakers]
+        run = self._run_speaker
+        if not reliable:  # too little speech to tell: the run's speaker, else the nearest one (or a first one)
+            if run is not None:
+                return run
+            return int(np.argmax(sims)) if sims else self._new(embedding, 0.0)
+        if run is not None and (self.speakers[run].seconds == 0 or sims[run] >= o.threshold):
+            best = run  # a run keeps its speaker while it matches (a speaker started on too little speech: at once)
+        elif sims and (max(sims) >= o.threshold or len(sims) >= o.max_speakers):
+            best = int(np.argmax(sims))
         else:
-            best = ranked[0]
-            if sims[best] < o.threshold and len(live) < o.max_speakers:
-                return self._new(embedding, seconds)
-        self._update(best, embedding * seconds, seconds)
+            return self._new(embedding, seconds)
+        sp = self.speakers[best]
+        sp.total = (sp.total if sp.seconds else 0) + embedding * seconds
+        sp.seconds += seconds
         return best
 
-    def _live(self, i: int) -> int:
-        while self.speakers[i].merged_into is not None:
-            i = self.speakers[i].merged_into
-        return i
-
-    def _update(self, i: int, total: np.ndarray, seconds: float) -> None:
-        sp = self.speakers[i]
-        sp.total = sp.total + total
-        sp.seconds += seconds
-        for j, other in enumerate(self.speakers):
-            if j != i and other.merged_into is None and float(sp.centroid @ other.centroid) >= self.options.merge:
-                old, young = min(i, j), max(i, j)
-                self.speakers[young].merged_into = old
-                self._update(old, self.speakers[young].total, self.speakers[young].seconds)
-                return
-
     def _new(self, embedding: np.ndarray, seconds: float) -> int:
-        self.speakers.append(_Speaker(embedding * max(seconds, 0.1), seconds))
+        self.speakers.append(_Speaker(embedding * max(seconds, 1e-3), seconds))
         return len(self.speakers) - 1

@@ -87,10 +87,8 @@ def test_turns_get_speakers_in_order_of_first_appearance():
 
 
 def test_labels_once_given_never_change():
-    # voice 3 is close to voice 1: it first gets its own label, later evidence merges the two centroids
-    table = voices(0.1, 0.75)
-    diarizer = OnlineDiarizer(table, DiarizerOptions(threshold=0.8, merge=0.7))
-    audio, finals, _ = script((1, 3.2), (2, 2.4), (3, 3.2), (1, 3.2), (3, 2.4))
+    diarizer = OnlineDiarizer(voices(0.1, 0.2))
+    audio, finals, truth = script((1, 3.2), (2, 2.4), (3, 3.2), (1, 3.2), (2, 2.4))
     given = []
     fed = 0
     for words in finals:
@@ -99,11 +97,20 @@ def test_labels_once_given_never_change():
         fed = upto
         labels = diarizer.label(words)
         given.append((labels, list(labels)))
-    assert all(returned == copy for returned, copy in given)  # nothing mutated afterwards
-    labels = [x for _, copy in given for x in copy]
-    assert labels[:8] == [0] * 8 and labels[8:14] == [1] * 6
-    assert 2 in labels[14:22]  # voice 3 got a new label before the merge ...
-    assert set(labels[-6:]) == {0}  # ... and after it, speech of the merged speaker goes to the older label
+    assert all(returned == copy for returned, copy in given)  # nothing handed out is touched afterwards
+    assert [x for _, copy in given for x in copy] == [{1: 0, 2: 1, 3: 2}[v] for v in truth]  # voices come back
+
+
+def test_centroids_follow_the_speech_they_are_given():
+    # voice 2 is a second register of voice 1 (cosine 0.7: it joins), voice 3 is near voice 2 only: it matches
+    # the speaker once voice 2's speech has moved the centroid, not before
+    vectors = {1: np.eye(8)[0], 2: 0.7 * np.eye(8)[0] + np.sqrt(0.51) * np.eye(8)[1]}
+    vectors[3] = 0.3 * np.eye(8)[0] + np.sqrt(0.91) * np.eye(8)[1]
+    audio, finals, _ = script((1, 2.4), (2, 6.0), (3, 2.4))
+    labels = flat(run(OnlineDiarizer(VoiceTable(vectors)), audio, finals))
+    assert set(labels) == {0}
+    audio, finals, _ = script((1, 2.4), (3, 2.4))
+    assert flat(run(OnlineDiarizer(VoiceTable(vectors)), audio, finals))[-6:] == [1] * 6
 
 
 def test_max_speakers_is_respected():

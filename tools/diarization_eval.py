@@ -289,7 +289,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reuse-asr", action="store_true", help="label the cached finals instead of decoding again")
     parser.add_argument("--threshold", type=float, default=DiarizerOptions.threshold)
     parser.add_argument("--max-speakers", type=int, default=DiarizerOptions.max_speakers)
-    for name in ("context", "lookahead", "pause", "min_context", "stay", "recheck"):
+    tunable = ("threshold", "context", "lookahead", "pause", "min_context", "recheck")
+    for name in tunable[1:]:
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(DiarizerOptions, name))
     parser.add_argument("--commit", default="auto", choices=["auto", "agreement", "endpoint"],
                         help="streaming.commit: agreement finals are a word or a few; endpoint finals whole utterances "
@@ -303,8 +304,7 @@ def main(argv: list[str] | None = None) -> None:
     streams = [] if args.only_call else meeting_streams(Path(args.meetings), parse_seeds(args.seeds) if args.seeds else None)
     if args.call or args.only_call:
         streams.append(call_stream())
-    options = DiarizerOptions(args.max_speakers, args.threshold, args.context, args.lookahead, args.pause,
-                              args.min_context, args.stay, args.recheck)
+    options = DiarizerOptions(max_speakers=args.max_speakers, **{name: getattr(args, name) for name in tunable})
     out = Path(args.out)
     scores, summary = evaluate(streams, options, out, args.reuse_asr, commit=args.commit)
     print(f"options: {options}")
