@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -18,6 +18,18 @@ import torch
 from faster_whisper.feature_extractor import FeatureExtractor
 
 from streamer.audio import SAMPLE_RATE
+
+
+FRAME = 160  # 10 ms
+QUIET_DB = 40.0  # a 10 ms frame this far below the loudest of its piece is a pause, not speech
+
+
+def voiced(audio: np.ndarray) -> np.ndarray:
+    """Which 10 ms frames hold speech, by energy against the piece's loudest frame. Resemblyzer trims pauses
+    (webrtcvad) before embedding; a context here often holds a pause, or the silence after a turn."""
+    n = len(audio) // FRAME
+    energy = np.square(audio[: n * FRAME].reshape(n, FRAME), dtype=np.float64).mean(axis=1)
+    return energy > (energy.max(initial=0.0) * 10 ** (-QUIET_DB / 10) if n else 0.0) + 1e-12
 
 
 class Timed(Protocol):
@@ -66,7 +78,7 @@ class _Ge2eNetwork(torch.nn.Module):
 class Ge2eEncoder:
     """Resemblyzer's GE2E speaker encoder with its own front end, as `VoiceEncoder.embed_utterance` runs it.
 
-    Front end: volume raised to -30 dBFS (never lowered), linear (not log) 40-band mel power spectrogram with
+    Front end: pauses cut out (`voiced`), volume raised to -30 dBFS (never lowered), linear (not log) 40-band mel power spectrogram with
     25 ms Hann windows every 10 ms, reflect-padded (librosa's melspectrogram of the version the model was trained
     with; the slaney filterbank comes from faster-whisper, which computes librosa's). A piece is cut into 1.6 s
     partials every 0.8 s; their embeddings are averaged. A piece shorter than one partial runs as it is."""
@@ -86,6 +98,8 @@ class Ge2eEncoder:
         self._lock = threading.Lock()  # one forward pass at a time: sessions share the model
 
     def mel(self, audio: np.ndarray) -> torch.Tensor:
+        n = len(audio) // FRAME
+        audio = audio[: n * FRAME].reshape(n, FRAME)[voiced(audio)].reshape(-1)  # pauses out
         rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if len(audio) else 0.0
         gain = max(float(10 ** ((self.TARGET_DBFS - 20 * np.log10(max(rms, 1e-9))) / 20)), 1.0)
         wav = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)) * gain
@@ -127,7 +141,7 @@ class DiarizerOptions:
     context: float = 2.0  # seconds of the run's audio embedded to label a piece, ending `lookahead` after it
     lookahead: float = 0.8  # audio after the piece's last word, where it has arrived (finals lag the audio)
     pause: float = 0.3  # a pause between words at least this long ends a run (turns change at pauses)
-    min_context: float = 1.0  # a shorter context cannot start a speaker or move a centroid
+    min_context: float = 1.0  # a context with less speech cannot start a speaker or move a centroid
     recheck: float = 1.0  # inside a run, embed again only once this much new speech has come (CPU)
     history: float = 30.0  # seconds of audio kept for context (a final's words are at most this old)
 
@@ -204,8 +218,8 @@ class OnlineDiarizer:
             if clip is None:  # too little new speech since the run's last check: same speaker
                 speaker = self._run_speaker
             else:
-                # the lookahead counts: after a turn's first word the same voice usually goes on
-                reliable = len(clip) / SAMPLE_RATE >= o.min_context
+                # speech in the whole context counts: after a turn's first word the same voice usually goes on
+                reliable = voiced(clip).sum() * FRAME / SAMPLE_RATE >= o.min_context
                 speaker = self._assign(next(embeddings), reliable, words[b - 1].end - words[a].start)
                 self._checked_until = words[b - 1].end
             self._run_speaker = speaker
