@@ -1,18 +1,19 @@
 """Speaker labels on live finals: DER, cpWER against WER, and the speaker stage's CPU per audio second.
 
 Each stream runs through the in-process streaming pipeline (asr mode, no LLM); every final is labelled as it
-is committed, from the stream audio its words cover, by one `OnlineDiarizer`, as a session would. Scored:
+is committed, with the stream audio that had arrived by then, by one `OnlineDiarizer`, as a session would.
 
-- DER (pyannote.metrics, collar 0.25 s, overlap scored): reference RTTM against the labelled words, one
-  segment per run of same-speaker words in a final. Missed speech and false alarm come from the ASR's word
-  timing; speaker confusion is the labels' own error.
-- cpWER (meeteval, CHiME-6): per-speaker reference texts against per-label hypothesis texts, best speaker
-  permutation; WER: all reference text against all words. Both after Whisper's English normaliser.
+- DER (pyannote.metrics, collar 0.25 s, overlap scored): reference RTTM against turns made of the labelled
+  words. Missed speech and false alarm come from the ASR's words (fillers Whisper leaves out, word timing);
+  confusion is the labels' own error. "DER, true labels": the same words, each with its true speaker.
+- cpWER (meeteval, as in CHiME-6): per-speaker reference texts against per-label texts, best permutation.
+  "WER (true speakers)": the same with each word given its true speaker, i.e. the ASR's own errors (a built
+  stream has no reference text in spoken order: its clips' pieces interleave). Whisper's English normaliser.
 - CPU: process CPU seconds of the speaker stage (embedding + clustering) per audio second, beside the
-  streaming ASR's own.
+  streaming ASR's own, measured in the same process.
 
-    python -m tools.meeting_streams --seeds 1-12
-    python -m tools.diarization_eval --seeds 5-12 --call
+    python -m tools.meeting_streams --seeds 1-20
+    python -m tools.diarization_eval --seeds 13-20 --call
 
 The ASR finals are cached under --out (asr/<id>.json); --reuse-asr labels the cached finals again (to try
 diarizer options without decoding again).
@@ -217,15 +218,18 @@ def cp_errors(speaker_text: dict[str, str], finals: list[CommittedFinal], labels
     return cp.errors, cp.length
 
 
-def score_stream(stream: Stream, finals: list[CommittedFinal], labels: list[list[int]],
-                 der_metric: DiarizationErrorRate, asr_cpu: float, speaker_cpu: float, seconds: float) -> StreamScore:
+def score_stream(stream: Stream, finals: list[CommittedFinal], labels: list[list[int]], metrics: tuple[DiarizationErrorRate, DiarizationErrorRate],
+                 asr_cpu: float, speaker_cpu: float, seconds: float) -> StreamScore:
     ref = read_rttm(stream.rttm_path)
-    d = der_metric(ref, hypothesis([f.words for f in finals], labels), detailed=True)
+    d = metrics[0](ref, hypothesis([f.words for f in finals], labels), detailed=True)
+    true_labels = oracle_labels(finals, ref)
+    # the DER the ASR's words leave with every word given its true speaker
+    floor = metrics[1](ref, hypothesis([f.words for f in finals], true_labels))
     cp, n = cp_errors(stream.speaker_text, finals, labels)
     # WER with every word given its true speaker: the ASR's own errors, scored like cpWER (a built stream has
     # no reference text in spoken order, its clips' pieces interleave)
-    oracle, _ = cp_errors(stream.speaker_text, finals, oracle_labels(finals, ref))
-    extra = {}
+    oracle, _ = cp_errors(stream.speaker_text, finals, true_labels)
+    extra = {"der_true_labels": floor}
     if stream.text is not None:
         hyp = _normalise(" ".join(w.word for f in finals for w in f.words)) or "<empty>"
         extra["plain_wer"] = jiwer.wer(_normalise(stream.text), hyp)
@@ -240,26 +244,27 @@ def score_stream(stream: Stream, finals: list[CommittedFinal], labels: list[list
 def evaluate(streams: list[Stream], options: DiarizerOptions, out: Path, reuse_asr: bool,
              encoder: SpeakerEncoder | None = None, commit: str = "auto") -> tuple[list[StreamScore], dict]:
     encoder = encoder or Ge2eEncoder()
-    der_metric = DiarizationErrorRate(collar=COLLAR, skip_overlap=False)
+    metrics = (DiarizationErrorRate(collar=COLLAR, skip_overlap=False), DiarizationErrorRate(collar=COLLAR, skip_overlap=False))
     scores = []
     for stream in streams:
         audio = load_audio(stream.audio_path)
         name = stream.id if commit == "auto" else f"{stream.id}.{commit}"
         finals, asr_cpu = run_asr(stream.audio_path, out / "asr" / f"{name}.json", reuse_asr, commit)
         labels, per_final = label_stream(audio, finals, OnlineDiarizer(encoder, options))
-        score = score_stream(stream, finals, labels, der_metric, asr_cpu, sum(per_final), len(audio) / SAMPLE_RATE)
+        score = score_stream(stream, finals, labels, metrics, asr_cpu, sum(per_final), len(audio) / SAMPLE_RATE)
         score.extra["label_ms_p50"], score.extra["label_ms_max"] = 1000 * np.median(per_final), 1000 * max(per_final)
         scores.append(score)
-    return scores, summarise(scores, der_metric)
+    return scores, summarise(scores, metrics)
 
 
-def summarise(scores: list[StreamScore], der_metric: DiarizationErrorRate) -> dict:
+def summarise(scores: list[StreamScore], metrics: tuple[DiarizationErrorRate, DiarizationErrorRate]) -> dict:
     total = lambda key: sum(getattr(s, key) for s in scores)  # noqa: E731
     seconds = total("seconds")
     return {
         "streams": len(scores),
         "seconds": round(seconds, 1),
-        "der": abs(der_metric),
+        "der": abs(metrics[0]),
+        "der_true_labels": abs(metrics[1]),
         "confusion": total("confusion") / total("scored"),
         "missed": total("missed") / total("scored"),
         "false_alarm": total("false_alarm") / total("scored"),
@@ -273,15 +278,17 @@ def summarise(scores: list[StreamScore], der_metric: DiarizationErrorRate) -> di
 
 
 def table(scores: list[StreamScore], summary: dict) -> str:
-    rows = ["| stream | s | speakers ref/hyp | DER | confusion | missed | false alarm | WER (true speakers) | cpWER | speaker CPU/s |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| stream | s | speakers ref/hyp | DER | confusion | missed | false alarm | DER, true labels | WER (true speakers) | cpWER | speaker CPU/s |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for s in scores:
         rows.append(f"| {s.id} | {s.seconds:.0f} | {s.ref_speakers}/{s.hyp_speakers} | {s.der:.1%} | "
                     f"{s.confusion / s.scored:.1%} | {s.missed / s.scored:.1%} | {s.false_alarm / s.scored:.1%} | "
+                    f"{s.extra['der_true_labels']:.1%} | "
                     f"{s.wer:.1%} | {s.cpwer:.1%} | {s.speaker_cpu / s.seconds:.4f} |")
     m = summary
     rows.append(f"| **all** | {m['seconds']:.0f} | | **{m['der']:.1%}** | {m['confusion']:.1%} | {m['missed']:.1%} | "
-                f"{m['false_alarm']:.1%} | **{m['wer']:.1%}** | **{m['cpwer']:.1%}** | {m['speaker_cpu_per_s']:.4f} |")
+                f"{m['false_alarm']:.1%} | {m['der_true_labels']:.1%} | **{m['wer']:.1%}** | **{m['cpwer']:.1%}** | "
+                f"{m['speaker_cpu_per_s']:.4f} |")
     rows.append(f"\nCPU per audio second: ASR {m['asr_cpu_per_s']:.3f} s, speaker labels {m['speaker_cpu_per_s']:.4f} s "
                 f"(+{m['speaker_share_of_asr']:.1%}); one final's labelling at most {m['label_ms_max']:.0f} ms CPU")
     return "\n".join(rows)
