@@ -5,19 +5,23 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import time
 import urllib.request
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import AsyncIterator
 
 import numpy as np
 import psutil
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
-from clients.stream import to_pcm16
+from clients.stream import send_paced, to_pcm16
 from conftest import manifest
 from streamer.audio import load_audio
 
 START = {"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", "channels": 1}
+STOP = json.dumps({"type": "stop"})
 ERROR_CODES = {
     "bad_message", "unknown_type", "not_started", "already_started", "bad_encoding", "bad_sample_rate",
     "bad_channels", "bad_mode", "bad_audio", "frame_too_large", "rate_limited", "session_too_long",
@@ -64,6 +68,63 @@ def close_code(ws) -> int | None:
     """The close code the server sent (None when the connection just dropped)."""
     rcvd = ws.protocol.close_rcvd
     return rcvd.code if rcvd is not None else None
+
+
+@asynccontextmanager
+async def session(
+    url: str, token: str | None = None, ssl_context: ssl.SSLContext | None = None, ws_options: dict | None = None, **fields
+) -> AsyncIterator[tuple[object, dict]]:
+    """A connection with a started session: connect, send `start` (fields override, as in `start`),
+    assert the answer is `ready`; yields the websocket and the ready message."""
+    async with open_ws(url, token, ssl_context, **(ws_options or {})) as ws:
+        await ws.send(start(**fields))
+        ready = await recv(ws, 120)
+        assert ready["type"] == "ready", ready
+        yield ws, ready
+
+
+async def expect_fatal(ws, code: str, close: int | None = 1008, timeout: float = 180.0) -> list[dict]:
+    """Drain the connection; its last message must be error `code`, then the server's close `close`."""
+    msgs = await drain(ws, timeout)
+    assert msgs and msgs[-1]["type"] == "error" and msgs[-1]["code"] == code, msgs[-3:]
+    assert close_code(ws) == close, (close_code(ws), msgs[-3:])
+    return msgs
+
+
+async def expect_end(ws, timeout: float = 180.0) -> list[dict]:
+    """Drain the connection; it must end with `end` and a normal close."""
+    msgs = await drain(ws, timeout)
+    assert msgs and msgs[-1]["type"] == "end", msgs[-3:]
+    assert close_code(ws) == 1000, close_code(ws)
+    return msgs
+
+
+def finals_in(messages: list[dict]) -> list[dict]:
+    return [m for m in messages if m["type"] == "final"]
+
+
+async def send_audio(ws, audio: np.ndarray, speed: float, chunk: float = 0.1, stop: bool = True, **kw) -> None:
+    """16 kHz float audio through the client core's paced sender."""
+    await send_paced(ws, audio, 16000, speed, chunk, stop, **kw)
+
+
+async def send_until_closed(ws, audio: np.ndarray, speed: float, chunk: float = 1.0) -> None:
+    """Send audio (no stop) until the server ends the connection."""
+    try:
+        await send_audio(ws, audio, speed, chunk, stop=False)
+    except websockets.ConnectionClosed:
+        pass
+
+
+async def wait_until_idle(d, timeout: float = 60.0, headers=None, ssl_context=None) -> None:
+    """Until the daemon's /healthz counts no session (AssertionError after `timeout`)."""
+    base = d.http_url.replace("http://", "https://") if ssl_context else d.http_url
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if json.load(http_get(base + "/healthz", headers, ssl_context))["sessions"] == 0:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("sessions did not end")
 
 
 def http_get(url: str, headers: dict | None = None, ssl_context: ssl.SSLContext | None = None):
@@ -148,3 +209,4 @@ def tones(seconds: float, seed: int = 0) -> np.ndarray:
         parts.append((x * 0.2).astype(np.float32))
         total += d
     return np.concatenate(parts)[: int(seconds * 16000)]
+
