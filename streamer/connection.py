@@ -70,15 +70,30 @@ class Connection:
             for final in missed:
                 await self._send_direct(final)
             self.writer = asyncio.create_task(self._write(), name=f"send-{self.session.id}")
-            await self._read()
+            await self._serve()
         except StreamError as exc:
             await self._fail(exc, transport)
+        except (ConnectionError, RuntimeError) as exc:  # the client left while we sent (e.g. a reset after its start)
+            log.info("connection lost: %s", exc)
         except Exception:
             log.exception("connection failed")
             await self._fail(StreamError("internal", "internal error"), transport)
         finally:
             if self.session is not None:
                 await self._end()
+
+    async def _serve(self) -> None:
+        """Read the client's frames until the session ends, or until the session fails (e.g. storage): then
+        that failure is raised."""
+        reader = asyncio.create_task(self._read(), name=f"read-{self.session.id}")
+        failure = self.session.failure
+        await asyncio.wait([reader, failure], return_when=asyncio.FIRST_COMPLETED)
+        if not reader.done():
+            reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        if failure.done():
+            raise failure.result()
+        reader.result()
 
     def _touch(self) -> None:
         self._deadline = time.monotonic() + self.options.idle_timeout
@@ -132,6 +147,8 @@ class Connection:
             msg = await self._receive()
             if session.closed:  # taken over by a resume while we waited
                 return
+            if msg.type in (WSMsgType.BINARY, WSMsgType.TEXT):
+                session.limits.frame()  # a flood of frames, tiny or not, is bounded per second
             if msg.type == WSMsgType.BINARY:
                 message = Audio(self.adapter.audio(msg.data))
             elif msg.type == WSMsgType.TEXT:
@@ -158,7 +175,7 @@ class Connection:
         return False
 
     async def _on_finalize(self, message: Finalize) -> bool:
-        self.session.finalize()
+        self._guard(self.session.finalize)
         return False
 
     async def _on_keepalive(self, message: KeepAlive) -> bool:
@@ -184,6 +201,8 @@ class Connection:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
         session = self.session
+        if session.failure.done():
+            raise session.failure.result()
         session.outbox.put(End(session_id=session.id, finals=session.finals, audio_seconds=session.audio_seconds))
         return True
 
