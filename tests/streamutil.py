@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import socket
 import ssl
+import struct
+import threading
 import time
 import urllib.request
 from contextlib import asynccontextmanager
@@ -22,11 +26,23 @@ from streamer.audio import load_audio
 
 START = {"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", "channels": 1}
 STOP = json.dumps({"type": "stop"})
-ERROR_CODES = {
-    "bad_message", "unknown_type", "not_started", "already_started", "bad_encoding", "bad_sample_rate",
-    "bad_channels", "bad_mode", "bad_audio", "frame_too_large", "rate_limited", "session_too_long",
-    "idle_timeout", "start_timeout", "busy", "unknown_session", "unauthorized", "slow_consumer", "internal",
-}
+PROTOCOL_DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
+ERROR_ROW = re.compile(r"^\| `([a-z_]+)` \|.*\|(.*)\|$")
+
+
+def documented_errors() -> dict[str, int | None]:
+    """The error table of docs/protocol.md: code -> the close code that follows it (None: the session goes on)."""
+    text = PROTOCOL_DOC.read_text(encoding="utf-8")
+    table = text[text.index("### `error`") :].split("\n## ")[0]
+    out: dict[str, int | None] = {}
+    for line in table.splitlines():
+        if m := ERROR_ROW.match(line):
+            close = re.search(r"close (\d{4})", m.group(2))
+            out[m.group(1)] = int(close.group(1)) if close else None
+    return out
+
+
+ERROR_CODES = set(documented_errors())
 
 
 def start(**fields) -> str:
@@ -68,6 +84,16 @@ def close_code(ws) -> int | None:
     """The close code the server sent (None when the connection just dropped)."""
     rcvd = ws.protocol.close_rcvd
     return rcvd.code if rcvd is not None else None
+
+
+def resume_fields(ready: dict, resume_from: int = 0, **fields) -> dict:
+    """The start fields that resume the session a `ready` opened (its id and resume secret)."""
+    return {"session_id": ready["session_id"], "resume_token": ready.get("resume_token"), "resume_from": resume_from, **fields}
+
+
+def secret(ready: dict) -> dict:
+    """The header that proves a session's resume secret (to read its transcript)."""
+    return {"X-Resume-Token": ready["resume_token"]}
 
 
 @asynccontextmanager
@@ -210,3 +236,69 @@ def tones(seconds: float, seed: int = 0) -> np.ndarray:
         total += d
     return np.concatenate(parts)[: int(seconds * 16000)]
 
+
+class DropProxy:
+    """A TCP proxy to a local port, on a thread of its own: `cut()` drops every connection through it as a
+    failing network does (a reset, no close frame), so clients and the daemon see a real connection loss."""
+
+    def __init__(self, port: int):
+        self.target = port
+        self.port = 0
+        self.connections = 0  # accepted so far
+        self._transports: set[asyncio.Transport] = set()
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/listen"
+
+    def __enter__(self) -> "DropProxy":
+        self._thread.start()
+        assert self._started.wait(10), "proxy did not start"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def cut(self) -> None:
+        """Reset every open connection through the proxy (thread-safe, returns at once)."""
+        self._loop.call_soon_threadsafe(self._cut)
+
+    def _cut(self) -> None:
+        for transport in list(self._transports):
+            sock = transport.get_extra_info("socket")
+            if sock is not None:  # close with a reset, not a FIN
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+        self._transports.clear()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _accept(self, client_reader, client_writer) -> None:
+        self.connections += 1
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        self._transports |= {client_writer.transport, server_writer.transport}
+        await asyncio.gather(self._pipe(client_reader, server_writer), self._pipe(server_reader, client_writer))
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(asyncio.start_server(self._accept, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        self._started.set()
+        self._loop.run_forever()
+        server.close()

@@ -40,8 +40,10 @@ from streamutil import (
     pink_noise,
     recv,
     reference,
+    resume_fields,
     rss_mb,
     same_final,
+    secret,
     send_audio,
     send_until_closed,
     session,
@@ -279,7 +281,7 @@ async def test_session_length_limit_counts_across_resumes(strict):
         sid = ready["session_id"]
         await send_audio(ws, np.zeros(16000 * 15, np.float32), speed=5, chunk=1.0)
         first = await expect_end(ws)
-    async with strict.session(session_id=sid, resume_from=0) as (ws, resumed):
+    async with strict.session(**resume_fields(ready)) as (ws, resumed):
         # 10 s more, in 1 s frames: the 6th passes the session's 20 s
         await send_until_closed(ws, np.zeros(16000 * 10, np.float32), speed=5)
         await expect_fatal(ws, "session_too_long")
@@ -313,8 +315,7 @@ async def test_frame_size_limits(strict):
 
 
 async def test_max_sessions_also_bounds_resumes(strict):
-    async with strict.session() as (ws, ready):
-        old = ready["session_id"]
+    async with strict.session() as (ws, old):
         await ws.send(STOP)
         await expect_end(ws)
     await strict.wait_until_idle()
@@ -322,7 +323,7 @@ async def test_max_sessions_also_bounds_resumes(strict):
         for _ in range(3):
             await live.enter_async_context(strict.session())
         async with strict.ws() as ws:
-            await ws.send(start(session_id=old))
+            await ws.send(start(**resume_fields(old)))
             await expect_fatal(ws, "busy")
 
 
@@ -374,7 +375,7 @@ async def test_tls_session_transcribes(strict):
         msgs = await expect_end(ws)
     text = " ".join(m["text"] for m in finals_in(msgs))
     assert wer([reference("jfk")], [text]) < 0.2, text
-    body = json.load(strict.get(f"/v1/sessions/{ready['session_id']}/transcript"))
+    body = json.load(strict.get(f"/v1/sessions/{ready['session_id']}/transcript", headers=secret(ready)))
     assert [f["text"] for f in body["finals"]] == [m["text"] for m in finals_in(msgs)]
 
 
@@ -523,7 +524,7 @@ async def test_resume_gets_missed_finals_then_continues(daemon):
         await wait_until_idle(daemon, timeout=15)
     except AssertionError:
         pass  # ... or, if it has not noticed yet, the resume takes the session over and flushes it then
-    async with session(daemon.ws_url, session_id=sid, resume_from=len(received1)) as (ws, ready):
+    async with session(daemon.ws_url, **resume_fields(first, len(received1))) as (ws, ready):
         on_disk = disk_finals(daemon.data_dir, sid)  # complete: written before `ready` was sent
         assert len(on_disk) >= len(received1)
         resent = [await recv(ws) for _ in range(len(on_disk) - len(received1))]
@@ -539,7 +540,7 @@ async def test_resume_gets_missed_finals_then_continues(daemon):
     assert rest[-1]["finals"] == len(everything)
     disk = disk_finals(daemon.data_dir, sid)
     assert len(disk) == len(everything) and all(same_final(a, b) for a, b in zip(disk, everything))
-    body = json.load(daemon.get(f"/v1/sessions/{sid}/transcript"))
+    body = json.load(daemon.get(f"/v1/sessions/{sid}/transcript", secret(first)))
     assert [f["text"] for f in body["finals"]] == [f["text"] for f in everything]
 
 
@@ -548,7 +549,7 @@ async def test_resume_while_the_old_connection_is_open_takes_it_over(daemon):
     async with session(daemon.ws_url) as (old, first):
         sid = first["session_id"]
         await send_audio(old, audio[: 16000 * 5], speed=0, stop=False)
-        async with session(daemon.ws_url, session_id=sid) as (new, ready):
+        async with session(daemon.ws_url, **resume_fields(first)) as (new, ready):
             await drain(old)  # the old connection is closed by the server
             resent = [await recv(new) for _ in disk_finals(daemon.data_dir, sid)]
             await send_audio(new, audio[16000 * 5 :], speed=0)
@@ -565,18 +566,18 @@ async def test_transcript_endpoint_formats(daemon):
         await send_audio(ws, speech("jfk"), speed=0)
         finals = finals_in(await expect_end(ws))
     base = f"/v1/sessions/{sid}/transcript"
-    body = json.load(daemon.get(base))
+    body = json.load(daemon.get(base, secret(ready)))
     assert body["session_id"] == sid and [f["text"] for f in body["finals"]] == [f["text"] for f in finals]
-    txt = daemon.get(base + "?format=txt").read().decode()
+    txt = daemon.get(base + "?format=txt", secret(ready)).read().decode()
     assert " ".join(txt.split()) == " ".join(f["text"] for f in finals if f["text"])
-    srt = daemon.get(base + "?format=srt").read().decode()
+    srt = daemon.get(f"{base}?format=srt&resume_token={ready['resume_token']}").read().decode()
     assert srt.startswith("1\n00:00:") and " --> " in srt
-    vtt = daemon.get(base + "?format=vtt")
+    vtt = daemon.get(base + "?format=vtt", secret(ready))
     assert vtt.headers["Content-Type"].startswith("text/vtt") and vtt.read().decode().startswith("WEBVTT\n\n00:00:")
     for path, status in ((base + "?format=xml", 400), ("/v1/sessions/nope/transcript", 404),
                          ("/v1/sessions/..%2F..%2Fetc%2Fpasswd/transcript", 404), ("/v1/sessions/a.b/transcript", 404)):
         with pytest.raises(urllib.error.HTTPError) as err:
-            daemon.get(path)
+            daemon.get(path, secret(ready))
         assert err.value.code == status, path
 
 
@@ -599,18 +600,10 @@ def test_metrics_are_prometheus_text(daemon):
 HALLUCINATION_SECONDS = 300
 
 
-@pytest.fixture(scope="module")
-def uadf_daemon(tmp_path_factory):
-    """A daemon with the fusion LLM (SmolLM2-135M), sessions in uadf mode by default."""
-    d = start_daemon(tmp_path_factory.mktemp("uadf"), "--llm", "smollm2", "--mode", "uadf", "--set", "server.max_rate=0")
-    yield d
-    stop_daemon(d)
-
-
 @pytest.mark.parametrize("mode", ["asr", "uadf"])
 @pytest.mark.parametrize("kind", ["silence", "pink-noise", "tones"])
 async def test_five_minutes_of_non_speech_give_no_words(request, mode, kind):
-    d = request.getfixturevalue("daemon" if mode == "asr" else "uadf_daemon")
+    d = request.getfixturevalue("daemon" if mode == "asr" else "llm_daemon")
     n = HALLUCINATION_SECONDS
     audio = {"silence": lambda: np.zeros(16000 * n, np.float32), "pink-noise": lambda: pink_noise(n), "tones": lambda: tones(n)}[kind]()
     decodes = metric(metrics(d), "uadf_decode_seconds_count")
@@ -625,15 +618,17 @@ async def test_five_minutes_of_non_speech_give_no_words(request, mode, kind):
     assert msgs[-1]["audio_seconds"] == pytest.approx(n, abs=0.1)
 
 
-async def test_uadf_mode_transcribes_speech(uadf_daemon):
-    """The uadf daemon above is a working one: speech gives words, with the LLM consulted."""
-    calls = metric(metrics(uadf_daemon), "uadf_llm_calls_total")
-    async with session(uadf_daemon.ws_url) as (ws, ready):
+@pytest.mark.parametrize("mode", ["uadf", "uadf-llm"])
+async def test_fusion_modes_transcribe_speech(llm_daemon, mode):
+    """The LLM daemon (conftest) is a working one: speech gives words in uadf and in the experimental
+    uadf-llm mode, with the LLM consulted."""
+    calls = metric(metrics(llm_daemon), "uadf_llm_calls_total")
+    async with session(llm_daemon.ws_url, mode=mode) as (ws, ready):
         await send_audio(ws, speech("jfk"), speed=0)
         msgs = await expect_end(ws)
-    assert ready["mode"] == "uadf"
+    assert ready["mode"] == mode
     assert wer([reference("jfk")], [" ".join(m["text"] for m in finals_in(msgs))]) < 0.3
-    assert metric(metrics(uadf_daemon), "uadf_llm_calls_total") > calls
+    assert metric(metrics(llm_daemon), "uadf_llm_calls_total") > calls
 
 
 # ==================================================================================================
@@ -699,8 +694,8 @@ async def test_kill9_loses_no_received_final_and_the_session_resumes(tmp_path):
             d.process.kill()
 
     try:
-        async with session(d.ws_url) as (ws, ready):
-            sid = ready["session_id"]
+        async with session(d.ws_url) as (ws, first):
+            sid = first["session_id"]
             sender = asyncio.create_task(send_audio(ws, audio, speed=4, stop=False))
             received = finals_in(await collect(ws, kill_at_fourth))
             sender.cancel()
@@ -715,9 +710,9 @@ async def test_kill9_loses_no_received_final_and_the_session_resumes(tmp_path):
     # a new daemon on the same data directory serves the transcript and resumes the session
     d2 = start_daemon(tmp_path, "--set", "server.max_rate=0")
     try:
-        body = json.load(d2.get(f"/v1/sessions/{sid}/transcript"))
+        body = json.load(d2.get(f"/v1/sessions/{sid}/transcript", secret(first)))
         assert len(body["finals"]) == len(disk)
-        async with session(d2.ws_url, session_id=sid, resume_from=len(received)) as (ws, ready):
+        async with session(d2.ws_url, **resume_fields(first, len(received))) as (ws, ready):
             await send_audio(ws, speech("jfk"), speed=0)
             msgs = await expect_end(ws)
     finally:
