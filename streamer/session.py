@@ -88,9 +88,7 @@ class Session:
         resume secret (a new session's is stored as a hash with the transcript; a resumed one's is the secret
         its client proved). `previous` (None: a new session): the finals before this connection."""
         new = previous is None
-        self.id = session_id
-        self.secret = secret
-        self.limits = limits
+        self.id, self.secret, self.limits = session_id, secret, limits
         self.engine = engine
         self.scheduler = scheduler
         self.options = options

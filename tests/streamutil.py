@@ -250,17 +250,12 @@ class DropProxy:
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def ws_url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/v1/listen"
-
     def __enter__(self) -> "DropProxy":
+        """Starts the proxy; then `http_url` and `ws_url` address the daemon through it."""
         self._thread.start()
         assert self._started.wait(10), "proxy did not start"
+        self.http_url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = self.http_url.replace("http", "ws") + "/v1/listen"
         return self
 
     def __exit__(self, *exc) -> None:
