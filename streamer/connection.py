@@ -73,7 +73,7 @@ class Connection:
             await self._serve()
         except StreamError as exc:
             await self._fail(exc, transport)
-        except (ConnectionError, RuntimeError) as exc:  # the client left while we sent (e.g. a reset after its start)
+        except ConnectionError as exc:  # the client left while we sent (e.g. a reset right after its start)
             log.info("connection lost: %s", exc)
         except Exception:
             log.exception("connection failed")
@@ -143,9 +143,11 @@ class Connection:
     # -- in a session ------------------------------------------------------------------------------
     async def _read(self) -> None:
         session = self.session
-        while not session.closed:
+        # the failure check is not redundant with _serve's cancel: asyncio.wait_for (3.11) swallows a cancel that
+        # arrives as its frame does, and a client that streams on would keep this loop going
+        while not session.closed and not session.failure.done():
             msg = await self._receive()
-            if session.closed:  # taken over by a resume while we waited
+            if session.closed or session.failure.done():  # taken over by a resume, or failed, while we waited
                 return
             if msg.type in (WSMsgType.BINARY, WSMsgType.TEXT):
                 session.limits.frame()  # a flood of frames, tiny or not, is bounded per second
@@ -211,9 +213,11 @@ class Connection:
     # -- sending -----------------------------------------------------------------------------------
     async def _write(self) -> None:
         """The session's outbox -> the socket; `end` closes the connection normally, None stops."""
-        while (message := await self.session.outbox.get()) is not None:
+        outbox = self.session.outbox
+        while (message := await outbox.get()) is not None:
             for frame in self.adapter.render(message):
                 await self.ws.send_str(frame)
+            outbox.sent()
             if isinstance(message, End):
                 await self.ws.close(code=CLOSE_NORMAL)
                 return

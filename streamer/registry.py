@@ -18,7 +18,7 @@ from streamer.limits import RateLimits
 from streamer.metrics import Metrics
 from streamer.protocol import End, Final, Start
 from streamer.scheduler import DecodeScheduler
-from streamer.session import Session
+from streamer.session import Session, open_transcript
 from streamer.store import TranscriptStore, secret_matches
 
 log = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ class SessionRegistry:
         self._closers: dict[str, Callable[[], Awaitable[None]]] = {}  # session id -> closes its connection
         self._opening: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # session id -> (its lock, how many hold or wait)
         self._limits: dict[str, RateLimits] = {}  # ended sessions' allowances, until they have refilled
+        self._reserved = 0  # slots held by sessions being opened
         self._background: set[asyncio.Task] = set()
         self.accepting = True
 
@@ -51,7 +52,7 @@ class SessionRegistry:
         return len(self.sessions)
 
     def _check_room(self) -> None:
-        if len(self.sessions) >= self.options.max_sessions:
+        if len(self.sessions) + self._reserved >= self.options.max_sessions:
             raise StreamError("busy", f"all {self.options.max_sessions} sessions are in use; try again later", fatal=True)
 
     async def open(self, start: Start, close_connection: Callable[[], Awaitable[None]]) -> tuple[Session, list[Final]]:
@@ -62,11 +63,12 @@ class SessionRegistry:
         served one at a time (the second takes the session over from the first)."""
         if not self.accepting:
             raise StreamError("busy", "the daemon is shutting down", fatal=True)
-        self.engine.check_mode(start.mode)
+        start.mode = self.engine.check_mode(start.mode)
         session_id = start.session_id
         if not session_id:
             self._check_room()
-            return self._register(Session.new_id(), start, Session.new_secret(), RateLimits(self.options), None, None, close_connection), []
+            session = await self._register(Session.new_id(), start, Session.new_secret(), RateLimits(self.options), None, None, close_connection)
+            return session, []
         lock, holders = self._opening.setdefault(session_id, (asyncio.Lock(), [0]))
         holders[0] += 1
         try:
@@ -91,16 +93,26 @@ class SessionRegistry:
         else:
             self._check_room()
         previous = self.store.read(session_id)
-        session = self._register(
+        session = await self._register(
             session_id, start, start.resume_token, limits, previous, self.store.stream_end(session_id), close_connection
         )
         return session, previous[start.resume_from :]
 
-    def _register(self, session_id, start, secret, limits, previous, resume_at, close_connection) -> Session:
-        session = Session(
-            session_id, start, self.engine, self.scheduler, self.store, self.options, self.metrics, limits, secret, previous,
-            resume_at,
-        )
+    async def _register(self, session_id, start, secret, limits, previous, resume_at, close_connection) -> Session:
+        """Open the transcript (its slot reserved meanwhile) and make the session live. `previous` None: a new one."""
+        self._reserved += 1
+        try:
+            writer = await open_transcript(self.store, session_id, start, len(previous or ()), secret if previous is None else None)
+        finally:
+            self._reserved -= 1
+        try:
+            session = Session(
+                session_id, start, self.engine, self.scheduler, writer, self.options, self.metrics, limits, secret, previous or (),
+                resume_at,
+            )
+        except BaseException:
+            writer.close()
+            raise
         self.sessions[session.id] = session
         self._closers[session.id] = close_connection
         self.metrics.sessions_total.inc()

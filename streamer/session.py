@@ -21,7 +21,7 @@ from streamer.limits import RateLimits
 from streamer.metrics import Metrics
 from streamer.protocol import Error, Final, Partial, Ready, ServerMessage, Start
 from streamer.scheduler import DecodeScheduler
-from streamer.store import TranscriptStore
+from streamer.store import TranscriptStore, TranscriptWriter
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ class Outbox:
         self.metrics = metrics
         self._items: collections.deque[ServerMessage | None] = collections.deque()
         self._ready = asyncio.Event()
+        self._sending = 0  # taken by `get` and not yet reported sent (`sent`)
         self.overflowed = False
 
     def put(self, message: ServerMessage | None, force: bool = False) -> None:
@@ -60,13 +61,32 @@ class Outbox:
         self._ready.set()
 
     async def get(self) -> ServerMessage | None:
+        """The next message; the sender calls `sent` once it is on the wire."""
         while not self._items:
             self._ready.clear()
             await self._ready.wait()
-        return self._items.popleft()
+        message = self._items.popleft()
+        self._sending += message is not None
+        return message
+
+    def sent(self) -> None:
+        self._sending -= 1
 
     def __len__(self) -> int:
-        return len(self._items)
+        """Messages not yet sent, the one being sent included (a drain waits for it too)."""
+        return len(self._items) + self._sending
+
+
+async def open_transcript(store: TranscriptStore, session_id: str, start: Start, finals: int, secret: str | None) -> TranscriptWriter:
+    """A session's transcript writer, opened off the event loop (creating a file fsyncs its folder);
+    `secret`: a new session's resume secret, stored as a hash. A file that cannot be written: storage_failed."""
+    fields = {k: v for k, v in start.to_dict().items() if k != "resume_token"}  # the secret is stored hashed only
+    info = {"mode": fields.pop("mode", None), "format": fields, "resumed_at": finals}
+    try:
+        return await asyncio.to_thread(store.open, session_id, info, secret)
+    except OSError as exc:
+        log.error("session %s: transcript not writable: %s", session_id, exc)
+        raise StreamError("storage_failed", "the transcript cannot be written on the server", fatal=True) from None
 
 
 class Session:
@@ -76,26 +96,24 @@ class Session:
         start: Start,
         engine: Engine,
         scheduler: DecodeScheduler,
-        store: TranscriptStore,
+        writer: TranscriptWriter,
         options: ServerOptions,
         metrics: Metrics,
         limits: RateLimits,
         secret: str,
-        previous: list[Final] | None = None,
+        previous: list[Final] = (),
         resume_at: float | None = None,
     ):
-        """`limits`: the session's rate allowances (the registry keeps them across resumes); `secret`: its
-        resume secret (a new session's is stored as a hash with the transcript; a resumed one's is the secret
-        its client proved). `previous` (None: a new session): the finals before this connection."""
-        new = previous is None
-        self.id, self.secret, self.limits = session_id, secret, limits
+        """`writer`: the session's transcript (open_transcript); `limits`: its rate allowances (the registry
+        keeps them across resumes); `secret`: its resume secret; `previous`: the finals before this connection."""
+        self.id, self.secret, self.limits, self.writer = session_id, secret, limits, writer
         self.engine = engine
         self.scheduler = scheduler
         self.options = options
         self.metrics = metrics
         self.mode = engine.check_mode(start.mode)
         self.converter = AudioConverter(start.format)
-        previous = list(previous or [])
+        previous = list(previous)
         self.start_time = previous[-1].end if previous else 0.0
         if resume_at is not None:  # where the previous connection's audio ended
             self.start_time = max(self.start_time, resume_at)
@@ -103,13 +121,6 @@ class Session:
             self.mode, start_time=self.start_time, first_segment=len(previous), context=" ".join(f.text for f in previous[-20:])
         )
         self.finals = len(previous)
-        fields = {k: v for k, v in start.to_dict().items() if k != "resume_token"}  # the secret is stored hashed only
-        info = {"mode": str(self.mode), "format": fields, "resumed_at": self.finals}
-        try:
-            self.writer = store.open(self.id, info, secret=secret if new else None)
-        except OSError as exc:
-            log.error("session %s: transcript not writable: %s", session_id, exc)
-            raise StreamError("storage_failed", "the transcript cannot be written on the server", fatal=True) from None
         self.outbox = Outbox(options.send_queue, metrics)
         self.audio_seconds = 0.0  # received on this connection; the session's total is start_time + this
         self.decoded_at = self.start_time  # stream time when the last hypothesis came back
