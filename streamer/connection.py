@@ -256,6 +256,8 @@ class Connection:
         """A fatal error: what was said is kept (flushed to finals), the client is told, then closed."""
         code = exc.close_code if exc.fatal else CLOSE_POLICY
         slow = exc.code == "slow_consumer"
+        # a flooding client gets no leisurely close handshake: every frame it sends meanwhile is parsed on the loop
+        wait = {"slow_consumer": 1.0, "rate_limited": 0.5}.get(exc.code, CLOSE_TIMEOUT)
         session, writer = self.session, self.writer
         if session is not None and writer is not None and not writer.done():
             # through the outbox, after the finals it holds; bounded, since the client may not read
@@ -264,7 +266,7 @@ class Connection:
             self.metrics.errors.labels(exc.code).inc()
             session.outbox.put(Error(code=exc.code, message=exc.message), force=True)
             # a client that does not read will not drain it: cut it off without waiting long
-            await drain(session, 1.0 if slow else CLOSE_TIMEOUT, lambda: writer.done() or self.ws.closed)
+            await drain(session, wait, lambda: writer.done() or self.ws.closed)
         else:
             if session is not None:
                 await session.flush()
@@ -272,7 +274,7 @@ class Connection:
                 await self._send_error(exc)
             except (StreamError, ConnectionError, RuntimeError):
                 pass
-        await self.close(code, exc.code.encode(), transport, 1.0 if slow else CLOSE_TIMEOUT)
+        await self.close(code, exc.code.encode(), transport, wait)
 
     async def _end(self) -> None:
         """The session ends with its connection: finals on disk, the slot freed, the outbox sent."""

@@ -13,6 +13,8 @@ import json
 import os
 import resource
 import stat
+import subprocess
+import sys
 import time
 import urllib.parse
 
@@ -378,9 +380,6 @@ async def test_finalize_over_the_websocket_commits_at_once(guarded):
 
 
 def test_clients_take_the_token_from_the_environment(guarded, tmp_path):
-    import subprocess
-    import sys
-
     from conftest import ROOT, manifest
 
     entry = next(e for e in manifest("speech-dev") if e["id"] == "jfk")
@@ -458,19 +457,34 @@ async def final_latency(d, token: str | None = None) -> float:
     return float(np.median(latencies))
 
 
-async def flood(d, token: str, stop: asyncio.Event) -> int:
-    """A hostile client: tiny frames and finalizes as fast as it can, reconnecting whenever it is cut off."""
-    sessions = 0
-    while not stop.is_set():
-        try:
-            async with session(d.ws_url, token) as (ws, _):
-                sessions += 1
-                while not stop.is_set():
-                    await ws.send(b"\x00\x00")
-                    await ws.send('{"type": "finalize"}')
-        except (websockets.ConnectionClosed, OSError):
-            await asyncio.sleep(0)
-    return sessions
+FLOOD = """
+import sys, time
+from websockets.sync.client import connect
+url, token, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+end, sessions = time.monotonic() + seconds, 0
+while time.monotonic() < end:
+    try:
+        with connect(url, additional_headers={"Authorization": "Bearer " + token}) as ws:
+            ws.send('{"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", "channels": 1}')
+            ws.recv()
+            sessions += 1
+            while time.monotonic() < end:
+                ws.send(bytes(2))
+                ws.send('{"type": "finalize"}')
+    except Exception:
+        time.sleep(0.01)
+print(sessions)
+"""
+
+
+def flood(d, token: str, seconds: float):
+    """A hostile client in a process of its own: tiny frames and finalizes as fast as it can, reconnecting
+    whenever it is cut off. Its stdout: the sessions it opened. It runs at the lowest CPU priority: a real one
+    is on another machine, and on 2 cores its own busy loop would otherwise take the decoder's CPU."""
+    return subprocess.Popen(
+        [sys.executable, "-c", FLOOD, d.ws_url, token, str(seconds)], stdout=subprocess.PIPE, text=True,
+        preexec_fn=lambda: os.nice(19),
+    )
 
 
 @pytest.mark.heavy
@@ -480,11 +494,10 @@ async def test_a_flooding_client_leaves_another_s_latency_within_20_percent(guar
     alone, flooded = [], []
     for _ in range(2):
         alone.append(await final_latency(guarded, TOKEN))
-        stop = asyncio.Event()
-        flooder = asyncio.create_task(flood(guarded, TOKEN, stop))
+        flooder = flood(guarded, TOKEN, 14)
+        await asyncio.sleep(1.0)  # the flood is on
         flooded.append(await final_latency(guarded, TOKEN))
-        stop.set()
-        sessions = await flooder
+        sessions = int(flooder.communicate(timeout=60)[0])
     print(f"final latency alone {alone}, beside a flood {flooded} ({sessions} flooding sessions in the last round)")
     assert sessions >= 2  # it was cut off and came back
     assert np.median(flooded) <= 1.2 * np.median(alone), (alone, flooded)
