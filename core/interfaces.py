@@ -17,7 +17,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from core.types import DecodeResult, FusionOptions, Hypothesis, Mode, WindowRequest
+from core.types import DecodeResult, FusionOptions, Hypothesis, MeetingContext, Mode, WindowRequest
 
 DECODER_PLUGINS = "uadf_stream.decoders"  # entry-point group of decoder factories
 
@@ -39,9 +39,12 @@ class DecoderContext(Protocol):
     def commit(self, text: str) -> None:
         """Text that became final in the stream."""
 
+    def set_meeting(self, meeting: MeetingContext) -> None:
+        """The session's keyterms and notes (at the start, or replaced mid-stream)."""
+
 
 class TokenDecoder(Protocol):
-    def new_context(self) -> DecoderContext | None:
+    def new_context(self, meeting: MeetingContext = MeetingContext()) -> DecoderContext | None:
         """Per-stream state handed back in every DecodeTask of that stream (None when stateless)."""
 
     def decode(self, encoder_output: np.ndarray, tasks: Sequence[DecodeTask]) -> list[DecodeResult]:
@@ -58,8 +61,8 @@ class AsrBackend(Protocol):
     def encode(self, audios: Sequence[np.ndarray]) -> tuple[np.ndarray, list[int]]:
         """Encoder output [B, frames, d_model] and the frames holding audio, per window."""
 
-    def prompt_tokens(self, text: str) -> list[int]:
-        """The decoder prompt: previous text (bounded) and the start-of-transcript sequence."""
+    def prompt_tokens(self, text: str, keyterms: Sequence[str] = ()) -> list[int]:
+        """The decoder prompt: keyterms and previous text (bounded) and the start-of-transcript sequence."""
 
     def transcribe(self, requests: Sequence[WindowRequest], decoder_for: Callable[[Mode], TokenDecoder]) -> list[Hypothesis]:
         """Encode, decode each window with its mode's decoder, align words to stream time."""

@@ -44,6 +44,19 @@ class Word:
     fused: bool = False
 
 
+@dataclass(frozen=True)
+class MeetingContext:
+    """What a session knows about its meeting beforehand: keyterms (participants' names, products, jargon)
+    and free-text notes (agenda, glossary). Whisper gets the keyterms in its prompt; the fusion LLM gets
+    both as a session prefix."""
+
+    keyterms: tuple[str, ...] = ()
+    notes: str = ""
+
+    def __bool__(self) -> bool:
+        return bool(self.keyterms or self.notes.strip())
+
+
 @dataclass
 class WindowRequest:
     """Audio to transcribe, where it starts and ends in the stream, and what to condition on."""
@@ -52,10 +65,12 @@ class WindowRequest:
     offset: float  # stream time of audio[0]
     end: float  # stream time the window ends at (what the processor asked for)
     prompt: str = ""  # committed text before the window, for Whisper's prompt
+    keyterms: tuple[str, ...] = ()  # the session's keyterms, for Whisper's prompt
     mode: Mode = Mode.ASR
     context: Any = None  # the decoder's per-stream state (fusion: the LLM context), from TokenDecoder.new_context
     prefix: str = ""  # the window's words that are final already: a fusion decoder forces them, not re-decides them
     final: bool = False  # an endpoint window: what it decodes becomes final
+    commits: bool = False  # the window may commit words (endpoint windows and the commit policy's windows)
 
 
 @dataclass

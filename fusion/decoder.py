@@ -20,7 +20,7 @@ import numpy as np
 from faster_whisper.tokenizer import Tokenizer
 
 from core.interfaces import DecodeTask
-from core.types import DecodeResult, FusionOptions, Mode
+from core.types import DecodeResult, FusionOptions, MeetingContext, Mode
 from fusion.calibration import Calibration
 from fusion.candidates import WordPieces, audio_frames, continue_with_asr, rejoin, same_words, select_candidates, text_logits
 from fusion.llm_led import decode_llm_led
@@ -68,14 +68,27 @@ class _Run:
         return self._audio
 
 
+def meeting_prefix(meeting: MeetingContext) -> str:
+    """The session prefix the LLM reads before the transcript: the meeting's notes and keyterms."""
+    if not meeting:
+        return ""
+    lines = [f"Meeting notes: {meeting.notes.strip()}"] if meeting.notes.strip() else []
+    if meeting.keyterms:
+        lines.append("Names and terms: " + ", ".join(meeting.keyterms) + ".")
+    return "\n".join(lines) + "\nTranscript:\n"
+
+
 @dataclass
 class FusionContext:
-    """Per-session LLM context: the committed transcript and the KV cache that holds it."""
+    """Per-session LLM context: the meeting prefix, the committed transcript, and the KV cache that holds
+    them. The prefix is tokenized once and leads every context, so trimming the transcript keeps it cached."""
 
     scorer: LLMScorer | None
     max_tokens: int = 200
     committed: str = ""
+    meeting: MeetingContext = field(default_factory=MeetingContext)
     state: LLMState = field(default_factory=LLMState)
+    _prefix_ids: list[int] | None = None
     # Streaming re-decodes a growing window every step: the same gated step (same text before
     # it, same ASR choice) comes back many times. Its decision is remembered: no new LLM call,
     # and consecutive hypotheses agree (LocalAgreement commits only what two of them share).
@@ -102,11 +115,24 @@ class FusionContext:
             keep = max(1, int(len(words) * self.max_tokens / 2 / len(self.scorer.tokenize(self.committed))))
             self.committed = " ".join(words[-keep:])
 
+    def set_meeting(self, meeting: MeetingContext) -> None:
+        """New keyterms or notes: the prefix (and the decisions taken under the old one) are recomputed."""
+        if meeting != self.meeting:
+            self.meeting, self._prefix_ids = meeting, None
+            self.memo.clear()
+
     def prefix_text(self, window_text: str) -> str:
-        """The LLM context: committed transcript followed by the window's accepted text."""
+        """The transcript the LLM continues: committed text followed by the window's accepted text."""
         if not self.committed:
             return window_text.lstrip()
         return self.committed + (window_text if window_text.startswith(" ") else " " + window_text)
+
+    def llm_ids(self, transcript: str) -> list[int]:
+        """Token ids of the whole LLM context: start, meeting prefix (tokenized once), transcript."""
+        if self._prefix_ids is None:
+            text = meeting_prefix(self.meeting)
+            self._prefix_ids = self.scorer.tokenize(text) if text else []
+        return self.scorer.start_ids + self._prefix_ids + self.scorer.tokenize(transcript)
 
 
 class FusionDecoder:
@@ -132,8 +158,8 @@ class FusionDecoder:
         self.silence = silence  # encoder output of 30 s of zeros, (1500, d_model)
         self.observer: Callable[[Comparison], None] | None = None  # set by calibration
 
-    def new_context(self) -> FusionContext:
-        return FusionContext(scorer=self.scorer, max_tokens=self.options.context_tokens)
+    def new_context(self, meeting: MeetingContext = MeetingContext()) -> FusionContext:
+        return FusionContext(scorer=self.scorer, max_tokens=self.options.context_tokens, meeting=meeting)
 
     def _generate(self, encoder: ctranslate2.StorageView, prompt: list[int], max_length: int, suppress_blank: bool):
         return self.whisper.generate(
@@ -278,7 +304,7 @@ class FusionDecoder:
             return Comparison(0.0, [chosen], [], np.zeros(1), np.zeros(1))
         context_text = run.context.prefix_text(self.tokenizer.decode(tokens[:j]))
         texts = sorted({t for p in pairs for t in (p[1], p[3])})
-        self.scorer.sync(run.context.state, self.scorer.context_ids(context_text))
+        self.scorer.sync(run.context.state, run.context.llm_ids(context_text))
         llm = dict(zip(texts, self.scorer.score(run.context.state, [t if context_text else t.lstrip() for t in texts])))
         return Comparison(
             h=0.0,
@@ -313,8 +339,8 @@ class ModeDecoder:
         self.fusion = fusion
         self.mode = mode
 
-    def new_context(self) -> FusionContext:
-        return self.fusion.new_context()
+    def new_context(self, meeting: MeetingContext = MeetingContext()) -> FusionContext:
+        return self.fusion.new_context(meeting)
 
     def decode(self, encoder_output: np.ndarray, tasks: Sequence[DecodeTask]) -> list[DecodeResult]:
         return [

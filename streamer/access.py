@@ -55,6 +55,9 @@ class AccessPolicy:
         self.options = options
         self.metrics = metrics
         self.hosts = {h.lower() for h in (*options.allowed_hosts, options.host, *LOCAL_NAMES)}
+        # Paths whose handlers check the token themselves, to refuse in their API's shape (Deepgram, OpenAI);
+        # the origin check still applies.
+        self.own_auth: set[str] = set()
 
     def authorized(self, request: web.Request) -> bool:
         given = credentials(request.headers, request.query).token
@@ -78,14 +81,19 @@ class AccessPolicy:
             return True
         return urlsplit(origin).netloc == request.host
 
+    def require_token(self, request: web.Request) -> None:
+        """Protocol v1's refusal: 401 in plain text."""
+        if not self.authorized(request):
+            self.metrics.errors.labels("unauthorized").inc()
+            raise web.HTTPUnauthorized(text="missing or wrong bearer token\n", headers={"WWW-Authenticate": "Bearer"})
+
     @web.middleware
     async def middleware(self, request: web.Request, handler):
         if not self.host_allowed(request):
             raise web.HTTPMisdirectedRequest(text="this daemon does not serve that host name (server.allowed_hosts)\n")
         if request.path not in PUBLIC_PATHS and not request.path.startswith(PUBLIC_PREFIXES):
-            if not self.authorized(request):
-                self.metrics.errors.labels("unauthorized").inc()
-                raise web.HTTPUnauthorized(text="missing or wrong bearer token\n", headers={"WWW-Authenticate": "Bearer"})
+            if request.path not in self.own_auth:
+                self.require_token(request)
             if not self.origin_allowed(request):
                 raise web.HTTPForbidden(text="origin not allowed\n")
         return await handler(request)

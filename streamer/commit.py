@@ -1,14 +1,15 @@
 """Commit policies: which words of a running window become final. Pure logic, no model, no I/O.
 
-A policy sees each running (non-final) window's words that are not committed yet and returns the
-leading ones that are final now; an endpoint window (a pause, `finalize`, a full buffer) commits
-everything in every policy. Policies are chosen by `streaming.commit` (see POLICIES).
+A policy says which running (non-final) windows may commit words (those are decoded in the session's
+mode, fused in the fusion modes; the others are plain ASR partials), and from such a window's words not
+committed yet returns the leading ones that are final now. An endpoint window (a pause, `finalize`, a
+full buffer) commits everything in every policy. Policies are chosen by `streaming.commit` (POLICIES).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from core.types import Mode, Word
 
@@ -60,11 +61,25 @@ def strip_committed(hypothesis: Sequence[Word], committed: Sequence[Word], commi
 
 
 class CommitPolicy(Protocol):
+    def commit_window(self, now: float, speech_start: float) -> bool:
+        """May the running window ending at `now` commit words (so it is decoded in the session's mode)?
+        `speech_start`: where the speech not committed yet starts."""
+
     def update(self, uncommitted: list[Word], window_end: float) -> list[Word]:
-        """A running window's uncommitted words: return the leading ones that are final now."""
+        """A committing window's uncommitted words: return the leading ones that are final now."""
 
     def reset(self) -> None:
         """The utterance ended (an endpoint window committed the rest)."""
+
+
+def ripe(words: list[Word], until: float) -> int:
+    """How many leading words end by `until`, without cutting a written word ("181" ".8")."""
+    n = 0
+    while n < len(words) and words[n].end <= until:
+        n += 1
+    while n and not starts_word(words, n):
+        n -= 1
+    return n
 
 
 class LocalAgreement:
@@ -82,24 +97,32 @@ class LocalAgreement:
         Words near the window's end are often cut short or guessed from too little audio, and two
         guesses can agree by chance: only words ending by window_end - margin may be committed.
         """
-        until = window_end - self.margin
         self._history = (self._history + [uncommitted])[-self.n :]
         if len(self._history) < self.n:
             return []
         agreed = min(common_prefix(self._history[-1], h) for h in self._history[:-1])
-        while agreed and (uncommitted[agreed - 1].end > until or not starts_word(uncommitted, agreed)):
+        while agreed and (uncommitted[agreed - 1].end > window_end - self.margin or not starts_word(uncommitted, agreed)):
             agreed -= 1
-        done = uncommitted[:agreed]
-        self._history = [h[agreed:] for h in self._history]
-        return done
+        self.drop(agreed)
+        return uncommitted[:agreed]
+
+    def drop(self, n: int) -> None:
+        """n leading words were committed: the hypotheses' remembered tails start after them."""
+        self._history = [h[n:] for h in self._history]
 
     def reset(self) -> None:
         self._history = []
+
+    def commit_window(self, now: float, speech_start: float) -> bool:
+        return True
 
 
 class EndpointOnly:
     """`endpoint`: nothing is final before the utterance's endpoint, where one decode of the whole
     utterance commits it (what fusion was calibrated on)."""
+
+    def commit_window(self, now: float, speech_start: float) -> bool:
+        return False
 
     def update(self, uncommitted: list[Word], window_end: float) -> list[Word]:
         return []
@@ -108,9 +131,67 @@ class EndpointOnly:
         pass
 
 
-POLICIES = {
-    "agreement": lambda margin: LocalAgreement(2, margin),
-    "endpoint": lambda margin: EndpointOnly(),
+class Lookahead:
+    """`lookahead`: a word is final once a window decoded `delay` seconds past its end holds it, so every
+    word is decided with that much right context and waits about that long, pause or not. Committing
+    windows come at most every `interval` seconds (in the fusion modes they are the fused decodes)."""
+
+    def __init__(self, delay: float, interval: float):
+        self.delay = delay
+        self.interval = interval
+        self._last = float("-inf")  # end of the last committing window
+
+    def commit_window(self, now: float, speech_start: float) -> bool:
+        if now - speech_start < self.delay or now - self._last < self.interval:
+            return False
+        self._last = now
+        return True
+
+    def update(self, uncommitted: list[Word], window_end: float) -> list[Word]:
+        return uncommitted[: ripe(uncommitted, window_end - self.delay)]
+
+    def reset(self) -> None:
+        pass
+
+
+class PolicyOptions(Protocol):
+    """The `[streaming]` options the policies read (streamer.config.StreamingOptions)."""
+
+    commit: str
+    commit_margin: float
+    commit_delay: float
+    commit_interval: float
+
+
+class AgreementOrLookahead(Lookahead):
+    """`hybrid`: words two consecutive committing windows agree on are final once they end `margin` before the
+    window's end (LocalAgreement-2); any word is final at the latest once `delay` of audio follows it."""
+
+    def __init__(self, margin: float, delay: float, interval: float):
+        super().__init__(delay, interval)
+        self.agreement = LocalAgreement(2, margin)
+
+    def commit_window(self, now: float, speech_start: float) -> bool:
+        if now - self._last < self.interval:
+            return False
+        self._last = now
+        return True
+
+    def update(self, uncommitted: list[Word], window_end: float) -> list[Word]:
+        agreed = len(self.agreement.update(uncommitted, window_end))
+        n = max(agreed, ripe(uncommitted, window_end - self.delay))
+        self.agreement.drop(n - agreed)  # the lookahead committed past the agreed prefix
+        return uncommitted[:n]
+
+    def reset(self) -> None:
+        self.agreement.reset()
+
+
+POLICIES: dict[str, Callable[[PolicyOptions], CommitPolicy]] = {
+    "agreement": lambda o: LocalAgreement(2, o.commit_margin),
+    "endpoint": lambda o: EndpointOnly(),
+    "lookahead": lambda o: Lookahead(o.commit_delay, o.commit_interval),
+    "hybrid": lambda o: AgreementOrLookahead(o.commit_margin, o.commit_delay, o.commit_interval),
 }
 
 
@@ -121,5 +202,5 @@ def policy_name(configured: str, mode: Mode) -> str:
     return "endpoint" if mode.fused else "agreement"
 
 
-def make_policy(configured: str, mode: Mode, margin: float) -> CommitPolicy:
-    return POLICIES[policy_name(configured, mode)](margin)
+def make_policy(options: PolicyOptions, mode: Mode) -> CommitPolicy:
+    return POLICIES[policy_name(options.commit, mode)](options)

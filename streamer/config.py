@@ -34,6 +34,10 @@ class StreamingOptions:
     endpoint_silence: float = 0.5
     commit: str = "auto"  # a name in streamer.commit.POLICIES, or "auto": agreement in asr mode, endpoint in fusion modes
     commit_margin: float = 0.8
+    commit_delay: float = 1.0  # lookahead: a word is final once this much audio after it was decoded
+    commit_interval: float = 0.5  # lookahead: committing windows at most this often (the fused ones in fusion modes)
+    force_committed: bool = False  # committed words still in a window are forced as its decoder prefix, not re-decoded
+    max_lag: float = 0.5  # a decoder behind by more than this many seconds of decision points skips to the newest
     prompt_words: int = 40
     vad_threshold: float = 0.5
     vad_neg_threshold: float = 0.35
@@ -52,6 +56,7 @@ class SchedulerOptions:
     max_batch: int = 4
     max_wait_ms: float = 10.0
     max_partial_interval: float = 8.0
+    max_commit_interval: float = 1.0
 
 
 @dataclass
@@ -68,6 +73,8 @@ class ServerOptions:
     max_frames_per_second: float = 100.0
     max_finalizes_per_second: float = 2.0
     send_queue: int = 256
+    max_upload_bytes: int = 25 * 1024 * 1024  # POST /v1/audio/transcriptions: OpenAI's own limit
+    max_upload_seconds: float = 1800.0
     data_dir: str = "data/sessions"
     fsync: bool = True
     token: str = ""

@@ -19,7 +19,7 @@ from streamer.metrics import Metrics
 from streamer.protocol import Audio, End, Error, Finalize, KeepAlive, Start, Stop
 from streamer.registry import SessionRegistry, drain
 from streamer.session import Session
-from streamer.wire import WireAdapter
+from streamer.wire import Reply, WireAdapter
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class Connection:
         self.pending = pending
         self.session: Session | None = None
         self.writer: asyncio.Task | None = None
+        self.backlog: list = []  # messages that came after the start in its frame, handled once the session is open
         self._deadline = 0.0
         self._touch()
 
@@ -70,7 +71,8 @@ class Connection:
             for final in missed:
                 await self._send_direct(final)
             self.writer = asyncio.create_task(self._write(), name=f"send-{self.session.id}")
-            await self._serve()
+            if not await self._dispatch(self.backlog):
+                await self._serve()
         except StreamError as exc:
             await self._fail(exc, transport)
         except ConnectionError as exc:  # the client left while we sent (e.g. a reset right after its start)
@@ -130,15 +132,22 @@ class Connection:
                 await self._send_error(StreamError("not_started", "send a start message before audio"))
                 continue
             try:
-                message = self.adapter.parse(msg.data, started=False)
+                parsed = self.adapter.parse(msg.data, started=False)
             except StreamError as exc:
                 if exc.fatal:
                     raise
                 await self._send_error(exc)
                 continue
-            if isinstance(message, Start):
-                return message
-            await self._send_error(StreamError("not_started", f"{message.type} before start"))
+            messages = parsed if isinstance(parsed, list) else [parsed]
+            for i, message in enumerate(messages):
+                if isinstance(message, Start):
+                    self.backlog = messages[i + 1 :]
+                    return message
+                if isinstance(message, Reply):  # an adapter's own answer (OpenAI Realtime's session.updated)
+                    self._count_reply(message)
+                    await self._send_direct(message)
+                else:
+                    await self._send_error(StreamError("not_started", f"{message.type} before start"))
 
     # -- in a session ------------------------------------------------------------------------------
     async def _read(self) -> None:
@@ -152,15 +161,24 @@ class Connection:
             if msg.type in (WSMsgType.BINARY, WSMsgType.TEXT):
                 session.limits.frame()  # a flood of frames, tiny or not, is bounded per second
             if msg.type == WSMsgType.BINARY:
-                message = Audio(self.adapter.audio(msg.data))
+                message = self._guard(self.adapter.binary, msg.data)
             elif msg.type == WSMsgType.TEXT:
                 message = self._guard(self.adapter.parse, msg.data, True)
             else:  # close, error
                 return
-            if message is not None and await self.HANDLERS[type(message)](self, message):
+            if message is not None and await self._dispatch(message):
                 return
             if session.outbox.overflowed:
                 raise StreamError("slow_consumer", "the client does not read its messages", fatal=True)
+
+    async def _dispatch(self, parsed) -> bool:
+        """One frame's message, or its list of messages in order: each by the dispatch table, else by the
+        adapter (messages of its own API). True: the connection ends."""
+        for message in parsed if isinstance(parsed, list) else [parsed]:
+            handler = self.HANDLERS.get(type(message))
+            if await (handler(self, message) if handler else self.adapter.handle(self.session, message)):
+                return True
+        return False
 
     def _guard(self, fn, *args):
         """Per-frame errors go back to the client; fatal ones end the session."""
@@ -208,16 +226,29 @@ class Connection:
         session.outbox.put(End(session_id=session.id, finals=session.finals, audio_seconds=session.audio_seconds))
         return True
 
-    HANDLERS = {Audio: _on_audio, Finalize: _on_finalize, KeepAlive: _on_keepalive, Start: _on_start, Stop: _on_stop}
+    async def _on_reply(self, message: Reply) -> bool:
+        """An adapter's own answer, queued in order with the session's messages."""
+        self._count_reply(message)
+        self.session.outbox.put(message)
+        return False
+
+    def _count_reply(self, message: Reply) -> None:
+        if message.error:
+            self.metrics.errors.labels(message.error).inc()
+
+    HANDLERS = {
+        Audio: _on_audio, Finalize: _on_finalize, KeepAlive: _on_keepalive, Start: _on_start, Stop: _on_stop, Reply: _on_reply,
+    }
 
     # -- sending -----------------------------------------------------------------------------------
     async def _write(self) -> None:
         """The session's outbox -> the socket; `end` closes the connection normally, None stops."""
         outbox = self.session.outbox
         while (message := await outbox.get()) is not None:
+            outbox.sending += 1
             for frame in self.adapter.render(message):
                 await self.ws.send_str(frame)
-            outbox.sent()
+            outbox.sending -= 1
             if isinstance(message, End):
                 await self.ws.close(code=CLOSE_NORMAL)
                 return
@@ -274,7 +305,8 @@ class Connection:
                 await self._send_error(exc)
             except (StreamError, ConnectionError, RuntimeError):
                 pass
-        await self.close(code, exc.code.encode(), transport, wait)
+        code, reason = self.adapter.close_frame(exc, code)
+        await self.close(code, reason, transport, wait)
 
     async def _end(self) -> None:
         """The session ends with its connection: finals on disk, the slot freed, the outbox sent."""

@@ -1,7 +1,8 @@
 """In-process streaming: the daemon's drive loop without a server (`uadf-stream transcribe`, eval).
 
-Audio is fed in CHUNK-second frames, as a real-time client sends it, and each frame is followed by the
-decodes it makes due (the decoder always keeps up here, as on an idle daemon).
+Audio is fed in 0.1 s frames, as a real-time client sends it, and each frame is followed by the decodes it
+makes due (the decoder always keeps up here, as on an idle daemon): `StreamDriver.feed`, as the daemon feeds
+an uploaded file.
 """
 
 from __future__ import annotations
@@ -13,14 +14,12 @@ from typing import Callable
 
 import numpy as np
 
-from core.types import SAMPLE_RATE, Hypothesis, Mode, WindowRequest
+from core.types import SAMPLE_RATE, Hypothesis, MeetingContext, Mode, WindowRequest
 from streamer.audio import load_audio
 from streamer.drive import StreamDriver
 from streamer.engine import Engine
 from streamer.processor import StepStats, StreamingProcessor
 from streamer.protocol import Final, Partial
-
-CHUNK = 0.1  # seconds of audio a simulated client frame
 
 
 @dataclass
@@ -30,6 +29,9 @@ class TranscriptResult:
     audio_seconds: float
     decode_seconds: float
     stats: StepStats = field(default_factory=StepStats)
+    # per final word: seconds from the word's end (its aligned time) to its final, in stream time plus
+    # the decode time of its window; what a real-time client waits when the decoder has no queue
+    word_delays: list[float] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -45,23 +47,24 @@ async def stream(
 ) -> TranscriptResult:
     """Feed audio frame by frame through the drive loop, then flush."""
     result = TranscriptResult([], [], len(audio) / SAMPLE_RATE, 0.0, processor.stats)
+    last_decode = [0.0]
 
     async def decode(request: WindowRequest) -> Hypothesis:
         t0 = time.perf_counter()
         (hyp,) = engine.transcribe([request])
-        result.decode_seconds += time.perf_counter() - t0
+        last_decode[0] = time.perf_counter() - t0
+        result.decode_seconds += last_decode[0]
         return hyp
 
     async def emit(event: Partial | Final) -> None:
         (result.finals if isinstance(event, Final) else result.partials).append(event)
+        if isinstance(event, Final):
+            result.word_delays += [processor.clock + last_decode[0] - w.end for w in event.words]
         if on_event:
             on_event(event)
 
     driver = StreamDriver(processor, decode, emit)
-    step = int(CHUNK * SAMPLE_RATE)
-    for i in range(0, len(audio), step):
-        processor.insert_audio(audio[i : i + step])
-        await driver.pump()
+    await driver.feed(audio)
     await driver.flush()
     return result
 
@@ -70,5 +73,7 @@ def run_stream(engine: Engine, processor: StreamingProcessor, audio: np.ndarray,
     return asyncio.run(stream(engine, processor, audio, on_event))
 
 
-def transcribe_file(path: str, engine: Engine, mode: Mode | str | None = None, on_event=None) -> TranscriptResult:
-    return run_stream(engine, engine.new_processor(mode), load_audio(path), on_event)
+def transcribe_file(
+    path: str, engine: Engine, mode: Mode | str | None = None, on_event=None, meeting: MeetingContext = MeetingContext()
+) -> TranscriptResult:
+    return run_stream(engine, engine.new_processor(mode, meeting=meeting), load_audio(path), on_event)

@@ -18,7 +18,7 @@ from collections import deque
 
 import numpy as np
 
-from core.types import SAMPLE_RATE, Hypothesis, Mode, WindowRequest, Word
+from core.types import SAMPLE_RATE, Hypothesis, MeetingContext, Mode, WindowRequest, Word
 from streamer.audio import SampleBuffer
 from streamer.commit import make_policy, strip_committed
 from streamer.config import StreamingOptions
@@ -58,19 +58,22 @@ class StreamingProcessor:
         decoder_context: Any = None,
         start_time: float = 0.0,
         first_segment: int = 0,
-        context: str = "",
+        history: str = "",
+        meeting: MeetingContext = MeetingContext(),
     ):
         """decoder_context: the mode's per-stream decoder state (fusion: the LLM context), told every
-        committed final. start_time, first_segment and context continue a resumed session's stream."""
+        committed final. start_time, first_segment and history (committed text) continue a resumed
+        session's stream; `meeting`'s keyterms go into Whisper's prompt."""
         self.options = options
         self.mode = mode
         self.decoder_context = decoder_context
         self.vad = StreamingVad(options.vad_threshold, options.vad_neg_threshold, start_time)
-        self.policy = make_policy(options.commit, mode, options.commit_margin)
+        self.policy = make_policy(options, mode)
         self.buffer = SampleBuffer()
         self.buffer_start = start_time  # stream time of buffer[0]
         self.committed_in_buffer: list[Word] = []
-        self.context_words: list[str] = context.split()[-options.prompt_words :]  # committed, out of the buffer
+        self.context_words: list[str] = history.split()[-options.prompt_words :]  # committed, out of the buffer
+        self.meeting = meeting
         self.uncommitted: list[Word] = []
         self.segment = first_segment
         self.last_decode_end = start_time
@@ -112,6 +115,12 @@ class StreamingProcessor:
             points = [self.samples_in]
         return points
 
+    def set_meeting(self, meeting: MeetingContext) -> None:
+        """Replace the session's keyterms and notes (a mid-stream `context` message)."""
+        self.meeting = meeting
+        if self.decoder_context is not None:
+            self.decoder_context.set_meeting(meeting)
+
     def request_finalize(self) -> None:
         """Commit everything pending at the next request (a client `finalize`, `stop`, or end of file)."""
         self.finalize_requested = True
@@ -138,7 +147,7 @@ class StreamingProcessor:
         if self.finalize_requested or too_long or now - speech_end >= self.options.endpoint_silence:
             return self._request(now if too_long else min(now, speech_end + FINAL_TAIL), final=True)
         if now - self.last_decode_end >= self.options.step and now - speech_start >= self.options.min_window:
-            return self._request(now, final=False)
+            return self._request(now, final=False, commit=self.policy.commit_window(now, speech_start))
         return None
 
     def _drop_silence(self, now: float) -> None:
@@ -149,22 +158,24 @@ class StreamingProcessor:
         self._retire_committed()
         self._trim_to(max(now - PRE_ROLL, self.buffer_start))
 
-    def _request(self, end: float, final: bool) -> WindowRequest:
+    def _request(self, end: float, final: bool, commit: bool = False) -> WindowRequest:
         n = max(int(round((end - self.buffer_start) * SAMPLE_RATE)), 0)
         self.last_decode_end = end
         prompt = " ".join(self.context_words[-self.options.prompt_words :])
-        # Fusion runs on endpoint windows only, where words become final in a fusion mode: a running
-        # window cuts its last words short, and fusing every one costs ~5x (see the README's Fusion).
-        mode = self.mode if final else Mode.ASR
+        # Windows that may commit words are decoded in the session's mode (fused in the fusion modes);
+        # the others only show partials, from plain ASR.
+        mode = self.mode if final or commit else Mode.ASR
         return WindowRequest(
             audio=self.buffer.head(n),
             offset=self.buffer_start,
             end=end,
             prompt=prompt,
+            keyterms=self.meeting.keyterms,
             mode=mode,
             context=self.decoder_context if mode.fused else None,
-            prefix=join_words(self.committed_in_buffer) if mode.fused else "",
+            prefix=join_words(self.committed_in_buffer) if mode.fused or self.options.force_committed else "",
             final=final,
+            commits=final or commit,
         )
 
     # -- results -------------------------------------------------------------------------------
@@ -199,7 +210,7 @@ class StreamingProcessor:
             self.policy.reset()
             self.uncommitted = []
         else:
-            done = self.policy.update(new, request.end)
+            done = self.policy.update(new, request.end) if request.mode == self.mode else []
             if done:
                 events.append(self._commit(done, endpoint=False))
             self.uncommitted = new[len(done) :]

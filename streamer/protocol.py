@@ -30,6 +30,10 @@ class Start:
     resume_from: int = 0
     language: str | None = None
     resume_token: str | None = field(default=None, repr=False)  # the session's resume secret (from its `ready`)
+    # Set by the other wire APIs (streamer/wire/), not by protocol v1 (yet): the session accepts them.
+    keyterms: list[str] = field(default_factory=list)  # words to favour (Deepgram `keyterm`); not used in decoding yet
+    context: str | None = None  # text before the audio (OpenAI `prompt`); not used in decoding yet
+    endpoint_silence: float | None = None  # seconds of silence that end an utterance (None: streaming.endpoint_silence)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {

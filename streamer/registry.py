@@ -29,7 +29,7 @@ DRAIN_TIMEOUT = 5.0  # seconds to wait for a session's last messages to be sent
 async def drain(session: Session, timeout: float = DRAIN_TIMEOUT, until: Callable[[], bool] = lambda: False) -> None:
     """Wait until the session's queued messages are sent (or `until()` holds, or the timeout passes)."""
     deadline = time.monotonic() + timeout
-    while len(session.outbox) and not until() and time.monotonic() < deadline:
+    while session.outbox.unsent and not until() and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
 
 

@@ -83,10 +83,13 @@ class DecodeScheduler:
     def depth(self) -> int:
         return self._queue.qsize()
 
-    def admits_partial(self, new_audio: float) -> bool:
+    def admits_partial(self, new_audio: float, commits: bool = False) -> bool:
         """Whether a session that received `new_audio` seconds of audio since its last hypothesis came back
-        may queue a partial window now (always while the decoder keeps up; finals always may)."""
-        return self.partial_interval <= self.step or new_audio >= self.partial_interval
+        may queue a running window now (always while the decoder keeps up; endpoint windows always may).
+        A window that may commit words waits at most `max_commit_interval`: shedding bounds partial updates,
+        never how late a word becomes final."""
+        interval = min(self.partial_interval, self.options.max_commit_interval) if commits else self.partial_interval
+        return interval <= self.step or new_audio >= interval
 
     async def submit(self, request: WindowRequest) -> Hypothesis:
         """Queue a window and wait for its hypothesis."""

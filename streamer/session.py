@@ -10,8 +10,11 @@ import collections
 import logging
 import secrets
 import uuid
+from typing import Callable
 
-from core.types import SAMPLE_RATE, WindowRequest
+import numpy as np
+
+from core.types import SAMPLE_RATE, MeetingContext, WindowRequest
 from streamer.audio import AudioConverter
 from streamer.config import ServerOptions
 from streamer.drive import StreamDriver
@@ -40,7 +43,7 @@ class Outbox:
         self.metrics = metrics
         self._items: collections.deque[ServerMessage | None] = collections.deque()
         self._ready = asyncio.Event()
-        self._sending = 0  # taken by `get` and not yet reported sent (`sent`)
+        self.sending = 0  # taken by the connection's writer and not yet on the wire
         self.overflowed = False
 
     def put(self, message: ServerMessage | None, force: bool = False) -> None:
@@ -61,20 +64,18 @@ class Outbox:
         self._ready.set()
 
     async def get(self) -> ServerMessage | None:
-        """The next message; the sender calls `sent` once it is on the wire."""
         while not self._items:
             self._ready.clear()
             await self._ready.wait()
-        message = self._items.popleft()
-        self._sending += message is not None
-        return message
-
-    def sent(self) -> None:
-        self._sending -= 1
+        return self._items.popleft()
 
     def __len__(self) -> int:
-        """Messages not yet sent, the one being sent included (a drain waits for it too)."""
-        return len(self._items) + self._sending
+        return len(self._items)
+
+    @property
+    def unsent(self) -> int:
+        """Messages not on the wire yet, the one being written included (what a drain waits for)."""
+        return len(self._items) + self.sending
 
 
 async def open_transcript(store: TranscriptStore, session_id: str, start: Start, finals: int, secret: str | None) -> TranscriptWriter:
@@ -118,7 +119,8 @@ class Session:
         if resume_at is not None:  # where the previous connection's audio ended
             self.start_time = max(self.start_time, resume_at)
         self.processor = engine.new_processor(
-            self.mode, start_time=self.start_time, first_segment=len(previous), context=" ".join(f.text for f in previous[-20:])
+            self.mode, start_time=self.start_time, first_segment=len(previous), history=" ".join(f.text for f in previous[-20:]),
+            meeting=MeetingContext(tuple(start.keyterms or ()), start.context or ""), endpoint_silence=start.endpoint_silence,
         )
         self.finals = len(previous)
         self.outbox = Outbox(options.send_queue, metrics)
@@ -178,7 +180,7 @@ class Session:
     def _admit(self, request: WindowRequest) -> bool:
         # counted from when the last hypothesis came back, not from its window's end: the time a window
         # waited for the decoder must not count as a partial interval (or a lagging decoder gets more work)
-        if self.scheduler.admits_partial(request.end - self.decoded_at):
+        if self.scheduler.admits_partial(request.end - self.decoded_at, request.commits):
             return True
         self.metrics.partials_skipped.inc()
         return False
@@ -220,6 +222,28 @@ class Session:
             await self._wake.wait()
             self._wake.clear()
             await self._drive(self.driver.pump)
+
+    async def commit(self) -> None:
+        """Finalize and wait: the audio received so far is decoded into finals (queued) before this returns, and
+        the stream goes on (OpenAI Realtime's `input_audio_buffer.commit`; `flush` also ends the resampler)."""
+        if self.closed:
+            return
+        async with self._lock:
+            await self.driver.flush()
+
+    async def transcribe(self, audio: np.ndarray, stopped: Callable[[], bool] = lambda: False) -> None:
+        """A whole recording (an uploaded file, 16 kHz float32) at full speed, not rate-limited: frame by frame
+        through the drive loop as the in-process pipeline feeds it, so its text is what a live client gets;
+        then flushed to finals. Stops early when `stopped()` (the client left) or the daemon shuts down."""
+        seconds = len(audio) / SAMPLE_RATE
+        if self.start_time + self.audio_seconds + seconds > self.options.max_session_seconds:
+            raise StreamError("session_too_long", f"session exceeds {self.options.max_session_seconds:.0f} s of audio", fatal=True)
+        self.audio_seconds += seconds
+        self.metrics.audio_seconds.inc(seconds)
+        await self._drive(lambda: self.driver.feed(audio, stopped=lambda: self.closed or self.stopping or stopped()))
+        await self.flush()
+        if self.failure.done():
+            raise self.failure.result()
 
     async def flush(self) -> None:
         """Turn every pending sample into finals (stop, disconnect, shutdown); never raises: a failure is in `failure`."""

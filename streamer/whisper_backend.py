@@ -36,6 +36,7 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
 TAIL_PAD = 0.5  # seconds of zeros after the window's audio
 MAX_SECONDS = 29.0  # longest window the encoder takes (30 s of frames, less the pad)
 MAX_PROMPT_TOKENS = 448 // 2 - 1  # Whisper's previous-text budget: half its 448-token context, less sot_prev
+KEYTERM_TOKENS = 160  # of that budget, at most this much for keyterms: committed text keeps the rest
 PREPEND_PUNCTUATION = "\"'“¿([{-"
 APPEND_PUNCTUATION = "\"'.。,，!！?？:：”)]}、"
 
@@ -108,10 +109,19 @@ class WhisperBackend:
         return out, frames
 
     # -- decoding -----------------------------------------------------------------------------
-    def prompt_tokens(self, text: str | list[int]) -> list[int]:
-        """Whisper's prompt: the previous text (its last MAX_PROMPT_TOKENS tokens), then the start of transcript."""
+    def prompt_tokens(self, text: str | list[int], keyterms: Sequence[str] = ()) -> list[int]:
+        """Whisper's prompt: keyterms (as faster-whisper's `hotwords`: before the previous text, whole terms
+        within KEYTERM_TOKENS), then the previous text (its last tokens, within MAX_PROMPT_TOKENS in all),
+        then the start of transcript."""
         previous = self.tokenizer.encode(" " + text.strip()) if isinstance(text, str) and text.strip() else list(text or [])
-        prompt = [self.tokenizer.sot_prev] + previous[-MAX_PROMPT_TOKENS:] if previous else []
+        hot: list[int] = []
+        for term in keyterms:
+            tokens = self.tokenizer.encode((", " if hot else " ") + term.strip())
+            if len(hot) + len(tokens) > KEYTERM_TOKENS:
+                break
+            hot += tokens
+        previous = previous[len(previous) - (MAX_PROMPT_TOKENS - len(hot)) :] if len(hot) + len(previous) > MAX_PROMPT_TOKENS else previous
+        prompt = [self.tokenizer.sot_prev] + hot + previous if hot or previous else []
         return prompt + list(self.tokenizer.sot_sequence) + [self.tokenizer.no_timestamps]
 
     def text_tokens(self, text: str) -> list[int]:
@@ -119,7 +129,7 @@ class WhisperBackend:
         return self.tokenizer.encode(" " + text.strip()) if text.strip() else []
 
     def _task(self, request: WindowRequest) -> DecodeTask:
-        prompt = self.prompt_tokens(request.prompt)
+        prompt = self.prompt_tokens(request.prompt, request.keyterms)
         return DecodeTask(prompt, max_length(len(request.audio) / SAMPLE_RATE, len(prompt)), self.text_tokens(request.prefix), request.context)
 
     def align(self, encoder_output: np.ndarray, decoded: list[DecodeResult], frames: list[int]) -> list[list[dict]]:

@@ -73,3 +73,18 @@ def offline_text(model, path: str) -> str:
 
 
 wer = corpus_wer
+
+
+COMPAT_TOKEN = "compat-key"
+
+
+@pytest.fixture(scope="session")
+def compat_daemon(tmp_path_factory):
+    """The real daemon for the Deepgram and OpenAI compatibility tests (tests/test_compat_*.py): a token, three
+    sessions, the default rate limit (uploads must pass it), small upload limits so that breaking them is cheap."""
+    d = start_daemon(
+        tmp_path_factory.mktemp("compat"), "--token", COMPAT_TOKEN, "--max-sessions", "3",
+        "--set", "server.max_upload_bytes=1000000", "--set", "server.max_upload_seconds=20",
+    )
+    yield d
+    stop_daemon(d)

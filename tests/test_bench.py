@@ -65,6 +65,21 @@ def test_partial_word_far_from_its_final_position_is_not_credited():
     assert words[0].first_seen == 1.0 and words[-1].first_seen == 3.0
 
 
+def test_capacity_is_served_only_when_every_client_meets_the_word_targets():
+    from tools.bench_results import CapacityLevel
+
+    def level(clients: list[tuple[float, float]], wer: float = 0.10, errors: int = 0) -> CapacityLevel:
+        per_client = [{"p50": a, "p90": b, "max": b + 1} for a, b in clients]
+        return CapacityLevel("asr", len(clients), len(clients), errors, 60.0, wer, {}, {}, None, None, per_client, 0.095)
+
+    assert level([(1.5, 3.0), (1.9, 3.4)]).served
+    assert not level([(1.5, 3.0), (2.1, 3.0)]).served  # one client's median over 2.0 s
+    assert not level([(1.5, 3.6)]).served  # p90 over 3.5 s
+    assert not level([(1.5, 3.0)], wer=0.11).served  # WER more than a point above one stream's
+    assert not level([(1.5, 3.0)], errors=1).served
+    assert level([(2.4, 4.0)]).worst == {"p50": 2.4, "p90": 4.0, "max": 5.0}
+
+
 def test_wer_uses_whisper_normaliser():
     assert wer(["Mister Smith, ninety-five!"], ["mr smith 95"]) == 0.0
 
@@ -84,8 +99,10 @@ def test_bench_quick(tmp_path):
     assert asr["final"]["n"] > 5
     assert -1.0 < asr["partial"]["p50"] <= asr["final"]["p50"] < 10.0
     assert 0 < asr["cpu_rtf"] < 2.0 and asr["rss_peak_mb"] > 50
-    assert [lvl["clients"] for lvl in report["capacity_levels"]] == [1, 2]
-    assert report["capacity"]["asr"] >= 1
+    levels = report["capacity_levels"]
+    assert [lvl["clients"] for lvl in levels] == [1, 2] and [len(lvl["per_client"]) for lvl in levels] == [1, 2]
+    assert levels[1]["wer_one_stream"] == levels[0]["wer"] and levels[1]["worst_client"]["p90"] >= levels[1]["per_client"][0]["p90"]
+    assert asr["final"]["p90"] <= asr["final"]["max"]
     md = (tmp_path / "bench.md").read_text()
     assert "| asr | dev |" in md and "Capacity" in md
     import matplotlib.image

@@ -1,7 +1,8 @@
 """Commit policy: pure logic, no model."""
 
 from core.types import Mode, Word
-from streamer.commit import POLICIES, EndpointOnly, LocalAgreement, common_prefix, make_policy, normalize, strip_committed
+from streamer.commit import POLICIES, EndpointOnly, LocalAgreement, Lookahead, common_prefix, make_policy, normalize, strip_committed
+from streamer.config import StreamingOptions
 
 
 def words(text: str, start: float = 0.0, step: float = 0.5) -> list[Word]:
@@ -72,9 +73,33 @@ def test_commit_stops_short_of_the_window_end():
 
 
 def test_policies_by_name_and_mode():
-    assert isinstance(make_policy("auto", Mode.ASR, 0.8), LocalAgreement)
-    assert isinstance(make_policy("auto", Mode.UADF, 0.8), EndpointOnly)
-    assert isinstance(make_policy("agreement", Mode.UADF, 0.8), LocalAgreement)
-    endpoint = make_policy("endpoint", Mode.ASR, 0.8)
-    assert endpoint.update(words("one two three"), 10.0) == [] and endpoint.update(words("one two three"), 10.0) == []
-    assert set(POLICIES) == {"agreement", "endpoint"}
+    assert isinstance(make_policy(StreamingOptions(commit="auto"), Mode.ASR), LocalAgreement)
+    assert isinstance(make_policy(StreamingOptions(commit="auto"), Mode.UADF), EndpointOnly)
+    assert isinstance(make_policy(StreamingOptions(commit="agreement"), Mode.UADF), LocalAgreement)
+    endpoint = make_policy(StreamingOptions(commit="endpoint"), Mode.ASR)
+    assert endpoint.update(words("one two three"), 10.0) == [] and not endpoint.commit_window(10.0, 0.0)
+    assert set(POLICIES) == {"agreement", "endpoint", "lookahead", "hybrid"}
+
+
+def test_hybrid_commits_agreed_words_early_and_any_word_after_the_delay():
+    policy = make_policy(StreamingOptions(commit="hybrid", commit_margin=0.5, commit_delay=1.5), Mode.ASR)
+    assert policy.commit_window(1.0, 0.0)
+    assert policy.update(words("one two"), 1.0) == []  # nothing to agree with yet, nothing 1.5 s old
+    done = policy.update(words("one two three"), 1.5)  # "one two" agreed, ending by 1.0
+    assert [w.word.strip() for w in done] == ["one", "two"]
+    assert policy.update(words("tree four five", 1.0), 2.0) == []  # "three" -> "tree": no agreement, not old enough
+    done = policy.update(words("three for five six", 1.0), 3.0)  # nothing agreed, but "three" ended 1.5 s before
+    assert [w.word.strip() for w in done] == ["three"]
+    assert [w.word.strip() for w in policy.update(words("four five six", 1.5), 3.5)] == ["four"]  # "for" -> "four"
+
+
+def test_lookahead_commits_words_with_enough_audio_after_them():
+    policy = Lookahead(delay=1.0, interval=1.0)
+    hyp = words("one two three four five")  # ends 0.45, 0.95, 1.45, 1.95, 2.45
+    assert not policy.commit_window(0.9, speech_start=0.0)  # less than the delay of speech so far
+    assert policy.commit_window(2.5, speech_start=0.0)
+    assert [w.word.strip() for w in policy.update(hyp, 2.5)] == ["one", "two", "three"]
+    assert not policy.commit_window(3.0, speech_start=1.5)  # the next committing window waits the interval
+    assert policy.commit_window(3.5, speech_start=1.5)
+    written = words("totaled 181") + [Word(".8", 1.0, 1.2, 0.9), Word(" million", 1.2, 1.6, 0.9)]
+    assert [w.word for w in policy.update(written, 2.1)] == [" totaled"]  # "181" waits for ".8"

@@ -63,13 +63,12 @@ def test_calibration_records_and_labels_real_comparisons(engine, fusion):
     tokens) and labels some of them against the reference."""
     from tools.calibrate import record_decisions
     from tools.data import normalize
-    from tools.offline import OfflineTranscriber
 
     decoder = fusion
     gate = decoder.gate
     rows = manifest("speech-dev-noisy")[:LIMIT]
     try:
-        decisions = record_decisions(OfflineTranscriber(engine.backend, decoder), {"noisy": rows}, 0.25, normalize)
+        decisions = record_decisions(engine, decoder, {"noisy": rows}, 0.25, normalize)
     finally:
         decoder.gate = gate
     assert decoder.observer is None

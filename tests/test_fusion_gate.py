@@ -53,14 +53,13 @@ class ScriptedWhisper:
 class ScriptedLLM:
     """Prefers candidate texts containing `likes`; counts calls."""
 
+    start_ids = [0]
+
     def __init__(self, likes: str = "\0"):
         self.likes, self.calls = likes, 0
 
     def tokenize(self, text):
         return [ord(c) for c in text]
-
-    def context_ids(self, text):
-        return [0] + self.tokenize(text)
 
     def sync(self, state, ids):
         state.ids = ids

@@ -74,3 +74,25 @@ def test_session_context_is_bounded(scorer):
     assert 0 < len(scorer.tokenize(ctx.committed)) <= 60
     assert ctx.committed.endswith("lazy dog.")
     assert ctx.prefix_text(" and then") == ctx.committed + " and then"
+
+
+def test_meeting_prefix_is_fed_once_and_kept_when_the_transcript_is_trimmed(scorer):
+    """Keyterms and notes are a session prefix in the KV cache: fed once, kept while the rolling transcript
+    is trimmed; a session without them feeds exactly what it fed before."""
+    from core.types import MeetingContext
+
+    meeting = MeetingContext(("Whittemore", "UADF", "Gemma"), "Weekly sync of the speech team: the Whittemore release.")
+    ctx = FusionContext(scorer=scorer, max_tokens=40, meeting=meeting)
+    prefix = len(ctx.llm_ids("")) - len(scorer.start_ids)
+    assert prefix > 20
+    fed = []
+    for k in range(8):
+        ctx.commit(f"Item {k}: the quick brown fox jumps over the lazy dog.")
+        before = ctx.state.fed_tokens
+        scorer.sync(ctx.state, ctx.llm_ids(ctx.prefix_text(" and")))
+        fed.append(ctx.state.fed_tokens - before)
+        assert ctx.state.ids[: len(scorer.start_ids) + prefix] == ctx.llm_ids("")[: len(scorer.start_ids) + prefix]
+    assert fed[0] > prefix and all(f < prefix for f in fed[1:])  # trims re-feed the transcript, never the prefix
+    plain = FusionContext(scorer=scorer)
+    plain.commit(CONTEXT)
+    assert plain.llm_ids(plain.prefix_text(" can")) == scorer.context_ids(plain.prefix_text(" can"))

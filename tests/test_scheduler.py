@@ -62,3 +62,13 @@ def test_a_failing_window_does_not_fail_the_others():
     results = run(backend, ["a", "b", "c"])
     assert results[0].text == "a" and results[2].text == "c"
     assert isinstance(results[1], RuntimeError)
+
+
+def test_shedding_bounds_partials_but_not_commits():
+    """Behind the load, partial-only windows wait for the grown interval; windows that may commit words wait
+    at most max_commit_interval (so a word's final latency stays bounded)."""
+    scheduler = DecodeScheduler(RecordingBackend().transcribe, SchedulerOptions(max_partial_interval=8.0, max_commit_interval=1.0), step=0.5)
+    assert scheduler.admits_partial(0.5) and scheduler.admits_partial(0.5, commits=True)  # keeping up: every step
+    scheduler.partial_interval = 6.0  # what _adapt reaches while windows wait after every batch
+    assert not scheduler.admits_partial(1.2) and scheduler.admits_partial(6.0)
+    assert not scheduler.admits_partial(0.9, commits=True) and scheduler.admits_partial(1.0, commits=True)

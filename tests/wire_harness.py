@@ -10,7 +10,8 @@ from contextlib import contextmanager
 
 from aiohttp import web
 
-from streamer.protocol import End, Final, Partial, Ready, WordInfo
+from core.types import Word
+from streamer.protocol import End, Final, Partial, Ready
 
 
 @contextmanager
@@ -40,8 +41,8 @@ def serve(app: web.Application) -> Iterator[str]:
         thread.join(10)
 
 
-def words(text: str, start: float, step: float = 0.3) -> list[WordInfo]:
-    return [WordInfo(w, start + i * step, start + i * step + 0.25, 0.9 - 0.1 * (i % 3)) for i, w in enumerate(text.split())]
+def words(text: str, start: float, step: float = 0.3) -> list[Word]:
+    return [Word(w, start + i * step, start + i * step + 0.25, 0.9 - 0.1 * (i % 3)) for i, w in enumerate(text.split())]
 
 
 def script(session_id: str = "sess1") -> list:

@@ -161,11 +161,12 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 def summary(values: list[float]) -> dict[str, float | int | None]:
-    """n, median, p90, p95 and mean of a latency list (None when empty)."""
+    """n, median, p90, p95, max and mean of a latency list (None when empty)."""
     return {
         "n": len(values),
         "p50": percentile(values, 50),
         "p90": percentile(values, 90),
         "p95": percentile(values, 95),
+        "max": float(np.max(values)) if values else None,
         "mean": float(np.mean(values)) if values else None,
     }

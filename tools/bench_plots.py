@@ -78,7 +78,7 @@ def wer_latency(points: dict[str, tuple[float | None, float]], offline_wer: floa
 
 
 def capacity(levels: dict[str, list[tuple[int, float | None, float | None]]], path: Path, limit: float = 2.0) -> Path:
-    """Median (solid) and p95 (dashed) final latency against concurrent real-time streams, per mode."""
+    """The worst client's per-word median (solid) and p90 (dashed) final latency against concurrent real-time streams."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.5))
     for k, (mode, rows) in enumerate(levels.items()):
@@ -86,13 +86,13 @@ def capacity(levels: dict[str, list[tuple[int, float | None, float | None]]], pa
         if not rows:
             continue
         n = [r[0] for r in rows]
-        ax.plot(n, [r[1] for r in rows], "o-", color=color(mode, k), label=f"{mode} median")
-        ax.plot(n, [r[2] for r in rows], "s--", color=color(mode, k), alpha=0.6, label=f"{mode} p95")
+        ax.plot(n, [r[1] for r in rows], "o-", color=color(mode, k), label=f"{mode} worst client p50")
+        ax.plot(n, [r[2] for r in rows], "s--", color=color(mode, k), alpha=0.6, label=f"{mode} worst client p90")
     ax.axhline(limit, color="grey", ls=":", lw=1)
     if not any(rows for rows in levels.values()):
         ax.text(0.5, 0.5, "no capacity sweep in this run", ha="center", transform=ax.transAxes, color="grey")
     ax.set_xlabel("concurrent real-time streams")
-    ax.set_ylabel("final latency (s)")
+    ax.set_ylabel("word -> final latency (s)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:

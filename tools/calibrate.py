@@ -3,9 +3,10 @@
 ASR: greedy tiny.en steps, a token counts as correct when its word is a hit in the jiwer
 alignment with the normalized reference. LLM: next-token prediction over the ASR hypotheses of
 the clips the ASR got right (cased, punctuated text like what the LLM sees at run time).
-Spans and gate: the decoder's comparisons at every step the lowest gate would open, observed on
-the ASR path and labelled against the references (tools/decisions.py); span temperatures fitted
-on them, then the gate with the most net fixes that regresses no set or condition.
+Spans and gate: the decoder's comparisons at every step the lowest gate would open, observed in the
+streaming pipeline's windows that commit words (the commit policy as configured; ASR path kept) and
+labelled against the references (tools/decisions.py); span temperatures fitted on them, then the gate
+with the most net fixes that regresses no set or condition.
 """
 
 from __future__ import annotations
@@ -16,17 +17,22 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
+import ctranslate2
 import jiwer
 import numpy as np
 import torch
 
-from core.types import SAMPLE_RATE, FusionOptions, Mode
+from core.types import FusionOptions, Mode
 from fusion.calibration import Calibration, fit_temperature
-from fusion.decoder import Comparison
+from fusion.candidates import text_logits
+from fusion.decoder import Comparison, FusionDecoder, ModeDecoder
+from fusion.llm_scorer import LLMScorer
 from streamer.audio import load_audio
+from streamer.engine import Engine
+from streamer.greedy import GreedyDecoder
+from streamer.pipeline import transcribe_file
 from tools.data import load_manifest, normalize
 from tools.decisions import Decision, choose_gate, fit_span_temperatures, gate_table, label
-from tools.offline import OfflineTranscriber
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +48,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gates", default=",".join(map(str, GATE_GRID)), help="comma-separated gate grid")
 
 
-def _token_correct(transcriber: OfflineTranscriber, tokens: list[int], reference: str, norm) -> list[bool]:
+def _token_correct(fusion: FusionDecoder, tokens: list[int], reference: str, norm) -> list[bool]:
     """Per token: does its word survive normalization as a hit against the reference?"""
-    pieces = transcriber.decoder.pieces
     words: list[list[int]] = []
     for t in tokens:
-        if not words or pieces.starts_word(t):
+        if not words or fusion.pieces.starts_word(t):
             words.append([])
         words[-1].append(t)
-    normed = [norm(transcriber.tokenizer.decode(w)).split() for w in words]
+    normed = [norm(fusion.tokenizer.decode(w)).split() for w in words]
     hyp = [x for n in normed for x in n]
     ref = norm(reference).split()
     hit = [False] * len(hyp)
@@ -67,21 +72,23 @@ def _token_correct(transcriber: OfflineTranscriber, tokens: list[int], reference
     return out
 
 
-def fit_asr(transcriber: OfflineTranscriber, rows: list[dict], norm) -> tuple[float, dict]:
-    dec, tok = transcriber.decoder, transcriber.tokenizer
+def fit_asr(backend, fusion: FusionDecoder, rows: list[dict], norm) -> tuple[float, dict]:
+    """Token temperature of the ASR: greedy steps over each clip (<= 30 s) as one window."""
+    tok = fusion.tokenizer
     tops, correct, hyps = [], [], []
     for row in rows:
-        audio = load_audio(row["path"])
-        enc = transcriber.encoder_output(audio[: 30 * SAMPLE_RATE], (row["id"], 0))
-        prompt = transcriber.backend.prompt_tokens("")
-        res = dec.whisper.generate(enc, [prompt], beam_size=1, return_logits_vocab=True)[0]
-        tokens = res.sequences_ids[0]
-        if not tokens or row["seconds"] > 30:
+        if row["seconds"] > 30:
             continue
-        ok = _token_correct(transcriber, tokens, row["text"], norm)
+        encoded, _ = backend.encode([load_audio(row["path"])])
+        res = fusion.whisper.generate(
+            ctranslate2.StorageView.from_array(encoded), [backend.prompt_tokens("")], beam_size=1, return_logits_vocab=True
+        )[0]
+        tokens = res.sequences_ids[0]
+        if not tokens:
+            continue
+        ok = _token_correct(fusion, tokens, row["text"], norm)
         for step, good in zip(res.logits[0], ok):
-            z = np.array(step, dtype=np.float32).reshape(-1)[: tok.eot + 1]
-            tops.append(np.sort(z)[-TOP:])
+            tops.append(np.sort(text_logits(step, tok.eot))[-TOP:])
             correct.append(good)
         if all(ok):
             hyps.append(tok.decode(tokens).strip())
@@ -90,8 +97,8 @@ def fit_asr(transcriber: OfflineTranscriber, rows: list[dict], norm) -> tuple[fl
 
 
 @torch.inference_mode()
-def fit_llm(transcriber: OfflineTranscriber, texts: list[str]) -> tuple[float, dict]:
-    scorer = transcriber.decoder.scorer
+def fit_llm(scorer: LLMScorer, texts: list[str]) -> tuple[float, dict]:
+    """Token temperature of the LLM: next-token prediction over the ASR's correct hypotheses."""
     tops, correct = [], []
     for text in texts:
         ids = scorer.context_ids(text)
@@ -103,22 +110,23 @@ def fit_llm(transcriber: OfflineTranscriber, texts: list[str]) -> tuple[float, d
     return tau, {"llm_steps": int(sum(len(c) for c in correct)), "llm_accuracy": float(np.mean(np.concatenate(correct)))}
 
 
-def record_decisions(transcriber: OfflineTranscriber, sets: dict[str, list[dict]], gate: float, norm) -> list[Decision]:
-    """Every comparison the decoder would make at `gate` on every clip, observed on the ASR path
-    and labelled against the clip's reference."""
-    decoder = transcriber.decoder
-    decoder.gate = gate
+def record_decisions(engine: Engine, fusion: FusionDecoder, sets: dict[str, list[dict]], gate: float, norm) -> list[Decision]:
+    """Every comparison the fusion decoder would make at `gate` in a `uadf` stream of every clip, observed
+    (keeping the ASR's token) in the windows that commit words under the configured commit policy, as the
+    daemon runs them, and labelled against the clip's reference. A step re-decoded in several windows with
+    the same context and candidates counts once."""
+    fusion.gate = gate
     decisions: list[Decision] = []
     for name, rows in sets.items():
         for row in rows:
             reference = norm(row["text"]).split()
-            found: list[Comparison] = []
-            decoder.observer = found.append
-            transcriber.transcribe(load_audio(row["path"]), Mode.UADF, key=row["id"])
+            found: dict[tuple, Comparison] = {}
+            fusion.observer = lambda c: found.setdefault((c.context, tuple(map(tuple, c.pairs))), c)
+            transcribe_file(row["path"], engine, Mode.UADF)
             group = f"{name}/{row['condition']}" if row.get("condition") else name
-            decisions += [Decision(c, group, label(c, reference, norm)) for c in found]
+            decisions += [Decision(c, group, label(c, reference, norm)) for c in found.values()]
             log.info("%s: %d decisions", row["id"], len(found))
-    decoder.observer = None
+    fusion.observer = None
     return decisions
 
 
@@ -144,16 +152,16 @@ def run(args: argparse.Namespace, config) -> int:
     backend = WhisperBackend(config.asr)
     decoder = create_fusion(backend, options)
     decoder.calibration, decoder.scorer.tau = Calibration(), 1.0  # fit from tau = 1
-    transcriber = OfflineTranscriber(backend, decoder)
+    engine = Engine(config, backend, {Mode.ASR: GreedyDecoder(backend.model, backend.tokenizer.eot), Mode.UADF: ModeDecoder(decoder, Mode.UADF)})
     norm = normalize
     sets = {Path(m).parent.name: load_manifest(m) for m in args.manifest}
     rows = [r for rs in sets.values() for r in rs]
-    asr_tau, asr_info = fit_asr(transcriber, rows, norm)
-    llm_tau, llm_info = fit_llm(transcriber, asr_info.pop("clean_hypotheses"))
+    asr_tau, asr_info = fit_asr(backend, decoder, rows, norm)
+    llm_tau, llm_info = fit_llm(decoder.scorer, asr_info.pop("clean_hypotheses"))
     decoder.calibration = Calibration(asr_tau=asr_tau, llm_tau=llm_tau)
     decoder.scorer.tau = llm_tau
     grid = sorted(float(g) for g in args.gates.split(","))
-    decisions = record_decisions(transcriber, sets, grid[0], norm)
+    decisions = record_decisions(engine, decoder, sets, grid[0], norm)
     if args.decisions:
         save_decisions(decisions, args.decisions)
     span_asr_tau, span_llm_tau, span_info = fit_span_temperatures(decisions)

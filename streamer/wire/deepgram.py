@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from core.types import Mode
 from streamer.audio import MAX_RATE, MIN_RATE
-from streamer.protocol import MODES, End, Error, Final, Finalize, KeepAlive, Partial, Ready, ServerMessage, Stop
+from streamer.protocol import End, Error, Final, Finalize, KeepAlive, Partial, Ready, ServerMessage, Stop
 from streamer.wire.auth import SCHEMES, offered_subprotocols
 from streamer.wire.transcode import RawFormat
 
@@ -176,9 +177,9 @@ def parse_query(items: Iterable[tuple[str, str]]) -> Options:
         raise HandshakeError(400, f"language {language[:40]!r} is not served: only English (en, en-US, ...)")
 
     model = single.pop("model", None)
-    mode = model if model in MODES else None
+    mode = Mode(model) if model in Mode.names() else None
     if model is not None and mode is None:
-        warnings.append(f"model {model[:40]!r} is served by this server's model; name a mode ({', '.join(MODES)}) to choose one")
+        warnings.append(f"model {model[:40]!r} is served by this server's model; name a mode ({', '.join(Mode.names())}) to choose one")
 
     endpointing: int | None = 10
     if "endpointing" in single:

@@ -15,8 +15,9 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from core.types import Mode
 from streamer.audio import MAX_RATE, MIN_RATE
-from streamer.protocol import MODES, End, Error, Final, Partial, Ready, ServerMessage
+from streamer.protocol import End, Error, Final, Partial, Ready, ServerMessage
 from streamer.wire.transcode import RawFormat
 
 PATH = "/v1/realtime"
@@ -55,7 +56,7 @@ class SessionConfig:
     @property
     def mode(self) -> str | None:
         """A daemon mode named as the transcription model chooses it; other names get the default."""
-        return self.model if self.model in MODES else None
+        return Mode(self.model) if self.model in Mode.names() else None
 
     @property
     def silence_ms(self) -> int | None:
