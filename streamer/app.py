@@ -10,17 +10,17 @@ from pathlib import Path
 
 from aiohttp import web
 
-from streamer.access import AccessLogger, AccessPolicy
+from streamer.access import AccessLogger, AccessPolicy, check_exposure
 from streamer.config import Config
 from streamer.connection import Connection, Pending
 from streamer.engine import Engine
 from streamer.errors import CLOSE_NORMAL
 from streamer.formats import RENDERERS
 from streamer.metrics import Metrics
-from streamer.protocol import to_dict
+from streamer.protocol import to_dict, valid_session_id
 from streamer.registry import SessionRegistry
 from streamer.scheduler import DecodeScheduler, use_two_malloc_arenas
-from streamer.store import TranscriptStore
+from streamer.store import TranscriptStore, secret_matches
 from streamer.transcriptions import Transcriptions
 from streamer.wire import deepgram as dg
 from streamer.wire import deepgram_adapter, realtime_adapter
@@ -41,7 +41,7 @@ class Daemon:
         self.options = config.server
         self.engine = engine
         self.metrics = Metrics()
-        self.store = TranscriptStore(self.options.data_dir)
+        self.store = TranscriptStore(self.options.data_dir, self.options.fsync)
         self.scheduler = DecodeScheduler(engine.transcribe, config.scheduler, self.metrics, config.streaming.step)
         self.registry = SessionRegistry(engine, self.scheduler, self.store, self.options, self.metrics)
         self.access = AccessPolicy(self.options, self.metrics)
@@ -79,8 +79,9 @@ class Daemon:
 
     async def transcript(self, request: web.Request) -> web.Response:
         session_id = request.match_info["session_id"]
-        if not session_id.replace("-", "").isalnum() or not self.store.exists(session_id):
-            raise web.HTTPNotFound(text="unknown session\n")
+        secret = request.headers.get("X-Resume-Token") or request.query.get("resume_token")
+        if not (valid_session_id(session_id) and self.store.exists(session_id) and secret_matches(secret, self.store.secret(session_id))):
+            raise web.HTTPNotFound(text="unknown session (or not its resume token)\n")
         finals = self.store.read(session_id)
         fmt = request.query.get("format", "json")
         if fmt == "json":
@@ -167,7 +168,7 @@ class Daemon:
 
 
 def ssl_context(config: Config) -> ssl.SSLContext | None:
-    if not config.server.tls_cert:
+    if not config.server.tls_cert:  # (a key without a certificate is refused by check_exposure)
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(config.server.tls_cert, config.server.tls_key or None)
@@ -176,6 +177,7 @@ def ssl_context(config: Config) -> ssl.SSLContext | None:
 
 async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    check_exposure(config.server)
     use_two_malloc_arenas()
     engine = await asyncio.to_thread(Engine, config)
     daemon = Daemon(config, engine)

@@ -70,12 +70,16 @@ class ServerOptions:
     start_timeout: float = 10.0
     max_pending: int = 32
     max_rate: float = 4.0
+    max_frames_per_second: float = 100.0
+    max_finalizes_per_second: float = 2.0
     send_queue: int = 256
     max_upload_bytes: int = 25 * 1024 * 1024  # POST /v1/audio/transcriptions: OpenAI's own limit
     max_upload_seconds: float = 1800.0
     data_dir: str = "data/sessions"
+    fsync: bool = True
     token: str = ""
     allowed_origins: list[str] = field(default_factory=list)
+    allowed_hosts: list[str] = field(default_factory=list)
     tls_cert: str = ""
     tls_key: str = ""
 

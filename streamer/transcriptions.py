@@ -32,7 +32,8 @@ from streamer.wire.auth import credentials, token_matches
 
 log = logging.getLogger(__name__)
 
-SESSION_HEADER = "X-Session-Id"  # the upload's session id: GET /v1/sessions/{id}/transcript serves it again
+SESSION_HEADER = "X-Session-Id"  # the upload's session id: GET /v1/sessions/{id}/transcript serves it again ...
+RESUME_HEADER = "X-Resume-Token"  # ... with its secret
 MAX_FIELD_BYTES = 64 * 1024  # a text field (a long prompt fits)
 MAX_FIELDS = 64
 FORM_OVERHEAD = 64 * 1024  # a form's bytes besides the file: boundaries, part headers, text fields
@@ -84,14 +85,14 @@ class Transcriptions:
             audio = await self._decode(data)
         except ot.APIError as err:
             await self.registry.end(session)
-            return self._error(err, {SESSION_HEADER: session.id})
+            return self._error(err, {SESSION_HEADER: session.id, RESUME_HEADER: session.secret})
         if req.stream:
             return await self._stream(request, req, session, audio)
         finals, error = await self._run(request, session, audio)
         if error is not None:
-            return self._error(error, {SESSION_HEADER: session.id})
+            return self._error(error, {SESSION_HEADER: session.id, RESUME_HEADER: session.secret})
         body, content_type = ot.render(req, finals, len(audio) / SAMPLE_RATE)
-        return web.Response(text=body, content_type=content_type, headers={SESSION_HEADER: session.id})
+        return web.Response(text=body, content_type=content_type, headers={SESSION_HEADER: session.id, RESUME_HEADER: session.secret})
 
     # -- steps -------------------------------------------------------------------------------------------
     def _error(self, err: ot.APIError, headers: dict[str, str] | None = None) -> web.Response:
@@ -184,7 +185,7 @@ class Transcriptions:
 
     async def _stream(self, request: web.Request, req: ot.TranscriptionRequest, session: Session, audio: np.ndarray) -> web.StreamResponse:
         """`stream=true`: a delta event per final as it is decoded, then the done event (or an error event)."""
-        response = web.StreamResponse(headers={"Content-Type": ot.EventStream.content_type, "Cache-Control": "no-cache", SESSION_HEADER: session.id})
+        response = web.StreamResponse(headers={"Content-Type": ot.EventStream.content_type, "Cache-Control": "no-cache", SESSION_HEADER: session.id, RESUME_HEADER: session.secret})
         events = ot.EventStream(req)
         try:
             await response.prepare(request)

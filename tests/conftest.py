@@ -45,6 +45,14 @@ def daemon(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def llm_daemon(tmp_path_factory):
+    """The real daemon with the fusion LLM of the default config (Gemma 3 270M), sessions in uadf mode."""
+    d = start_daemon(tmp_path_factory.mktemp("llm-daemon"), "--mode", "uadf", "--set", "server.max_rate=0", llm="gemma3-270m")
+    yield d
+    stop_daemon(d)
+
+
+@pytest.fixture(scope="session")
 def engine():
     """The in-process pipeline's models (no LLM)."""
     from streamer.config import load_config

@@ -48,8 +48,8 @@ def test_verbose_json_words_and_segments_equal_a_live_stream(client, clips, engi
     assert len(result.words) >= 8 and starts == sorted(starts)
     assert all(0 <= w.start <= w.end <= result.duration and w.word.strip() == w.word for w in result.words)
     assert " ".join(s.text.strip() for s in result.segments) == result.text
-    # an upload is a daemon session: its finals are on disk under the id in X-Session-Id
-    stored = get_json(compat_daemon, f"/v1/sessions/{raw.headers['x-session-id']}/transcript")
+    # an upload is a daemon session: its finals are on disk under the id in X-Session-Id (X-Resume-Token reads them)
+    stored = get_json(compat_daemon, f"/v1/sessions/{raw.headers['x-session-id']}/transcript?resume_token={raw.headers['x-resume-token']}")
     assert " ".join(f["text"] for f in stored["finals"] if f["text"]) == result.text
 
 

@@ -36,8 +36,9 @@ class V1Adapter:
             raise StreamError(exc.code, exc.message, fatal=False) from None
 
     def _parse(self, data: str) -> ClientMessage:
-        if len(data) > self.max_text_bytes:
-            raise StreamError("frame_too_large", f"text frame of {len(data)} characters exceeds {self.max_text_bytes}")
+        size = len(data) if len(data) * 4 <= self.max_text_bytes else len(data.encode("utf-8", "surrogatepass"))
+        if size > self.max_text_bytes:
+            raise StreamError("frame_too_large", f"text frame of {size} bytes exceeds {self.max_text_bytes} bytes")
         try:
             return parse_client_message(data)
         except StreamError:
