@@ -35,6 +35,7 @@ class StreamingOptions:
     commit: str = "auto"  # a name in streamer.commit.POLICIES, or "auto": agreement in asr mode, endpoint in fusion modes
     commit_margin: float = 0.8
     commit_delay: float = 1.0  # lookahead: a word is final once this much audio after it was decoded
+    commit_after: float = 0.0  # no commits from running windows before the utterance has this many seconds of audio
     commit_interval: float = 0.5  # lookahead: committing windows at most this often (the fused ones in fusion modes)
     force_committed: bool = False  # committed words still in a window are forced as its decoder prefix, not re-decoded
     max_lag: float = 0.5  # a decoder behind by more than this many seconds of decision points skips to the newest
