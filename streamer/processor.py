@@ -219,7 +219,7 @@ class StreamingProcessor:
             self.policy.reset()
             self.uncommitted = []
         else:
-            done = self.policy.update(new, request.end) if request.mode == self.mode else []
+            done = self.policy.update(new, request.end) if request.commits else []
             if done:
                 events.append(self._commit(done, endpoint=False))
             self.uncommitted = new[len(done) :]
