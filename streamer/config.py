@@ -33,10 +33,11 @@ class StreamingOptions:
     min_window: float = 0.3
     max_window: float = 12.0  # the buffer is trimmed at a committed word past this
     endpoint_silence: float = 0.5
-    commit: str = "auto"  # a name in streamer.commit.POLICIES, or "auto": agreement in asr mode, endpoint in fusion modes
+    commit: str = "hybrid"  # a name in streamer.commit.POLICIES; one policy in every mode
     commit_margin: float = 0.8
-    commit_delay: float = 1.0  # lookahead: a word is final once this much audio after it was decoded
-    commit_after: float = 0.0  # no commits from running windows before the utterance has this many seconds of audio
+    commit_confidence: float = 0.0  # agreement: words Whisper gives less probability than this wait for the lookahead
+    commit_delay: float = 1.5  # lookahead: a word is final once this much audio after it was decoded
+    commit_after: float = 3.0  # no commits from running windows before the utterance has this many seconds of audio
     commit_interval: float = 1.0  # fusion modes: committing windows (the fused decodes) at most this often; asr: every window
     force_committed: bool = False  # committed words still in a window are forced as its decoder prefix, not re-decoded
     max_lag: float = 0.5  # a decoder behind by more than this many seconds of decision points skips to the newest
@@ -49,8 +50,8 @@ class StreamingOptions:
     compression_ratio_threshold: float = 2.4
 
     def __post_init__(self) -> None:
-        if self.commit != "auto" and self.commit not in POLICIES:
-            raise ValueError(f"streaming.commit must be auto or one of {sorted(POLICIES)}, got {self.commit!r}")
+        if self.commit not in POLICIES:
+            raise ValueError(f"streaming.commit must be one of {sorted(POLICIES)}, got {self.commit!r}")
 
 
 @dataclass

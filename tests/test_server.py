@@ -33,8 +33,9 @@ def stream_file(daemon, path: str, speed: float = SPEED, **kw):
 
 @pytest.fixture(scope="module")
 def dev_runs(daemon):
-    """The speech-dev clips up to 15 s (42 of 45, 290 s of audio) streamed two at a time through the server."""
-    entries = [e for e in manifest("speech-dev") if e["seconds"] <= 15]
+    """Every other speech-dev clip up to 15 s (21 of 45, 145 s of audio, 354 words) streamed two at a time
+    through the server (the whole set is `uadf-stream eval`'s and the bench's)."""
+    entries = [e for e in manifest("speech-dev") if e["seconds"] <= 15][::2]
 
     async def both(pair):
         tasks = []

@@ -142,7 +142,7 @@ class CommittedFinal:
     audio_end: float
 
 
-def run_asr(path: str, cache: Path, reuse: bool, commit: str = "auto") -> tuple[list[CommittedFinal], float]:
+def run_asr(path: str, cache: Path, reuse: bool, commit: str = "hybrid") -> tuple[list[CommittedFinal], float]:
     """Finals of the streaming pipeline (asr mode, `streaming.commit` as given) and its CPU seconds; cached."""
     if reuse and cache.exists():
         data = json.loads(cache.read_text())
@@ -242,13 +242,13 @@ def score_stream(stream: Stream, finals: list[CommittedFinal], labels: list[list
 
 
 def evaluate(streams: list[Stream], options: DiarizerOptions, out: Path, reuse_asr: bool,
-             encoder: SpeakerEncoder | None = None, commit: str = "auto") -> tuple[list[StreamScore], dict]:
+             encoder: SpeakerEncoder | None = None, commit: str = "hybrid") -> tuple[list[StreamScore], dict]:
     encoder = encoder or Ge2eEncoder()
     metrics = (DiarizationErrorRate(collar=COLLAR, skip_overlap=False), DiarizationErrorRate(collar=COLLAR, skip_overlap=False))
     scores = []
     for stream in streams:
         audio = load_audio(stream.audio_path)
-        name = stream.id if commit == "auto" else f"{stream.id}.{commit}"
+        name = stream.id if commit == "hybrid" else f"{stream.id}.{commit}"
         finals, asr_cpu = run_asr(stream.audio_path, out / "asr" / f"{name}.json", reuse_asr, commit)
         labels, per_final = label_stream(audio, finals, OnlineDiarizer(encoder, options))
         score = score_stream(stream, finals, labels, metrics, asr_cpu, sum(per_final), len(audio) / SAMPLE_RATE)
@@ -307,9 +307,8 @@ def main(argv: list[str] | None = None) -> None:
     tunable = ("threshold", "context", "lookahead", "pause", "min_context", "recheck")
     for name in tunable[1:]:
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(DiarizerOptions, name))
-    parser.add_argument("--commit", default="auto", choices=["auto", "agreement", "endpoint"],
-                        help="streaming.commit: agreement finals are a word or a few; endpoint finals whole utterances "
-                             "(as in the fusion modes)")
+    parser.add_argument("--commit", default="hybrid", choices=["hybrid", "agreement", "endpoint", "lookahead"],
+                        help="streaming.commit for the asr finals the labels are put on")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch intra-op threads (the daemon runs torch with fusion.threads = 1)")
     args = parser.parse_args(argv)

@@ -292,6 +292,7 @@ class Renderer:
         self._finalize_pending = False
         self._in_speech = False
         self._last_word_end: float | None = None
+        self._last_final_end = 0.0
 
     def observe_audio(self, data: bytes) -> None:
         """Each binary frame as received, for Metadata's sha256."""
@@ -300,6 +301,14 @@ class Renderer:
     def finalize_requested(self) -> None:
         """The client sent Finalize: the utterance end it causes is `from_finalize`, not `speech_final`."""
         self._finalize_pending = True
+
+    def finalize_done(self) -> list[dict[str, Any]]:
+        """After a Finalize's decode: nothing if its endpoint was rendered, else an empty `from_finalize` final."""
+        if not self._finalize_pending:
+            return []
+        self._finalize_pending = False
+        at = self._last_final_end
+        return [self._results(at, at, "", [], True, False, True)]
 
     def configure(self, message: Configure) -> dict[str, Any]:
         """Apply a Configure (formatting features) and answer it. Keyterm updates are refused."""
@@ -360,6 +369,7 @@ class Renderer:
         ]
         if words:
             self._last_word_end = words[-1]["end"]
+        self._last_final_end = final.end
         from_finalize = final.endpoint and self._finalize_pending
         speech_final = final.endpoint and not from_finalize and self.options.endpointing_ms is not None
         out.append(self._results(final.start, final.end, final.text, words, True, speech_final, from_finalize))
