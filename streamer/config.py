@@ -35,7 +35,7 @@ class StreamingOptions:
     endpoint_silence: float = 0.5
     commit: str = "hybrid"  # a name in streamer.commit.POLICIES; one policy in every mode
     commit_margin: float = 0.8
-    commit_confidence: float = 0.0  # agreement: words Whisper gives less probability than this wait for the lookahead
+    commit_confidence: float = 0.5  # agreement: words Whisper gives less probability than this wait for the lookahead
     commit_delay: float = 1.5  # lookahead: a word is final once this much audio after it was decoded
     commit_after: float = 3.0  # no commits from running windows before the utterance has this many seconds of audio
     commit_interval: float = 1.0  # fusion modes: committing windows (the fused decodes) at most this often; asr: every window
