@@ -83,10 +83,7 @@ class Daemon:
         nodes with room (live connections stay). The shared store is not checked: every node shares it, so
         while it is down new sessions are refused with `storage_unavailable` on any node."""
         reason = self.not_ready()
-        body = {"ready": reason is None, "sessions": len(self.registry), "max_sessions": self.options.max_sessions}
-        if reason is not None:
-            body["reason"] = reason
-        return web.json_response(body, status=200 if reason is None else 503)
+        return web.json_response({"ready": reason is None, "reason": reason}, status=200 if reason is None else 503)
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
         sessions = self.registry.sessions.values()
@@ -181,6 +178,7 @@ class Daemon:
             app.router.add_get(path, handler)
         app.router.add_post(ot.PATH, self.transcriptions.create)
         self.access.own_auth |= {"/v1/listen", *own, ot.PATH}
+        self.access.own_auth.add("/readyz")  # open: a load balancer's check carries no secret, and it tells only ready or not
         app.router.add_get("/v1/sessions/{session_id}/transcript", self.transcript)
         if WEB_ROOT.is_dir():
             app.router.add_static("/web/", WEB_ROOT, show_index=False)
