@@ -11,7 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from streamer.access import AccessLogger, AccessPolicy, check_exposure
-from streamer.config import Config
+from streamer.config import Config, ServerOptions
 from streamer.connection import Connection, Pending
 from streamer.engine import Engine
 from streamer.errors import CLOSE_NORMAL
@@ -20,7 +20,8 @@ from streamer.metrics import Metrics
 from streamer.protocol import to_dict, valid_session_id
 from streamer.registry import SessionRegistry
 from streamer.scheduler import DecodeScheduler, use_two_malloc_arenas
-from streamer.store import StoreUnavailable, open_store, secret_matches
+from streamer.redis_store import RedisStore
+from streamer.store import FileStore, Store, StoreUnavailable, secret_matches
 from streamer.transcriptions import Transcriptions
 from streamer.wire import deepgram as dg
 from streamer.wire import deepgram_adapter, realtime_adapter
@@ -33,6 +34,15 @@ log = logging.getLogger(__name__)
 WEB_ROOT = Path(__file__).resolve().parent.parent / "clients" / "web"
 
 
+def open_store(options: ServerOptions) -> Store:
+    """`server.store`: "file" (transcripts in `data_dir`) or a Redis URL (shared by several daemons)."""
+    if options.store == "file":
+        return FileStore(options.data_dir, options.fsync)
+    if options.store.startswith(("redis://", "rediss://", "unix://")):
+        return RedisStore(options.store, options.lease_seconds)
+    raise ValueError(f"server.store must be 'file' or a redis:// URL, got {options.store!r}")
+
+
 class Daemon:
     """Shared state of one running server: engine, scheduler, sessions, transcript store, open connections."""
 
@@ -41,7 +51,7 @@ class Daemon:
         self.options = config.server
         self.engine = engine
         self.metrics = Metrics()
-        self.store = open_store(self.options.store, self.options.data_dir, self.options.fsync, self.options.lease_seconds)
+        self.store = open_store(self.options)
         self.scheduler = DecodeScheduler(engine.transcribe, config.scheduler, self.metrics, config.streaming.step)
         self.registry = SessionRegistry(engine, self.scheduler, self.store, self.options, self.metrics)
         self.access = AccessPolicy(self.options, self.metrics)

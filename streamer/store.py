@@ -64,17 +64,6 @@ class Store(Protocol):
     async def stop(self) -> None: ...
 
 
-def open_store(store: str, data_dir: str | os.PathLike, fsync: bool = True, lease: float = 5.0) -> Store:
-    """`server.store`: "file" (transcripts in `data_dir`) or a Redis URL (shared by several daemons)."""
-    if store == "file":
-        return FileStore(data_dir, fsync)
-    if store.startswith(("redis://", "rediss://", "unix://")):
-        from streamer.redis_store import RedisStore
-
-        return RedisStore(store, lease)
-    raise ValueError(f"server.store must be 'file' or a redis:// URL, got {store!r}")
-
-
 def secret_digest(secret: str) -> str:
     """What is stored of a resume secret: its SHA-256 (a leaked data folder does not leak the secrets)."""
     return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()

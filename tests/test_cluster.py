@@ -123,7 +123,7 @@ class Cluster:
     # -- daemons ---------------------------------------------------------------------------------
     def _start_node(self, i: int) -> DaemonProcess:
         return start_daemon(
-            self.workdir / f"node{i + 1}", "--port", str(self.ports[i]), "--max-sessions", "4",
+            self.workdir / f"node{i + 1}", "--port", str(self.ports[i]), "--max-sessions", "6",
             "--set", f"server.store={self.store_url}", "--set", "server.max_rate=0",
             "--set", f"server.lease_seconds={LEASE}", "--set", f"server.drain_delay={DRAIN_DELAY}",
             preexec_fn=_die_with_parent, timeout=240,
@@ -147,6 +147,7 @@ class Cluster:
     def start_lb(self) -> None:
         env = {
             **os.environ, "UADF_LB": f"127.0.0.1:{self.lb_port}", "UADF_LB_STATS": str(self.workdir / "haproxy.sock"),
+            "UADF_LB_METRICS": f"127.0.0.1:{free_port()}",
             **{f"UADF_NODE{i + 1}": f"127.0.0.1:{port}" for i, port in enumerate(self.ports)},
         }
         log = open(self.workdir / "haproxy.log", "w")
@@ -186,9 +187,11 @@ class Cluster:
         self.wait_healthy()
 
     def stop(self) -> None:
-        for node in self.nodes:
-            if node is not None:
-                stop_daemon(node, timeout=30)
+        live = [n for n in self.nodes if n is not None and n.process.poll() is None]
+        for node in live:  # all drain at once
+            node.process.terminate()
+        for node in live:
+            stop_daemon(node, timeout=30)
         for proc in (self.lb_proc, self.redis_proc):
             if proc is not None and proc.poll() is None:
                 proc.terminate()
@@ -247,15 +250,15 @@ class Client:
             if len(self.final_times) >= 2:
                 self.first_final.set()
 
-    async def run(self) -> "Client":
+    async def run(self, speed: float = SPEED) -> "Client":
         async def produce() -> None:
-            async for block in paced_blocks(self.audio, 16000, SPEED):
+            async for block in paced_blocks(self.audio, 16000, speed):
                 await self.session.send(block)
             self.session.finish()
 
         producer = asyncio.create_task(produce())
         try:
-            await asyncio.wait_for(self.session.run(), 240)
+            await asyncio.wait_for(self.session.run(), 240 + len(self.audio) / 16000 / speed)
         finally:
             producer.cancel()
             await asyncio.gather(producer, return_exceptions=True)
@@ -443,3 +446,60 @@ async def test_two_resumes_of_one_session_on_two_nodes_at_once_one_wins(cluster,
     finals = [m for m in old + won if m["type"] == "final"]
     segments = sorted({f["segment"] for f in finals})
     assert segments == list(range(len(segments))) and won[-1]["finals"] == len(segments)
+
+
+# -- the issue's run: 12 clients ------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def twelve(cluster_root):
+    """12 streams of three speech-dev clips each (~21 s), their references, and what one daemon alone makes of
+    them in real time, four at a time (as many as each node of the cluster gets)."""
+    clips = sorted(e["id"] for e in manifest("speech-dev") if 4 <= e["seconds"] <= 10)[:36]
+    streams = [stream_audio(clips[i::12]) for i in range(12)]
+    cluster_root.ensure()
+
+    async def go():
+        texts = []
+        for i in range(0, 12, 4):
+            group = [Client(cluster_root.nodes[0].ws_url, audio) for audio, _ in streams[i : i + 4]]
+            texts += [c.text for c in await asyncio.gather(*(c.run(1.0) for c in group))]
+        return texts
+
+    return streams, [ref for _, ref in streams], asyncio.run(go())
+
+
+@pytest.mark.heavy
+async def test_twelve_clients_spread_and_match_one_daemon(cluster, twelve):
+    streams, refs, alone = twelve
+    clients = [Client(cluster.ws_url, audio) for audio, _ in streams]
+    tasks = [asyncio.create_task(c.run(1.0)) for c in clients]
+    await asyncio.gather(*(c.first_final.wait() for c in clients))
+    spread = [cluster.node_of(c.session.session_id) for c in clients]
+    await asyncio.gather(*tasks)
+    for c in clients:
+        assert_exactly_once(cluster, c)
+    single, together = wer(refs, alone), wer(refs, [c.text for c in clients])
+    print(f"12 clients: nodes {sorted(spread)}; WER one daemon {single:.2%}, three behind HAProxy {together:.2%}; per stream "
+          + ", ".join(f"{wer([r], [a]):.0%}/{wer([r], [c.text]):.0%}" for r, a, c in zip(refs, alone, clients)))
+    assert sorted(spread.count(i) for i in range(3)) == [4, 4, 4]
+    assert abs(together - single) <= 0.01
+
+
+@pytest.mark.heavy
+async def test_twelve_clients_survive_a_kill9(cluster, twelve):
+    streams, refs, alone = twelve
+    clients = [Client(cluster.ws_url, audio) for audio, _ in streams]
+    tasks = [asyncio.create_task(c.run(1.0)) for c in clients]
+    await asyncio.gather(*(c.first_final.wait() for c in clients))
+    victim = cluster.node_of(clients[0].session.session_id)
+    affected = [c for c in clients if cluster.node_of(c.session.session_id) == victim]
+    cluster.nodes[victim].process.kill()
+    killed_at = time.monotonic()
+    await asyncio.gather(*tasks)
+    for c in clients:
+        assert_exactly_once(cluster, c)
+    gaps = sorted(next(t for t in c.final_times if t > killed_at) - killed_at for c in affected)
+    single, failed_over = wer(refs, alone), wer(refs, [c.text for c in clients])
+    print(f"kill -9 of a node with {len(affected)} sessions: first new final {', '.join(f'{g:.2f}' for g in gaps)} s after; "
+          f"WER {single:.2%} -> {failed_over:.2%}")
+    assert affected and all(c.session.readies >= 2 for c in affected)
+    assert failed_over - single <= 0.02
