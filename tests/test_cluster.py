@@ -9,6 +9,7 @@ of the issue is `-m heavy`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import ctypes
 import io
@@ -29,6 +30,9 @@ import redis
 
 from clients.stream import Reconnect, ResumableSession, paced_blocks
 from conftest import ROOT, manifest, wer
+from streamer.protocol import Final
+from streamer.redis_store import RedisStore
+from streamer.store import ResumeConflict, StoreUnavailable, secret_matches
 from streamutil import close_code, drain, http_get, open_ws, recv, resume_fields, secret, send_audio, start
 from tools.daemon_process import DaemonProcess, start_daemon, stop_daemon
 
@@ -446,6 +450,101 @@ async def test_two_resumes_of_one_session_on_two_nodes_at_once_one_wins(cluster,
     finals = [m for m in old + won if m["type"] == "final"]
     segments = sorted({f["segment"] for f in finals})
     assert segments == list(range(len(segments))) and won[-1]["finals"] == len(segments)
+
+
+async def test_a_full_node_leaves_the_pool_until_it_has_room(cluster):
+    node = cluster.nodes[2]
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(6):  # its max_sessions
+            ws = await stack.enter_async_context(open_ws(node.ws_url))
+            await ws.send(start(mode="asr"))
+            assert (await recv(ws))["type"] == "ready"
+        assert _status(node, "/readyz") == 503 and json.load(node.get("/healthz"))["ready"] is False
+        wait_for(lambda: cluster.lb_states()["node3"].startswith("DOWN"), 10, "the full node DOWN in HAProxy")
+        async with open_ws(cluster.ws_url) as ws:  # through HAProxy: another node
+            await ws.send(start(mode="asr"))
+            ready = await recv(ws)
+        assert ready["type"] == "ready" and cluster.node_of(ready["session_id"]) in (0, 1)
+    wait_for(lambda: cluster.lb_states()["node3"] == "UP", 10, "the node UP again")
+    assert _status(node, "/readyz") == 200
+
+
+# -- the Redis store itself (a Redis of its own, no daemon) --------------------------------------
+@pytest.fixture
+def redis_url(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(
+        [_tool("redis-server"), str(DEPLOY / "redis.conf"), "--port", str(port), "--dir", str(tmp_path), "--supervised", "no",
+         "--logfile", str(tmp_path / "redis.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent,
+    )
+    try:
+        wait_for(redis.Redis(port=port).ping, 30, "redis")
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def _final(segment: int, text: str = "words") -> Final:
+    return Final(segment, text, float(segment), segment + 1.0, True)
+
+
+async def test_redis_appends_are_fenced_numbered_and_idempotent(redis_url):
+    a, b = RedisStore(redis_url, lease=1.0, node="a"), RedisStore(redis_url, lease=1.0, node="b")
+    let_go = []
+
+    async def release(session_id: str) -> None:  # what the registry does: flush, then close the writer
+        let_go.append(session_id)
+        await a.writers[session_id].close(stream_time=2.5)
+
+    await a.start(release)
+    await b.start(release)
+    try:
+        await asyncio.sleep(0.2)  # subscribed
+        writer = await a.open("s" * 32, {"mode": "asr", "format": {}}, secret="secret")
+        await writer.append(_final(0))
+        await writer.append(_final(1))
+        await writer.append(_final(1))  # a retry whose first reply was lost: stored once
+        with pytest.raises(OSError, match="SEGMENT"):
+            await writer.append(_final(3))  # a gap
+        with pytest.raises(OSError, match="SEGMENT"):
+            await writer.append(_final(1, "other words"))  # a second, different segment 1
+        assert [f.segment for f in await b.read("s" * 32)] == [0, 1]
+        assert await b.exists("s" * 32) and secret_matches("secret", await b.secret("s" * 32))
+
+        # one resume at a time, cluster-wide; b takes the live session over from a through Redis
+        async with b.resuming("s" * 32):
+            with pytest.raises(ResumeConflict):
+                async with a.resuming("s" * 32):
+                    pass
+            taken = await b.open("s" * 32, {"mode": "asr"})
+        assert let_go == ["s" * 32] and await b.stream_end("s" * 32) == 2.5
+        with pytest.raises(OSError, match="NOTOWNER"):
+            await writer.append(_final(2))  # a writer that lost the session adds nothing
+        await taken.append(_final(2))
+
+        # an owner that is gone (nobody on its channel) is replaced at once, not after its lease
+        gone = RedisStore(redis_url, lease=60.0, node="gone")
+        await gone.open("t" * 32, {"mode": "asr"}, secret="x")
+        await gone.stop()
+        t0 = time.monotonic()
+        await b.open("t" * 32, {"mode": "asr"})
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_redis_down_is_store_unavailable_at_once():
+    store = RedisStore(f"redis://127.0.0.1:{free_port()}/0")
+    t0 = time.monotonic()
+    with pytest.raises(StoreUnavailable):
+        await store.open("u" * 32, {"mode": "asr"}, secret="x")
+    with pytest.raises(StoreUnavailable):
+        await store.read("u" * 32)
+    assert time.monotonic() - t0 < 5.0
+    await store.stop()
 
 
 # -- the issue's run: 12 clients ------------------------------------------------------------------
