@@ -41,6 +41,10 @@ from streamer.store import Release, ResumeConflict, StoreUnavailable, secret_dig
 log = logging.getLogger(__name__)
 
 POLL = 0.05  # seconds between looks at an owner key being released
+# A live owner asked to let a session go flushes it first (decoding its pending audio: seconds on a busy node);
+# one that hangs stops renewing and loses the key after one lease. Past this many leases of waiting, the
+# session is taken anyway (fenced appends keep the store consistent).
+TAKEOVER_LEASES = 4
 
 # KEYS: owner, finals; ARGV: owner value, segment, final JSON, lease ms. Appends only as the owner (a lease that
 # ran out with nobody else taking it is taken again), only the next segment; a retried append that was applied
@@ -165,7 +169,7 @@ class RedisStore:
 
     async def _own(self, session_id: str, value: str) -> None:
         owner_key = key(session_id, "owner")
-        deadline = time.monotonic() + 2 * self.lease
+        deadline = time.monotonic() + TAKEOVER_LEASES * self.lease
         replace, asked = "", None
         while (current := await self._acquire(keys=[owner_key], args=[value, self.lease_ms, replace])) != 1:
             node = current.split(" ")[0]
@@ -177,7 +181,7 @@ class RedisStore:
                     log.info("session %s: its owner %s is gone; taking it over", session_id, node)
                     replace = current
             elif time.monotonic() > deadline:
-                log.warning("session %s: its owner %s did not let it go in %.0f s; taking it over", session_id, node, 2 * self.lease)
+                log.warning("session %s: its owner %s did not let it go in %.0f s; taking it over", session_id, node, TAKEOVER_LEASES * self.lease)
                 replace = current
             else:
                 await asyncio.sleep(POLL)
@@ -187,7 +191,7 @@ class RedisStore:
         """One resume of a session at a time, cluster-wide: ResumeConflict while another is under way."""
         claim_key, token = key(session_id, "claim"), f"{self.node} {secrets.token_hex(8)}"
         async with reachable():
-            if not await self.redis.set(claim_key, token, nx=True, px=3 * self.lease_ms + 1000):
+            if not await self.redis.set(claim_key, token, nx=True, px=(TAKEOVER_LEASES + 1) * self.lease_ms + 1000):
                 raise ResumeConflict(session_id)
         try:
             yield
