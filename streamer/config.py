@@ -80,6 +80,9 @@ class ServerOptions:
     max_upload_seconds: float = 1800.0
     data_dir: str = "data/sessions"
     fsync: bool = True
+    store: str = "file"  # "file" (data_dir) or a redis:// URL: transcripts shared by several daemons (docs/deployment.md)
+    lease_seconds: float = 5.0  # with a shared store: how long a node's claim on a live session lasts unrenewed
+    drain_delay: float = 0.0  # SIGTERM: seconds not ready (/readyz 503) before sessions are flushed and ended
     token: str = ""
     allowed_origins: list[str] = field(default_factory=list)
     allowed_hosts: list[str] = field(default_factory=list)

@@ -24,7 +24,7 @@ from streamer.limits import RateLimits
 from streamer.metrics import Metrics
 from streamer.protocol import Error, Final, Partial, Ready, ServerMessage, Start
 from streamer.scheduler import DecodeScheduler
-from streamer.store import TranscriptStore, TranscriptWriter
+from streamer.store import Store, StoreUnavailable, Writer
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +78,17 @@ class Outbox:
         return len(self._items) + self.sending
 
 
-async def open_transcript(store: TranscriptStore, session_id: str, start: Start, finals: int, secret: str | None) -> TranscriptWriter:
-    """A session's transcript writer, opened off the event loop (creating a file fsyncs its folder);
-    `secret`: a new session's resume secret, stored as a hash. A file that cannot be written: storage_failed."""
+async def open_transcript(store: Store, session_id: str, start: Start, finals: int, secret: str | None) -> Writer:
+    """A session's transcript writer (with a shared store, this node becomes the session's owner); `secret`: a
+    new session's resume secret, stored as a hash. A store that is down: storage_unavailable; a file that
+    cannot be written: storage_failed."""
     fields = {k: v for k, v in start.to_dict().items() if k != "resume_token"}  # the secret is stored hashed only
     info = {"mode": fields.pop("mode", None), "format": fields, "resumed_at": finals}
     try:
-        return await asyncio.to_thread(store.open, session_id, info, secret)
+        return await store.open(session_id, info, secret)
+    except StoreUnavailable as exc:
+        log.error("session %s: transcript store unavailable: %s", session_id, exc)
+        raise StreamError("storage_unavailable", "the transcript store is unavailable; try again later", fatal=True) from None
     except OSError as exc:
         log.error("session %s: transcript not writable: %s", session_id, exc)
         raise StreamError("storage_failed", "the transcript cannot be written on the server", fatal=True) from None
@@ -97,7 +101,7 @@ class Session:
         start: Start,
         engine: Engine,
         scheduler: DecodeScheduler,
-        writer: TranscriptWriter,
+        writer: Writer,
         options: ServerOptions,
         metrics: Metrics,
         limits: RateLimits,
@@ -193,8 +197,8 @@ class Session:
 
     async def _emit(self, event: Partial | Final) -> None:
         if isinstance(event, Final):
-            try:  # on disk before it is sent; off the event loop, which an fsync would stall
-                await asyncio.to_thread(self.writer.append, event)
+            try:  # stored before it is sent (file appends run off the event loop, which an fsync would stall)
+                await self.writer.append(event)
             except OSError as exc:  # a full disk: this final and all after it are never sent
                 log.error("session %s: transcript write failed: %s", self.id, exc)
                 raise StreamError("storage_failed", "the transcript could not be written on the server; the session ends", fatal=True) from None
@@ -264,4 +268,4 @@ class Session:
         self.closed = True
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
-        self.writer.close(stream_time=self.start_time + self.audio_seconds)
+        await self.writer.close(stream_time=self.start_time + self.audio_seconds)

@@ -146,7 +146,8 @@ class Transcriptions:
                 raise ot.busy(RETRY_AFTER) from None
             if exc.code == "bad_mode":
                 raise ot.APIError(400, exc.message, param="model", code="model_not_found") from None
-            raise ot.APIError(500, exc.message, code=exc.code) from None
+            status = 503 if exc.code == "storage_unavailable" else 500  # a shared store that is down: try again later
+            raise ot.APIError(status, exc.message, code=exc.code) from None
         return session
 
     async def _run(
