@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from streamer.audio import SAMPLE_RATE, load_audio
-from streamer.speakers import DiarizerOptions, Ge2eEncoder, OnlineDiarizer
+from streamer.ge2e import Ge2eEncoder
+from streamer.speakers import DiarizerOptions, OnlineDiarizer
 
 DEV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "speech-dev"
 
