@@ -187,11 +187,11 @@ class AgreementOrLookahead(Lookahead):
         self.agreement.reset()
 
 
-POLICIES: dict[str, Callable[[PolicyOptions], CommitPolicy]] = {
-    "agreement": lambda o: LocalAgreement(2, o.commit_margin),
-    "endpoint": lambda o: EndpointOnly(),
-    "lookahead": lambda o: Lookahead(o.commit_delay, o.commit_interval),
-    "hybrid": lambda o: AgreementOrLookahead(o.commit_margin, o.commit_delay, o.commit_interval),
+POLICIES: dict[str, Callable[[PolicyOptions, float], CommitPolicy]] = {
+    "agreement": lambda o, interval: LocalAgreement(2, o.commit_margin),
+    "endpoint": lambda o, interval: EndpointOnly(),
+    "lookahead": lambda o, interval: Lookahead(o.commit_delay, interval),
+    "hybrid": lambda o, interval: AgreementOrLookahead(o.commit_margin, o.commit_delay, interval),
 }
 
 
@@ -203,4 +203,6 @@ def policy_name(configured: str, mode: Mode) -> str:
 
 
 def make_policy(options: PolicyOptions, mode: Mode) -> CommitPolicy:
-    return POLICIES[policy_name(options.commit, mode)](options)
+    """The session's policy. Its committing windows come every `commit_interval` in the fusion modes (they
+    are the fused decodes); in `asr` mode every running window may commit (it costs nothing more)."""
+    return POLICIES[policy_name(options.commit, mode)](options, options.commit_interval if mode.fused else 0.0)

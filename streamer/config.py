@@ -23,6 +23,7 @@ class AsrOptions:
     compute_type: str = "auto"
     cpu_threads: int = 0
     language: str = "en"
+    prompt_tokens: int = 48  # previous text in Whisper's prompt, in tokens: one length for every long-running stream batches them
 
 
 @dataclass
@@ -36,7 +37,8 @@ class StreamingOptions:
     commit: str = "auto"  # a name in streamer.commit.POLICIES, or "auto": agreement in asr mode, endpoint in fusion modes
     commit_margin: float = 0.8
     commit_delay: float = 1.0  # lookahead: a word is final once this much audio after it was decoded
-    commit_interval: float = 0.5  # lookahead: committing windows at most this often (the fused ones in fusion modes)
+    commit_after: float = 0.0  # no commits from running windows before the utterance has this many seconds of audio
+    commit_interval: float = 1.0  # fusion modes: committing windows (the fused decodes) at most this often; asr: every window
     force_committed: bool = False  # committed words still in a window are forced as its decoder prefix, not re-decoded
     max_lag: float = 0.5  # a decoder behind by more than this many seconds of decision points skips to the newest
     prompt_words: int = 40
@@ -54,7 +56,7 @@ class StreamingOptions:
 
 @dataclass
 class SchedulerOptions:
-    max_batch: int = 4
+    max_batch: int = 8
     max_wait_ms: float = 10.0
     max_partial_interval: float = 8.0
     max_commit_interval: float = 1.0

@@ -29,8 +29,10 @@ class TranscriptResult:
     audio_seconds: float
     decode_seconds: float
     stats: StepStats = field(default_factory=StepStats)
-    # per final word: seconds from the word's end (its aligned time) to its final, in stream time plus
-    # the decode time of its window; what a real-time client waits when the decoder has no queue
+    # per final word: seconds of stream time from the word's end (its aligned time) to the decision point
+    # that made it final (the commit policy's delay), and that plus the decode time of its window (what a
+    # real-time client waits when the decoder has no queue)
+    word_waits: list[float] = field(default_factory=list)
     word_delays: list[float] = field(default_factory=list)
 
     @property
@@ -59,7 +61,9 @@ async def stream(
     async def emit(event: Partial | Final) -> None:
         (result.finals if isinstance(event, Final) else result.partials).append(event)
         if isinstance(event, Final):
-            result.word_delays += [processor.clock + last_decode[0] - w.end for w in event.words]
+            waits = [processor.clock - w.end for w in event.words]
+            result.word_waits += waits
+            result.word_delays += [wait + last_decode[0] for wait in waits]
         if on_event:
             on_event(event)
 
