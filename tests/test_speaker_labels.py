@@ -173,3 +173,34 @@ def test_openai_verbose_json_has_speakers_where_labelled():
     assert [s["speaker"] for s in labelled_body["segments"]] == ["A", "B", "A"]
     plain_body = ot.render(req, PLAIN, 5.0)[0]
     assert "speaker" not in plain_body
+
+
+def test_the_stage_keeps_a_session_speakers_for_its_resume(monkeypatch):
+    """SpeakerStage with a fake encoder (no torch): a closed connection's diarizer is kept without its audio, a
+    resume on the same daemon gets it back; a session it does not know numbers after the labels it had."""
+    import asyncio
+
+    import numpy as np
+
+    from streamer.speaker_labels import SpeakerStage
+    from streamer.speakers import DiarizerOptions
+
+    class OneVoice:
+        dim = 2
+
+        def embed(self, pieces):
+            return np.tile([1.0, 0.0], (len(pieces), 1))
+
+    stage = SpeakerStage()
+    stage._encoder = OneVoice()  # "loaded": nothing is loaded on the worker
+    first = stage.open("c" * 32, DiarizerOptions(), 0.0)
+    first.accept(np.full(3 * 16000, 0.1, np.float32))
+    done = asyncio.run(first.label(final(0, "and so my", 0.5), until=3.0))
+    assert [w.speaker for w in done.words] == [0, 0, 0] and done.speaker == 0 and not done.speaker_change
+    first.close()
+    assert stage._kept["c" * 32] is first.diarizer and not first.diarizer._chunks
+    again = stage.open("c" * 32, DiarizerOptions(threshold=0.6), 3.0)
+    assert again.diarizer is first.diarizer and again.diarizer.options.threshold == 0.6 and "c" * 32 not in stage._kept
+    unknown = stage.open("d" * 32, DiarizerOptions(), 4.0, previous=[final(0, "fellow Americans", 1.0, speakers=[0, 4])])
+    assert unknown.diarizer.first_label == 5
+    stage.executor.shutdown()
