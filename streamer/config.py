@@ -11,6 +11,7 @@ from typing import Any
 
 from core.types import FusionOptions
 from streamer.commit import POLICIES
+from streamer.protocol import MAX_SPEAKERS
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
 
@@ -91,12 +92,28 @@ class ServerOptions:
 
 
 @dataclass
+class SpeakerOptions:
+    """`[speakers]`: speaker labels on finals (streamer/speaker_labels.py); a session's `start` may override each."""
+
+    diarize: bool = False  # label speakers in sessions that do not say (protocol v1 `diarize`, Deepgram `diarize`)
+    max_speakers: int = 8  # at most this many speakers a session (1 to MAX_SPEAKERS, 32)
+    threshold: float = 0.675  # cosine similarity at which speech joins a known speaker (0-1; higher: more speakers)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_speakers <= MAX_SPEAKERS:
+            raise ValueError(f"speakers.max_speakers must be from 1 to {MAX_SPEAKERS}, got {self.max_speakers}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"speakers.threshold must be between 0 and 1, got {self.threshold}")
+
+
+@dataclass
 class Config:
     asr: AsrOptions = field(default_factory=AsrOptions)
     streaming: StreamingOptions = field(default_factory=StreamingOptions)
     scheduler: SchedulerOptions = field(default_factory=SchedulerOptions)
     server: ServerOptions = field(default_factory=ServerOptions)
     fusion: FusionOptions = field(default_factory=FusionOptions)
+    speakers: SpeakerOptions = field(default_factory=SpeakerOptions)
 
 
 class ConfigError(ValueError):
@@ -162,7 +179,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
         apply(config, section, key, value.strip())
     if not config.server.token:
         config.server.token = os.environ.get("UADF_TOKEN", "")
-    for options in (config.streaming, config.fusion):  # re-check what setattr bypassed
+    for options in (config.streaming, config.fusion, config.speakers):  # re-check what setattr bypassed
         try:
             options.__post_init__()
         except ValueError as exc:

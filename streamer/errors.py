@@ -14,6 +14,7 @@ FATAL_CLOSE_CODES: dict[str, int] = {
     "bad_sample_rate": CLOSE_UNSUPPORTED,
     "bad_channels": CLOSE_UNSUPPORTED,
     "bad_mode": CLOSE_UNSUPPORTED,
+    "bad_speakers": CLOSE_UNSUPPORTED,
     "busy": CLOSE_POLICY,
     "session_too_long": CLOSE_POLICY,
     "idle_timeout": CLOSE_POLICY,

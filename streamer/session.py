@@ -24,6 +24,7 @@ from streamer.limits import RateLimits
 from streamer.metrics import Metrics
 from streamer.protocol import Error, Final, Partial, Ready, ServerMessage, Start
 from streamer.scheduler import DecodeScheduler
+from streamer.speaker_labels import open_speakers
 from streamer.store import Store, StoreUnavailable, Writer
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,8 @@ class Session:
             meeting=MeetingContext(tuple(start.keyterms or ()), start.context or ""), endpoint_silence=start.endpoint_silence,
         )
         self.finals = len(previous)
+        # speaker labels (None unless the session asks): the same audio as the processor, each final labelled before it is stored
+        self.speakers = open_speakers(session_id, start, engine.config.speakers, self.start_time, previous)
         self.outbox = Outbox(options.send_queue, metrics)
         self.audio_seconds = 0.0  # received on this connection; the session's total is start_time + this
         self.decoded_at = self.start_time  # stream time when the last hypothesis came back
@@ -173,6 +176,8 @@ class Session:
         self.audio_seconds += seconds
         self.metrics.audio_seconds.inc(seconds)
         self.processor.insert_audio(audio)
+        if self.speakers is not None:
+            self.speakers.accept(audio)
         self._wake.set()
 
     def finalize(self) -> None:
@@ -197,6 +202,8 @@ class Session:
 
     async def _emit(self, event: Partial | Final) -> None:
         if isinstance(event, Final):
+            if self.speakers is not None:  # on the speaker stage's thread; the audio up to where the processor is
+                event = await self.speakers.label(event, self.processor.stream_time)
             try:  # stored before it is sent (file appends run off the event loop, which an fsync would stall)
                 await self.writer.append(event)
             except OSError as exc:  # a full disk: this final and all after it are never sent
@@ -244,6 +251,8 @@ class Session:
             raise StreamError("session_too_long", f"session exceeds {self.options.max_session_seconds:.0f} s of audio", fatal=True)
         self.audio_seconds += seconds
         self.metrics.audio_seconds.inc(seconds)
+        if self.speakers is not None:  # all of it at once: each final is labelled with the audio up to the processor's time
+            self.speakers.accept(audio)
         await self._drive(lambda: self.driver.feed(audio, stopped=lambda: self.closed or self.stopping or stopped()))
         await self.flush()
         if self.failure.done():
@@ -256,6 +265,8 @@ class Session:
         tail = self.converter.flush()
         if len(tail):
             self.processor.insert_audio(tail)
+            if self.speakers is not None:
+                self.speakers.accept(tail)
         await self._drive(self.driver.flush)
 
     def send_error(self, error: StreamError) -> None:
@@ -269,3 +280,5 @@ class Session:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
         await self.writer.close(stream_time=self.start_time + self.audio_seconds)
+        if self.speakers is not None:
+            self.speakers.close()

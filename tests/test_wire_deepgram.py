@@ -71,7 +71,8 @@ def test_sdk_query_maps_to_session_options():
     assert (o.endpointing_ms, o.utterance_end_ms) == (300, 1000)
     assert o.keyterms == ["UADF", "Gemma", "Whisper"]
     assert o.extra == {"team": "blue"} and o.mode is None and o.model == "nova-3"
-    assert any("nova-3" in w for w in o.warnings) and any(w.startswith("diarize") for w in o.warnings)
+    assert any("nova-3" in w for w in o.warnings) and any(w.startswith("no_delay") for w in o.warnings)
+    assert o.diarize is True  # mapped: speaker labels on words
     assert not any("token" in w for w in o.warnings)
 
 

@@ -35,7 +35,9 @@ from pyannote.metrics.diarization import DiarizationErrorRate
 from whisper_normalizer.english import EnglishTextNormalizer
 
 from streamer.audio import SAMPLE_RATE, load_audio
-from streamer.speakers import DiarizerOptions, Ge2eEncoder, OnlineDiarizer, SpeakerEncoder
+from streamer.config import load_config
+from streamer.ge2e import Ge2eEncoder
+from streamer.speakers import DiarizerOptions, OnlineDiarizer, SpeakerEncoder
 from tools.meeting_streams import parse_seeds
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -147,7 +149,6 @@ def run_asr(path: str, cache: Path, reuse: bool, commit: str = "hybrid") -> tupl
     if reuse and cache.exists():
         data = json.loads(cache.read_text())
         return [CommittedFinal([TimedWord(**w) for w in f["words"]], f["audio_end"]) for f in data["finals"]], data["cpu"]
-    from streamer.config import load_config
     from streamer.engine import Engine
     from streamer.pipeline import run_stream
     from streamer.protocol import Final
@@ -302,8 +303,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only-call", action="store_true")
     parser.add_argument("--out", default="bench-out/diarization")
     parser.add_argument("--reuse-asr", action="store_true", help="label the cached finals instead of decoding again")
-    parser.add_argument("--threshold", type=float, default=DiarizerOptions.threshold)
-    parser.add_argument("--max-speakers", type=int, default=DiarizerOptions.max_speakers)
+    parser.add_argument("--config", help="config file: [speakers] gives the defaults of --threshold and --max-speakers")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
+    parser.add_argument("--threshold", type=float, help="default: speakers.threshold")
+    parser.add_argument("--max-speakers", type=int, help="default: speakers.max_speakers")
     tunable = ("threshold", "context", "lookahead", "pause", "min_context", "recheck")
     for name in tunable[1:]:
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(DiarizerOptions, name))
@@ -313,6 +316,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="torch intra-op threads (the daemon runs torch with fusion.threads = 1)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.torch_threads)
+    speakers = load_config(args.config, args.set).speakers
+    args.threshold = speakers.threshold if args.threshold is None else args.threshold
+    args.max_speakers = speakers.max_speakers if args.max_speakers is None else args.max_speakers
 
     streams = [] if args.only_call else meeting_streams(Path(args.meetings), parse_seeds(args.seeds) if args.seeds else None)
     if args.call or args.only_call:

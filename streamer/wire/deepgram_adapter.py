@@ -72,6 +72,7 @@ class DeepgramAdapter:
             mode=self.options.mode,
             keyterms=list(self.options.keyterms),
             endpoint_silence=None if endpointing is None else endpointing / 1000,
+            diarize=self.options.diarize,
         )
 
     def parse(self, data: str, started: bool) -> Parsed:
