@@ -115,7 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jsonl", action="store_true", help="print every message as JSON lines")
     p.set_defaults(func=cmd_transcribe)
 
-    for entry in sorted(entry_points(group=COMMANDS), key=lambda e: e.name):
+    # The tools' modules import torch and more (seconds of CPU): `serve` and `transcribe` load none of them.
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    if words and words[0] in sub.choices:
+        tools = []
+    else:
+        tools = [e for e in entry_points(group=COMMANDS) if not words or e.name == words[0]] or list(entry_points(group=COMMANDS))
+    for entry in sorted(tools, key=lambda e: e.name):
         module = importlib.import_module(entry.value)
         p = sub.add_parser(entry.name, help=(module.__doc__ or "").strip().splitlines()[0])
         _add_common(p)
