@@ -143,3 +143,40 @@ def test_sample_buffer_matches_a_plain_array():
         plain = plain[drop:]
         n = int(rng.integers(0, len(plain) + 10))
         assert len(buffer) == len(plain) and np.array_equal(buffer.head(n), plain[:n])
+
+
+def test_a_flush_behind_the_decision_points_commits_everything(engine):
+    """A daemon still behind its decision points at `stop` (a busy decoder, a max_lag it never reaches): the
+    pending points decode as usual, then the finalize covers all the audio received. (Taken at the oldest
+    pending point, it once closed the utterance there and left the rest as a partial, lost at `end`.)"""
+    import asyncio
+    from dataclasses import replace
+
+    from streamer.drive import StreamDriver
+
+    entry = next(e for e in manifest("speech-dev") if e["id"] == "40dc021d")
+    audio = load_audio(entry["path"])
+    processor = engine.new_processor("asr")
+    processor.options = replace(processor.options, max_lag=60.0)
+    finals = []
+
+    async def decode(request):
+        return engine.transcribe([request])[0]
+
+    async def emit(event):
+        if hasattr(event, "endpoint"):
+            finals.append(event)
+
+    async def behind_then_stop():
+        driver = StreamDriver(processor, decode, emit)
+        for i in range(0, len(audio) * 3 // 4, 1600):  # three quarters of the clip decoded as it comes
+            processor.insert_audio(audio[i : i + 1600])
+            await driver.pump()
+        for i in range(len(audio) * 3 // 4, len(audio), 1600):  # the rest arrives while the decoder is busy
+            processor.insert_audio(audio[i : i + 1600])
+        await driver.flush()
+
+    asyncio.run(behind_then_stop())
+    text = " ".join(f.text for f in finals if f.text)
+    assert finals[-1].endpoint and not processor.uncommitted and not processor.finalize_requested
+    assert wer([entry["text"]], [text]) < 0.1, text
