@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Callable, Protocol, Sequence
 
-from core.types import Mode, Word
+from core.types import Word
 
 _PUNCT = re.compile(r"[^\w']+")
 MAX_NGRAM = 5  # committed words looked for when a hypothesis rewrites the committed part
@@ -136,19 +136,13 @@ class EndpointOnly:
 
 class Lookahead:
     """`lookahead`: a word is final once a window decoded `delay` seconds past its end holds it, so every
-    word is decided with that much right context and waits about that long, pause or not. Committing
-    windows come at most every `interval` seconds (in the fusion modes they are the fused decodes)."""
+    word is decided with that much right context and waits about that long (plus a step), pause or not."""
 
-    def __init__(self, delay: float, interval: float):
+    def __init__(self, delay: float):
         self.delay = delay
-        self.interval = interval
-        self._last = float("-inf")  # end of the last committing window
 
     def commit_window(self, now: float, speech_start: float) -> bool:
-        if now - speech_start < self.delay or now - self._last < self.interval:
-            return False
-        self._last = now
-        return True
+        return now - speech_start >= self.delay
 
     def update(self, uncommitted: list[Word], window_end: float) -> list[Word]:
         return uncommitted[: ripe(uncommitted, window_end - self.delay)]
@@ -164,21 +158,17 @@ class PolicyOptions(Protocol):
     commit_margin: float
     commit_confidence: float
     commit_delay: float
-    commit_interval: float
 
 
 class AgreementOrLookahead(Lookahead):
     """`hybrid`: words two consecutive committing windows agree on are final once they end `margin` before the
     window's end (LocalAgreement-2); any word is final at the latest once `delay` of audio follows it."""
 
-    def __init__(self, margin: float, delay: float, interval: float, confidence: float = 0.0):
-        super().__init__(delay, interval)
+    def __init__(self, margin: float, delay: float, confidence: float = 0.0):
+        super().__init__(delay)
         self.agreement = LocalAgreement(2, margin, confidence)
 
     def commit_window(self, now: float, speech_start: float) -> bool:
-        if now - self._last < self.interval:
-            return False
-        self._last = now
         return True
 
     def update(self, uncommitted: list[Word], window_end: float) -> list[Word]:
@@ -191,15 +181,15 @@ class AgreementOrLookahead(Lookahead):
         self.agreement.reset()
 
 
-POLICIES: dict[str, Callable[[PolicyOptions, float], CommitPolicy]] = {
-    "agreement": lambda o, interval: LocalAgreement(2, o.commit_margin, o.commit_confidence),
-    "endpoint": lambda o, interval: EndpointOnly(),
-    "lookahead": lambda o, interval: Lookahead(o.commit_delay, interval),
-    "hybrid": lambda o, interval: AgreementOrLookahead(o.commit_margin, o.commit_delay, interval, o.commit_confidence),
+POLICIES: dict[str, Callable[[PolicyOptions], CommitPolicy]] = {
+    "agreement": lambda o: LocalAgreement(2, o.commit_margin, o.commit_confidence),
+    "endpoint": lambda o: EndpointOnly(),
+    "lookahead": lambda o: Lookahead(o.commit_delay),
+    "hybrid": lambda o: AgreementOrLookahead(o.commit_margin, o.commit_delay, o.commit_confidence),
 }
 
 
-def make_policy(options: PolicyOptions, mode: Mode) -> CommitPolicy:
-    """The session's policy. Its committing windows come every `commit_interval` in the fusion modes (they
-    are the fused decodes); in `asr` mode every running window may commit (it costs nothing more)."""
-    return POLICIES[options.commit](options, options.commit_interval if mode.fused else 0.0)
+def make_policy(options: PolicyOptions) -> CommitPolicy:
+    """The session's policy, the same in every mode (running windows are plain ASR in every mode; fusion
+    decides the words left at the utterance's endpoint)."""
+    return POLICIES[options.commit](options)

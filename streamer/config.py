@@ -39,7 +39,6 @@ class StreamingOptions:
     commit_confidence: float = 0.5  # agreement: words Whisper gives less probability than this wait for the lookahead
     commit_delay: float = 1.5  # lookahead: a word is final once this much audio after it was decoded
     commit_after: float = 3.0  # no commits from running windows before the utterance has this many seconds of audio
-    commit_interval: float = 1.0  # fusion modes: committing windows (the fused decodes) at most this often; asr: every window
     force_committed: bool = False  # committed words still in a window are forced as its decoder prefix, not re-decoded
     max_lag: float = 0.5  # a decoder behind by more than this many seconds of decision points skips to the newest
     prompt_words: int = 40

@@ -1,6 +1,6 @@
 """Commit policy: pure logic, no model."""
 
-from core.types import Mode, Word
+from core.types import Word
 from streamer.commit import POLICIES, AgreementOrLookahead, EndpointOnly, LocalAgreement, Lookahead, common_prefix, make_policy, normalize, strip_committed
 from streamer.config import StreamingOptions
 
@@ -73,16 +73,15 @@ def test_commit_stops_short_of_the_window_end():
 
 
 def test_policies_by_name_and_mode():
-    assert isinstance(make_policy(StreamingOptions(), Mode.ASR), AgreementOrLookahead)  # one default in every mode
-    assert isinstance(make_policy(StreamingOptions(), Mode.UADF), AgreementOrLookahead)
-    assert isinstance(make_policy(StreamingOptions(commit="agreement"), Mode.UADF), LocalAgreement)
-    endpoint = make_policy(StreamingOptions(commit="endpoint"), Mode.ASR)
+    assert isinstance(make_policy(StreamingOptions()), AgreementOrLookahead)
+    assert isinstance(make_policy(StreamingOptions(commit="agreement")), LocalAgreement)
+    endpoint = make_policy(StreamingOptions(commit="endpoint"))
     assert endpoint.update(words("one two three"), 10.0) == [] and not endpoint.commit_window(10.0, 0.0)
     assert set(POLICIES) == {"agreement", "endpoint", "lookahead", "hybrid"}
 
 
 def test_hybrid_commits_agreed_words_early_and_any_word_after_the_delay():
-    policy = make_policy(StreamingOptions(commit="hybrid", commit_margin=0.5, commit_delay=1.5), Mode.ASR)
+    policy = make_policy(StreamingOptions(commit="hybrid", commit_margin=0.5, commit_delay=1.5))
     assert policy.commit_window(1.0, 0.0)
     assert policy.update(words("one two"), 1.0) == []  # nothing to agree with yet, nothing 1.5 s old
     done = policy.update(words("one two three"), 1.5)  # "one two" agreed, ending by 1.0
@@ -94,12 +93,11 @@ def test_hybrid_commits_agreed_words_early_and_any_word_after_the_delay():
 
 
 def test_lookahead_commits_words_with_enough_audio_after_them():
-    policy = Lookahead(delay=1.0, interval=1.0)
+    policy = Lookahead(delay=1.0)
     hyp = words("one two three four five")  # ends 0.45, 0.95, 1.45, 1.95, 2.45
     assert not policy.commit_window(0.9, speech_start=0.0)  # less than the delay of speech so far
     assert policy.commit_window(2.5, speech_start=0.0)
     assert [w.word.strip() for w in policy.update(hyp, 2.5)] == ["one", "two", "three"]
-    assert not policy.commit_window(3.0, speech_start=1.5)  # the next committing window waits the interval
-    assert policy.commit_window(3.5, speech_start=1.5)
+    assert policy.commit_window(3.0, speech_start=1.5)
     written = words("totaled 181") + [Word(".8", 1.0, 1.2, 0.9), Word(" million", 1.2, 1.6, 0.9)]
     assert [w.word for w in policy.update(written, 2.1)] == [" totaled"]  # "181" waits for ".8"
