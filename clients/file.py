@@ -1,4 +1,5 @@
-"""Stream a WAV/FLAC file to the daemon at real-time pace (or --speed N) and print what comes back.
+"""Stream a WAV/FLAC file to the daemon at real-time pace (or --speed N) and print what comes back; a
+dropped connection is resumed (the session's finals arrive once each).
 
     python -m clients.file speech.wav [--url ws://127.0.0.1:8765/v1/listen] [--speed 4] [--out messages.jsonl]
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 
 import soundfile as sf
@@ -23,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--speed", type=float, default=1.0, help="times real time (0: as fast as possible)")
     p.add_argument("--mode", choices=Mode.names())
     p.add_argument("--chunk", type=float, default=0.1, help="seconds of audio a frame")
-    p.add_argument("--token", help="bearer token")
+    p.add_argument("--token", default=os.environ.get("UADF_TOKEN"), help="bearer token (default: $UADF_TOKEN, which ps does not show)")
     p.add_argument("--out", help="write every message (with arrival times) as JSON lines here")
     p.add_argument("--quiet", action="store_true", help="print only the final transcript")
     args = p.parse_args(argv)

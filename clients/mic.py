@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import os
 import shutil
 import signal
 import sys
 
 import numpy as np
 
-from clients.stream import DEFAULT_URL, connect, start_message, to_pcm16
+from clients.stream import DEFAULT_URL, Received, ResumableSession
 from core.types import Mode
 
 
@@ -44,52 +44,57 @@ def _sounddevice():
 
 
 async def run(args: argparse.Namespace, stop: asyncio.Event, out=sys.stdout) -> None:
-    """Capture until `stop` is set (Ctrl-C), then flush: the server turns pending audio into finals."""
+    """Capture until `stop` is set (Ctrl-C), then flush: the server turns pending audio into finals. A dropped
+    connection is resumed (the audio meanwhile is queued, up to 30 s)."""
     sd = _sounddevice()
     info = sd.query_devices(args.device, "input")
     rate = int(args.rate or info["default_samplerate"])
     loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[np.ndarray] = asyncio.Queue(maxsize=100)
+    queue: asyncio.Queue[np.ndarray | None] = asyncio.Queue(maxsize=100)  # None: capture ended
+
+    def put(block: np.ndarray | None) -> None:
+        if queue.full():  # the sender is stalled (no room while reconnecting): drop the oldest block
+            queue.get_nowait()
+        queue.put_nowait(block)
 
     def callback(indata, frames, time_info, status) -> None:  # audio thread
-        loop.call_soon_threadsafe(queue.put_nowait, indata[:, 0].copy())
+        loop.call_soon_threadsafe(put, indata[:, 0].copy())
 
     display = CaptionLine(out)
-    async with connect(args.url, args.token) as ws:
-        await ws.send(start_message(rate, 1, args.mode))
-        ready = json.loads(await ws.recv())
-        if ready.get("type") != "ready":
-            raise SystemExit(f"server refused the session: {ready}")
-        print(f"# session {ready['session_id']} ({ready['mode']}, {ready['model']}); Ctrl-C to stop", file=sys.stderr)
 
-        async def send() -> None:
-            while True:
-                await ws.send(to_pcm16(await queue.get()))
+    def show(item: Received) -> None:
+        msg = item.message
+        if msg["type"] == "ready" and not msg.get("resumed"):
+            print(f"# session {msg['session_id']} ({msg['mode']}, {msg['model']}); Ctrl-C to stop", file=sys.stderr)
+        elif msg["type"] == "partial":
+            display.partial(msg["text"])
+        elif msg["type"] == "final":
+            display.final(msg["text"], msg.get("endpoint", False))
+        elif msg["type"] == "error":
+            print(f"\nerror {msg['code']}: {msg['message']}", file=sys.stderr)
 
-        async def receive() -> None:
-            async for raw in ws:
-                msg = json.loads(raw)
-                if msg["type"] == "partial":
-                    display.partial(msg["text"])
-                elif msg["type"] == "final":
-                    display.final(msg["text"], msg.get("endpoint", False))
-                elif msg["type"] == "error":
-                    print(f"\nerror {msg['code']}: {msg['message']}", file=sys.stderr)
-                elif msg["type"] == "end":
-                    return
+    session = ResumableSession(args.url, rate, 1, args.mode, args.token, show)
 
-        receiver = asyncio.create_task(receive())
+    async def capture() -> None:
         with sd.InputStream(
             samplerate=rate, channels=1, dtype="float32", device=args.device, blocksize=int(rate * 0.05), callback=callback
         ):
-            sender = asyncio.create_task(send())
-            await asyncio.wait([receiver, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
-        while not queue.empty():
-            await ws.send(to_pcm16(queue.get_nowait()))
-        sender.cancel()
-        if not receiver.done():
-            await ws.send(json.dumps({"type": "stop"}))
-            await asyncio.wait_for(receiver, 60)
+            await stop.wait()
+        put(None)
+
+    async def forward() -> None:
+        while (block := await queue.get()) is not None:
+            await session.send(block)
+        session.finish()
+
+    forwarder = asyncio.create_task(forward())
+    capturer = asyncio.create_task(capture())
+    try:
+        await session.run()
+    finally:
+        for task in (forwarder, capturer):
+            task.cancel()
+        await asyncio.gather(forwarder, capturer, return_exceptions=True)
 
 
 async def _until_interrupted(args: argparse.Namespace) -> None:
@@ -105,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--list-devices", action="store_true")
     p.add_argument("--rate", type=int, help="capture sample rate (default: the device's)")
     p.add_argument("--mode", choices=Mode.names())
-    p.add_argument("--token")
+    p.add_argument("--token", default=os.environ.get("UADF_TOKEN"), help="bearer token (default: $UADF_TOKEN, which ps does not show)")
     args = p.parse_args(argv)
     if args.list_devices:
         print(_sounddevice().query_devices())

@@ -11,12 +11,13 @@ import hashlib
 import importlib.util
 import logging
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase, TokenizersBackend
+
+from fusion.llm_memory import compact_for_cpu, release_free_heap
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +83,18 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     tmp.rename(target)
 
 
-def resolve_path(spec: str, cache_dir: str = DEFAULT_CACHE_DIR) -> str:
-    """Map an alias, GGUF file, folder or hub id to something from_pretrained loads offline."""
+def load_tokenizer(where: str, converted: bool) -> PreTrainedTokenizerBase:
+    """The tokenizer; a converted GGUF's tokenizer.json is loaded as is by the Rust backend.
+
+    AutoTokenizer would pick the model's class (GemmaTokenizer), which parses the JSON in Python
+    and keeps the vocab and merges as Python objects (~150 MB more for Gemma's 262k tokens);
+    both give the same ids (tests/test_llm_memory.py)."""
+    cls = TokenizersBackend if converted else AutoTokenizer
+    return cls.from_pretrained(where, local_files_only=True)
+
+
+def _resolve(spec: str, cache_dir: str) -> tuple[str, bool]:
+    """(what from_pretrained loads offline, whether it is a GGUF converted into cache_dir)."""
     if spec in ALIASES:
         spec = str(ALIASES[spec]())
     path = Path(os.path.expanduser(spec))
@@ -92,23 +103,28 @@ def resolve_path(spec: str, cache_dir: str = DEFAULT_CACHE_DIR) -> str:
         if not (target / "config.json").exists():
             target.parent.mkdir(parents=True, exist_ok=True)
             _convert_gguf(path, target)
-        return str(target)
-    return str(path) if path.exists() else spec
+            release_free_heap()  # the dequantized GGUF model is garbage now
+        return str(target), True
+    return (str(path) if path.exists() else spec), False
+
+
+def resolve_path(spec: str, cache_dir: str = DEFAULT_CACHE_DIR) -> str:
+    """Map an alias, GGUF file, folder or hub id to something from_pretrained loads offline."""
+    return _resolve(spec, cache_dir)[0]
 
 
 def load_llm(spec: str, device: str = "auto", cache_dir: str = DEFAULT_CACHE_DIR, quantize: bool = False) -> LoadedLLM:
     """Load tokenizer and model in eval mode (fp32 on CPU, fp16 on CUDA).
 
     quantize: int8 dynamic quantization of the linear layers on CPU. Scoring a few tokens is
-    memory-bound on the fp32 weights, so this is ~3.5x faster for SmolLM2 on one core."""
-    where = resolve_path(spec, cache_dir)
+    memory-bound on the fp32 weights, so this is ~3.5x faster for SmolLM2 on one core; the
+    compacted model holds no float32 copy of the weights (Gemma 3 270M adds ~0.45 GB resident, not 1.6 GB)."""
+    where, converted = _resolve(spec, cache_dir)
     dev = resolve_device(device)
     dtype = torch.float16 if dev.type == "cuda" else torch.float32
-    tokenizer = AutoTokenizer.from_pretrained(where, local_files_only=True)
+    tokenizer = load_tokenizer(where, converted)
     model = AutoModelForCausalLM.from_pretrained(where, local_files_only=True, dtype=dtype)
     model.to(dev).eval()
     if quantize and dev.type == "cpu":
-        with warnings.catch_warnings():  # torch deprecates the quantized tensor API, still supported
-            warnings.simplefilter("ignore")
-            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        model = compact_for_cpu(model, Path(where))
     return LoadedLLM(name=spec, model=model, tokenizer=tokenizer, device=dev)

@@ -10,17 +10,22 @@ from pathlib import Path
 
 from aiohttp import web
 
-from streamer.access import AccessLogger, AccessPolicy
+from streamer.access import AccessLogger, AccessPolicy, check_exposure
 from streamer.config import Config
 from streamer.connection import Connection, Pending
 from streamer.engine import Engine
 from streamer.errors import CLOSE_NORMAL
 from streamer.formats import RENDERERS
 from streamer.metrics import Metrics
-from streamer.protocol import to_dict
+from streamer.protocol import to_dict, valid_session_id
 from streamer.registry import SessionRegistry
 from streamer.scheduler import DecodeScheduler, use_two_malloc_arenas
-from streamer.store import TranscriptStore
+from streamer.store import TranscriptStore, secret_matches
+from streamer.transcriptions import Transcriptions
+from streamer.wire import deepgram as dg
+from streamer.wire import deepgram_adapter, realtime_adapter
+from streamer.wire import openai_realtime as rt
+from streamer.wire import openai_transcriptions as ot
 from streamer.wire.v1 import V1Adapter
 
 log = logging.getLogger(__name__)
@@ -36,12 +41,13 @@ class Daemon:
         self.options = config.server
         self.engine = engine
         self.metrics = Metrics()
-        self.store = TranscriptStore(self.options.data_dir)
+        self.store = TranscriptStore(self.options.data_dir, self.options.fsync)
         self.scheduler = DecodeScheduler(engine.transcribe, config.scheduler, self.metrics, config.streaming.step)
         self.registry = SessionRegistry(engine, self.scheduler, self.store, self.options, self.metrics)
         self.access = AccessPolicy(self.options, self.metrics)
         self.pending = Pending(self.options.max_pending)
         self.connections: set[Connection] = set()
+        self.transcriptions = Transcriptions(self.registry, engine, self.options, self.metrics)
 
     # -- HTTP --------------------------------------------------------------------------------------
     async def index(self, request: web.Request) -> web.StreamResponse:
@@ -73,8 +79,9 @@ class Daemon:
 
     async def transcript(self, request: web.Request) -> web.Response:
         session_id = request.match_info["session_id"]
-        if not session_id.replace("-", "").isalnum() or not self.store.exists(session_id):
-            raise web.HTTPNotFound(text="unknown session\n")
+        secret = request.headers.get("X-Resume-Token") or request.query.get("resume_token")
+        if not (valid_session_id(session_id) and self.store.exists(session_id) and secret_matches(secret, self.store.secret(session_id))):
+            raise web.HTTPNotFound(text="unknown session (or not its resume token)\n")
         finals = self.store.read(session_id)
         fmt = request.query.get("format", "json")
         if fmt == "json":
@@ -85,14 +92,45 @@ class Daemon:
         return web.Response(text=render(finals), content_type=content_type)
 
     # -- websockets --------------------------------------------------------------------------------
-    async def listen_v1(self, request: web.Request) -> web.WebSocketResponse:
+    async def listen(self, request: web.Request) -> web.StreamResponse:
+        """`/v1/listen`: protocol v1, or Deepgram live for a client that speaks it (told apart at the handshake)."""
+        if dg.is_deepgram_handshake(request.query, request.headers):
+            return await self.listen_deepgram(request)
+        self.access.require_token(request)  # the path checks its own token (own_auth): v1 refuses in its shape
         return await self._serve_websocket(request, V1Adapter(self.options.max_frame_bytes))
 
-    async def _serve_websocket(self, request: web.Request, adapter) -> web.WebSocketResponse:
+    async def listen_deepgram(self, request: web.Request) -> web.StreamResponse:
+        try:
+            accepted = deepgram_adapter.handshake(
+                request.query, request.headers, self.options.token, self.engine.backend.model_name, self.options.max_frame_bytes
+            )
+        except dg.HandshakeError as err:
+            if err.status == 401:
+                self.metrics.errors.labels("unauthorized").inc()
+            body, status, headers = deepgram_adapter.refusal(err)
+            return web.json_response(body, status=status, headers=headers)
+        return await self._serve_websocket(request, accepted.adapter, accepted.subprotocol)
+
+    async def realtime(self, request: web.Request) -> web.StreamResponse:
+        try:
+            accepted = realtime_adapter.handshake(request.query, request.headers, self.options.token, self.options.max_frame_bytes)
+        except ot.APIError as err:
+            self.metrics.errors.labels("unauthorized").inc()
+            return web.json_response(err.body(), status=err.status, headers=err.headers())
+        return await self._serve_websocket(request, accepted.adapter, accepted.subprotocol, hello=accepted.adapter.created())
+
+    async def _serve_websocket(
+        self, request: web.Request, adapter, subprotocol: str | None = None, hello: str | None = None
+    ) -> web.WebSocketResponse:
+        """`subprotocol`: the one to select (browsers put keys there); `hello`: a frame sent on connect."""
         # aiohttp itself refuses frames past 4x the limit (close 1009); up to that we answer
         # frame_too_large and go on
-        ws = web.WebSocketResponse(max_msg_size=self.options.max_frame_bytes * 4, heartbeat=20.0)
+        ws = web.WebSocketResponse(
+            max_msg_size=self.options.max_frame_bytes * 4, heartbeat=20.0, protocols=(subprotocol,) if subprotocol else ()
+        )
         await ws.prepare(request)
+        if hello is not None:
+            await ws.send_str(hello)
         connection = Connection(ws, adapter, self.registry, self.options, self.metrics, self.pending)
         self.connections.add(connection)
         try:
@@ -107,7 +145,17 @@ class Daemon:
         app.router.add_get("/", self.index)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/metrics", self.metrics_endpoint)
-        app.router.add_get("/v1/listen", self.listen_v1)
+        app.router.add_get("/v1/listen", self.listen)
+        # the other APIs (docs/compat.md) check their keys themselves, to refuse in their own shapes
+        own = {
+            dg.PREFIXED_PATH: self.listen_deepgram,
+            rt.PATH: self.realtime,
+            ot.MODELS_PATH: self.transcriptions.models,
+        }
+        for path, handler in own.items():
+            app.router.add_get(path, handler)
+        app.router.add_post(ot.PATH, self.transcriptions.create)
+        self.access.own_auth |= {"/v1/listen", *own, ot.PATH}
         app.router.add_get("/v1/sessions/{session_id}/transcript", self.transcript)
         if WEB_ROOT.is_dir():
             app.router.add_static("/web/", WEB_ROOT, show_index=False)
@@ -120,7 +168,7 @@ class Daemon:
 
 
 def ssl_context(config: Config) -> ssl.SSLContext | None:
-    if not config.server.tls_cert:
+    if not config.server.tls_cert:  # (a key without a certificate is refused by check_exposure)
         return None
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(config.server.tls_cert, config.server.tls_key or None)
@@ -129,6 +177,7 @@ def ssl_context(config: Config) -> ssl.SSLContext | None:
 
 async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    check_exposure(config.server)
     use_two_malloc_arenas()
     engine = await asyncio.to_thread(Engine, config)
     daemon = Daemon(config, engine)

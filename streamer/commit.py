@@ -103,9 +103,12 @@ class LocalAgreement:
         agreed = min(common_prefix(self._history[-1], h) for h in self._history[:-1])
         while agreed and (uncommitted[agreed - 1].end > window_end - self.margin or not starts_word(uncommitted, agreed)):
             agreed -= 1
-        done = uncommitted[:agreed]
-        self._history = [h[agreed:] for h in self._history]
-        return done
+        self.drop(agreed)
+        return uncommitted[:agreed]
+
+    def drop(self, n: int) -> None:
+        """n leading words were committed: the hypotheses' remembered tails start after them."""
+        self._history = [h[n:] for h in self._history]
 
     def reset(self) -> None:
         self._history = []
@@ -160,10 +163,35 @@ class PolicyOptions(Protocol):
     commit_interval: float
 
 
-POLICIES: dict[str, Callable[[PolicyOptions], CommitPolicy]] = {
-    "agreement": lambda o: LocalAgreement(2, o.commit_margin),
-    "endpoint": lambda o: EndpointOnly(),
-    "lookahead": lambda o: Lookahead(o.commit_delay, o.commit_interval),
+class AgreementOrLookahead(Lookahead):
+    """`hybrid`: words two consecutive committing windows agree on are final once they end `margin` before the
+    window's end (LocalAgreement-2); any word is final at the latest once `delay` of audio follows it."""
+
+    def __init__(self, margin: float, delay: float, interval: float):
+        super().__init__(delay, interval)
+        self.agreement = LocalAgreement(2, margin)
+
+    def commit_window(self, now: float, speech_start: float) -> bool:
+        if now - self._last < self.interval:
+            return False
+        self._last = now
+        return True
+
+    def update(self, uncommitted: list[Word], window_end: float) -> list[Word]:
+        agreed = len(self.agreement.update(uncommitted, window_end))
+        n = max(agreed, ripe(uncommitted, window_end - self.delay))
+        self.agreement.drop(n - agreed)  # the lookahead committed past the agreed prefix
+        return uncommitted[:n]
+
+    def reset(self) -> None:
+        self.agreement.reset()
+
+
+POLICIES: dict[str, Callable[[PolicyOptions, float], CommitPolicy]] = {
+    "agreement": lambda o, interval: LocalAgreement(2, o.commit_margin),
+    "endpoint": lambda o, interval: EndpointOnly(),
+    "lookahead": lambda o, interval: Lookahead(o.commit_delay, interval),
+    "hybrid": lambda o, interval: AgreementOrLookahead(o.commit_margin, o.commit_delay, interval),
 }
 
 
@@ -175,4 +203,6 @@ def policy_name(configured: str, mode: Mode) -> str:
 
 
 def make_policy(options: PolicyOptions, mode: Mode) -> CommitPolicy:
-    return POLICIES[policy_name(options.commit, mode)](options)
+    """The session's policy. Its committing windows come every `commit_interval` in the fusion modes (they
+    are the fused decodes); in `asr` mode every running window may commit (it costs nothing more)."""
+    return POLICIES[policy_name(options.commit, mode)](options, options.commit_interval if mode.fused else 0.0)

@@ -22,6 +22,7 @@ class AsrOptions:
     compute_type: str = "auto"
     cpu_threads: int = 0
     language: str = "en"
+    prompt_tokens: int = 48  # previous text in Whisper's prompt, in tokens: one length for every long-running stream batches them
 
 
 @dataclass
@@ -35,7 +36,9 @@ class StreamingOptions:
     commit: str = "auto"  # a name in streamer.commit.POLICIES, or "auto": agreement in asr mode, endpoint in fusion modes
     commit_margin: float = 0.8
     commit_delay: float = 1.0  # lookahead: a word is final once this much audio after it was decoded
-    commit_interval: float = 0.5  # lookahead: committing windows at most this often (the fused ones in fusion modes)
+    commit_after: float = 0.0  # no commits from running windows before the utterance has this many seconds of audio
+    commit_interval: float = 1.0  # fusion modes: committing windows (the fused decodes) at most this often; asr: every window
+    force_committed: bool = False  # committed words still in a window are forced as its decoder prefix, not re-decoded
     max_lag: float = 0.5  # a decoder behind by more than this many seconds of decision points skips to the newest
     prompt_words: int = 40
     vad_threshold: float = 0.5
@@ -52,7 +55,7 @@ class StreamingOptions:
 
 @dataclass
 class SchedulerOptions:
-    max_batch: int = 4
+    max_batch: int = 8
     max_wait_ms: float = 10.0
     max_partial_interval: float = 8.0
     max_commit_interval: float = 1.0
@@ -69,10 +72,16 @@ class ServerOptions:
     start_timeout: float = 10.0
     max_pending: int = 32
     max_rate: float = 4.0
+    max_frames_per_second: float = 100.0
+    max_finalizes_per_second: float = 2.0
     send_queue: int = 256
+    max_upload_bytes: int = 25 * 1024 * 1024  # POST /v1/audio/transcriptions: OpenAI's own limit
+    max_upload_seconds: float = 1800.0
     data_dir: str = "data/sessions"
+    fsync: bool = True
     token: str = ""
     allowed_origins: list[str] = field(default_factory=list)
+    allowed_hosts: list[str] = field(default_factory=list)
     tls_cert: str = ""
     tls_key: str = ""
 

@@ -19,7 +19,7 @@ from streamer.metrics import Metrics
 from streamer.protocol import Audio, End, Error, Finalize, KeepAlive, Start, Stop
 from streamer.registry import SessionRegistry, drain
 from streamer.session import Session
-from streamer.wire import WireAdapter
+from streamer.wire import Reply, WireAdapter
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,7 @@ class Connection:
         self.pending = pending
         self.session: Session | None = None
         self.writer: asyncio.Task | None = None
+        self.backlog: list = []  # messages that came after the start in its frame, handled once the session is open
         self._deadline = 0.0
         self._touch()
 
@@ -70,15 +71,31 @@ class Connection:
             for final in missed:
                 await self._send_direct(final)
             self.writer = asyncio.create_task(self._write(), name=f"send-{self.session.id}")
-            await self._read()
+            if not await self._dispatch(self.backlog):
+                await self._serve()
         except StreamError as exc:
             await self._fail(exc, transport)
+        except ConnectionError as exc:  # the client left while we sent (e.g. a reset right after its start)
+            log.info("connection lost: %s", exc)
         except Exception:
             log.exception("connection failed")
             await self._fail(StreamError("internal", "internal error"), transport)
         finally:
             if self.session is not None:
                 await self._end()
+
+    async def _serve(self) -> None:
+        """Read the client's frames until the session ends, or until the session fails (e.g. storage): then
+        that failure is raised."""
+        reader = asyncio.create_task(self._read(), name=f"read-{self.session.id}")
+        failure = self.session.failure
+        await asyncio.wait([reader, failure], return_when=asyncio.FIRST_COMPLETED)
+        if not reader.done():
+            reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+        if failure.done():
+            raise failure.result()
+        reader.result()
 
     def _touch(self) -> None:
         self._deadline = time.monotonic() + self.options.idle_timeout
@@ -115,33 +132,53 @@ class Connection:
                 await self._send_error(StreamError("not_started", "send a start message before audio"))
                 continue
             try:
-                message = self.adapter.parse(msg.data, started=False)
+                parsed = self.adapter.parse(msg.data, started=False)
             except StreamError as exc:
                 if exc.fatal:
                     raise
                 await self._send_error(exc)
                 continue
-            if isinstance(message, Start):
-                return message
-            await self._send_error(StreamError("not_started", f"{message.type} before start"))
+            messages = parsed if isinstance(parsed, list) else [parsed]
+            for i, message in enumerate(messages):
+                if isinstance(message, Start):
+                    self.backlog = messages[i + 1 :]
+                    return message
+                if isinstance(message, Reply):  # an adapter's own answer (OpenAI Realtime's session.updated)
+                    self._count_reply(message)
+                    await self._send_direct(message)
+                else:
+                    await self._send_error(StreamError("not_started", f"{message.type} before start"))
 
     # -- in a session ------------------------------------------------------------------------------
     async def _read(self) -> None:
         session = self.session
-        while not session.closed:
+        # the failure check is not redundant with _serve's cancel: asyncio.wait_for (3.11) swallows a cancel that
+        # arrives as its frame does, and a client that streams on would keep this loop going
+        while not session.closed and not session.failure.done():
             msg = await self._receive()
-            if session.closed:  # taken over by a resume while we waited
+            if session.closed or session.failure.done():  # taken over by a resume, or failed, while we waited
                 return
+            if msg.type in (WSMsgType.BINARY, WSMsgType.TEXT):
+                session.limits.frame()  # a flood of frames, tiny or not, is bounded per second
             if msg.type == WSMsgType.BINARY:
-                message = Audio(self.adapter.audio(msg.data))
+                message = self._guard(self.adapter.binary, msg.data)
             elif msg.type == WSMsgType.TEXT:
                 message = self._guard(self.adapter.parse, msg.data, True)
             else:  # close, error
                 return
-            if message is not None and await self.HANDLERS[type(message)](self, message):
+            if message is not None and await self._dispatch(message):
                 return
             if session.outbox.overflowed:
                 raise StreamError("slow_consumer", "the client does not read its messages", fatal=True)
+
+    async def _dispatch(self, parsed) -> bool:
+        """One frame's message, or its list of messages in order: each by the dispatch table, else by the
+        adapter (messages of its own API). True: the connection ends."""
+        for message in parsed if isinstance(parsed, list) else [parsed]:
+            handler = self.HANDLERS.get(type(message))
+            if await (handler(self, message) if handler else self.adapter.handle(self.session, message)):
+                return True
+        return False
 
     def _guard(self, fn, *args):
         """Per-frame errors go back to the client; fatal ones end the session."""
@@ -158,7 +195,7 @@ class Connection:
         return False
 
     async def _on_finalize(self, message: Finalize) -> bool:
-        self.session.finalize()
+        self._guard(self.session.finalize)
         return False
 
     async def _on_keepalive(self, message: KeepAlive) -> bool:
@@ -184,17 +221,34 @@ class Connection:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
         session = self.session
+        if session.failure.done():
+            raise session.failure.result()
         session.outbox.put(End(session_id=session.id, finals=session.finals, audio_seconds=session.audio_seconds))
         return True
 
-    HANDLERS = {Audio: _on_audio, Finalize: _on_finalize, KeepAlive: _on_keepalive, Start: _on_start, Stop: _on_stop}
+    async def _on_reply(self, message: Reply) -> bool:
+        """An adapter's own answer, queued in order with the session's messages."""
+        self._count_reply(message)
+        self.session.outbox.put(message)
+        return False
+
+    def _count_reply(self, message: Reply) -> None:
+        if message.error:
+            self.metrics.errors.labels(message.error).inc()
+
+    HANDLERS = {
+        Audio: _on_audio, Finalize: _on_finalize, KeepAlive: _on_keepalive, Start: _on_start, Stop: _on_stop, Reply: _on_reply,
+    }
 
     # -- sending -----------------------------------------------------------------------------------
     async def _write(self) -> None:
         """The session's outbox -> the socket; `end` closes the connection normally, None stops."""
-        while (message := await self.session.outbox.get()) is not None:
+        outbox = self.session.outbox
+        while (message := await outbox.get()) is not None:
+            outbox.sending += 1
             for frame in self.adapter.render(message):
                 await self.ws.send_str(frame)
+            outbox.sending -= 1
             if isinstance(message, End):
                 await self.ws.close(code=CLOSE_NORMAL)
                 return
@@ -233,6 +287,8 @@ class Connection:
         """A fatal error: what was said is kept (flushed to finals), the client is told, then closed."""
         code = exc.close_code if exc.fatal else CLOSE_POLICY
         slow = exc.code == "slow_consumer"
+        # a flooding client gets no leisurely close handshake: every frame it sends meanwhile is parsed on the loop
+        wait = {"slow_consumer": 1.0, "rate_limited": 0.5}.get(exc.code, CLOSE_TIMEOUT)
         session, writer = self.session, self.writer
         if session is not None and writer is not None and not writer.done():
             # through the outbox, after the finals it holds; bounded, since the client may not read
@@ -241,7 +297,7 @@ class Connection:
             self.metrics.errors.labels(exc.code).inc()
             session.outbox.put(Error(code=exc.code, message=exc.message), force=True)
             # a client that does not read will not drain it: cut it off without waiting long
-            await drain(session, 1.0 if slow else CLOSE_TIMEOUT, lambda: writer.done() or self.ws.closed)
+            await drain(session, wait, lambda: writer.done() or self.ws.closed)
         else:
             if session is not None:
                 await session.flush()
@@ -249,7 +305,8 @@ class Connection:
                 await self._send_error(exc)
             except (StreamError, ConnectionError, RuntimeError):
                 pass
-        await self.close(code, exc.code.encode(), transport, 1.0 if slow else CLOSE_TIMEOUT)
+        code, reason = self.adapter.close_frame(exc, code)
+        await self.close(code, reason, transport, wait)
 
     async def _end(self) -> None:
         """The session ends with its connection: finals on disk, the slot freed, the outbox sent."""

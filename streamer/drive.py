@@ -10,13 +10,16 @@ import asyncio
 import logging
 from typing import Awaitable, Callable
 
-from core.types import Hypothesis, WindowRequest
+import numpy as np
+
+from core.types import SAMPLE_RATE, Hypothesis, WindowRequest
 from streamer.processor import StreamingProcessor
 from streamer.protocol import Final, Partial
 
 log = logging.getLogger(__name__)
 
 FLUSH_ROUNDS = 4  # an endpoint window, then at most a few leftovers
+FRAME = 0.1  # seconds of audio a frame when a whole recording is fed (`feed`), as a real-time client sends it
 
 
 class StreamDriver:
@@ -62,6 +65,18 @@ class StreamDriver:
                     await self.emit(event)
                 if not request.final:
                     break
+
+    async def feed(self, audio: np.ndarray, frame: float = FRAME, stopped: Callable[[], bool] = lambda: False) -> None:
+        """A recording at full speed: `frame`-second frames as a real-time client sends them, each followed by
+        the decodes it makes due (the decoder keeps up, as on an idle daemon); not flushed. Yields to the event
+        loop at every frame (silence makes no decodes) and stops early once `stopped()`."""
+        step = int(frame * SAMPLE_RATE)
+        for i in range(0, len(audio), step):
+            if stopped():
+                return
+            self.processor.insert_audio(audio[i : i + step])
+            await self.pump()
+            await asyncio.sleep(0)
 
     async def flush(self) -> None:
         """Turn every pending sample into finals (end of audio, `stop`, a disconnect, shutdown)."""

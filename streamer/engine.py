@@ -8,6 +8,7 @@ through core.interfaces.
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from importlib.metadata import entry_points
 from typing import Sequence
 
@@ -83,11 +84,18 @@ class Engine:
         first_segment: int = 0,
         history: str = "",
         meeting: MeetingContext = MeetingContext(),
+        endpoint_silence: float | None = None,
     ) -> StreamingProcessor:
         """A processor for one stream; start_time, first_segment and history (committed text) continue a
-        resumed stream; `meeting`: the session's keyterms and notes."""
+        resumed stream; `meeting`: the session's keyterms and notes. endpoint_silence: the stream's own pause
+        that ends an utterance, taken only when longer than streaming.endpoint_silence (shorter pauses would
+        cut sentences into windows too short for Whisper, and API clients ask for them by default: Deepgram's
+        `endpointing` is 10 ms)."""
         mode = self.check_mode(mode)
         decoder_context = self.decoders[mode].new_context(meeting)
         if decoder_context is not None and history:
             decoder_context.commit(history)
-        return StreamingProcessor(self.config.streaming, mode, decoder_context, start_time, first_segment, history, meeting)
+        options = self.config.streaming
+        if endpoint_silence is not None and endpoint_silence > options.endpoint_silence:
+            options = replace(options, endpoint_silence=endpoint_silence)
+        return StreamingProcessor(options, mode, decoder_context, start_time, first_segment, history, meeting)

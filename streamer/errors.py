@@ -19,8 +19,9 @@ FATAL_CLOSE_CODES: dict[str, int] = {
     "start_timeout": CLOSE_POLICY,
     "rate_limited": CLOSE_POLICY,
     "unknown_session": CLOSE_POLICY,
-    "unauthorized": CLOSE_POLICY,
+    "bad_resume": CLOSE_POLICY,
     "slow_consumer": CLOSE_POLICY,
+    "storage_failed": CLOSE_INTERNAL,
     "internal": CLOSE_INTERNAL,
 }
 

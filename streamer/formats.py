@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 from streamer.protocol import Final
 
 
@@ -32,13 +34,20 @@ def to_txt(finals: list[Final]) -> str:
     return "".join(text + "\n" for _, _, text in cues(finals))
 
 
+def cue_text(text: str) -> str:
+    """Cue text that cannot break its cue: one line (a blank line ends a cue), and `<`, `&`, `>` as entities
+    (WebVTT's escapes; a `-->` would start a timing line). SubRip has no escapes of its own; its renderers
+    read the same tags as WebVTT's, so it gets the same."""
+    return html.escape(" ".join(text.split()), quote=False)
+
+
 def to_srt(finals: list[Final]) -> str:
-    blocks = [f"{i}\n{_stamp(a, ',')} --> {_stamp(b, ',')}\n{text}\n" for i, (a, b, text) in enumerate(cues(finals), 1)]
+    blocks = [f"{i}\n{_stamp(a, ',')} --> {_stamp(b, ',')}\n{cue_text(text)}\n" for i, (a, b, text) in enumerate(cues(finals), 1)]
     return "\n".join(blocks)
 
 
 def to_vtt(finals: list[Final]) -> str:
-    blocks = [f"{_stamp(a, '.')} --> {_stamp(b, '.')}\n{text}\n" for a, b, text in cues(finals)]
+    blocks = [f"{_stamp(a, '.')} --> {_stamp(b, '.')}\n{cue_text(text)}\n" for a, b, text in cues(finals)]
     return "WEBVTT\n\n" + "\n".join(blocks)
 
 

@@ -25,18 +25,19 @@ class GreedyDecoder:
         results: list[DecodeResult | None] = [None] * len(tasks)
         # CTranslate2 batches only prompts of one length (start-of-transcript at the same position):
         # one generate call per prompt length.
+        # A forced prefix (the window's committed words) is part of the prompt.
         groups: dict[int, list[int]] = {}
         for i, task in enumerate(tasks):
-            groups.setdefault(len(task.prompt), []).append(i)
+            groups.setdefault(len(task.prompt) + len(task.prefix), []).append(i)
         for rows in groups.values():
             outs = self.model.generate(
                 ctranslate2.StorageView.from_array(np.ascontiguousarray(encoder_output[rows])),
-                [tasks[i].prompt for i in rows],
+                [tasks[i].prompt + tasks[i].prefix for i in rows],
                 beam_size=1,
-                max_length=max(tasks[i].max_length for i in rows),
+                max_length=max(tasks[i].max_length + len(tasks[i].prefix) for i in rows),
+                suppress_blank=not any(tasks[i].prefix for i in rows),
                 return_scores=True,
                 return_no_speech_prob=True,
-                suppress_blank=True,
             )
             for i, out in zip(rows, outs):
                 tokens = [t for t in out.sequences_ids[0] if t < self.eot]

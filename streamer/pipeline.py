@@ -1,7 +1,8 @@
 """In-process streaming: the daemon's drive loop without a server (`uadf-stream transcribe`, eval).
 
-Audio is fed in CHUNK-second frames, as a real-time client sends it, and each frame is followed by the
-decodes it makes due (the decoder always keeps up here, as on an idle daemon).
+Audio is fed in 0.1 s frames, as a real-time client sends it, and each frame is followed by the decodes it
+makes due (the decoder always keeps up here, as on an idle daemon): `StreamDriver.feed`, as the daemon feeds
+an uploaded file.
 """
 
 from __future__ import annotations
@@ -20,8 +21,6 @@ from streamer.engine import Engine
 from streamer.processor import StepStats, StreamingProcessor
 from streamer.protocol import Final, Partial
 
-CHUNK = 0.1  # seconds of audio a simulated client frame
-
 
 @dataclass
 class TranscriptResult:
@@ -30,8 +29,10 @@ class TranscriptResult:
     audio_seconds: float
     decode_seconds: float
     stats: StepStats = field(default_factory=StepStats)
-    # per final word: seconds from the word's end (its aligned time) to its final, in stream time plus
-    # the decode time of its window; what a real-time client waits when the decoder has no queue
+    # per final word: seconds of stream time from the word's end (its aligned time) to the decision point
+    # that made it final (the commit policy's delay), and that plus the decode time of its window (what a
+    # real-time client waits when the decoder has no queue)
+    word_waits: list[float] = field(default_factory=list)
     word_delays: list[float] = field(default_factory=list)
 
     @property
@@ -60,15 +61,14 @@ async def stream(
     async def emit(event: Partial | Final) -> None:
         (result.finals if isinstance(event, Final) else result.partials).append(event)
         if isinstance(event, Final):
-            result.word_delays += [processor.clock + last_decode[0] - w.end for w in event.words]
+            waits = [processor.clock - w.end for w in event.words]
+            result.word_waits += waits
+            result.word_delays += [wait + last_decode[0] for wait in waits]
         if on_event:
             on_event(event)
 
     driver = StreamDriver(processor, decode, emit)
-    step = int(CHUNK * SAMPLE_RATE)
-    for i in range(0, len(audio), step):
-        processor.insert_audio(audio[i : i + step])
-        await driver.pump()
+    await driver.feed(audio)
     await driver.flush()
     return result
 

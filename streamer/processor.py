@@ -147,8 +147,17 @@ class StreamingProcessor:
         if self.finalize_requested or too_long or now - speech_end >= self.options.endpoint_silence:
             return self._request(now if too_long else min(now, speech_end + FINAL_TAIL), final=True)
         if now - self.last_decode_end >= self.options.step and now - speech_start >= self.options.min_window:
-            return self._request(now, final=False, commit=self.policy.commit_window(now, speech_start))
+            return self._request(now, final=False, commit=self._may_commit(now, speech_start))
         return None
+
+    def _may_commit(self, now: float, speech_start: float) -> bool:
+        """Whether the running window ending at `now` may commit words: the policy's call, once the utterance
+        has `commit_after` seconds of audio (Whisper guesses an utterance's first words badly from a short
+        window: "It's out up" for "It set up" with 2 s of audio after the words; the whole utterance fixes it)."""
+        utterance_start = self.vad.first_speech_start(self.flushed_until, now)
+        if utterance_start is not None and now - utterance_start < self.options.commit_after:
+            return False
+        return self.policy.commit_window(now, speech_start)
 
     def _drop_silence(self, now: float) -> None:
         """Nothing pending and no new speech: keep the committed words' audio as context, within
@@ -173,7 +182,7 @@ class StreamingProcessor:
             keyterms=self.meeting.keyterms,
             mode=mode,
             context=self.decoder_context if mode.fused else None,
-            prefix=join_words(self.committed_in_buffer) if mode.fused else "",
+            prefix=join_words(self.committed_in_buffer) if mode.fused or self.options.force_committed else "",
             final=final,
             commits=final or commit,
         )
@@ -210,7 +219,7 @@ class StreamingProcessor:
             self.policy.reset()
             self.uncommitted = []
         else:
-            done = self.policy.update(new, request.end) if request.mode == self.mode else []
+            done = self.policy.update(new, request.end) if request.commits else []
             if done:
                 events.append(self._commit(done, endpoint=False))
             self.uncommitted = new[len(done) :]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -12,6 +13,11 @@ from streamer.audio import AudioFormat
 from streamer.errors import StreamError
 
 PROTOCOL_VERSION = 1
+SESSION_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex
+
+
+def valid_session_id(value: object) -> bool:
+    return isinstance(value, str) and SESSION_ID.fullmatch(value) is not None
 
 
 # -- client -> server -----------------------------------------------------------------------------
@@ -23,6 +29,11 @@ class Start:
     session_id: str | None = None
     resume_from: int = 0
     language: str | None = None
+    resume_token: str | None = field(default=None, repr=False)  # the session's resume secret (from its `ready`)
+    # Set by the other wire APIs (streamer/wire/), not by protocol v1 (yet): the session accepts them.
+    keyterms: list[str] = field(default_factory=list)  # words to favour (Deepgram `keyterm`); not used in decoding yet
+    context: str | None = None  # text before the audio (OpenAI `prompt`); not used in decoding yet
+    endpoint_silence: float | None = None  # seconds of silence that end an utterance (None: streaming.endpoint_silence)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -31,7 +42,7 @@ class Start:
             "encoding": self.format.encoding,
             "channels": self.format.channels,
         }
-        for key in ("mode", "session_id", "language"):
+        for key in ("mode", "session_id", "resume_token", "language"):
             if getattr(self, key) is not None:
                 out[key] = str(getattr(self, key))
         if self.resume_from:
@@ -105,15 +116,19 @@ def parse_client_message(text: str) -> ClientMessage:
     if mode is not None and mode not in Mode.names():
         raise StreamError("bad_mode", f"mode must be one of {Mode.names()}, got {mode[:40]!r}")
     session_id = _field(obj, "session_id", str)
-    if session_id is not None and not (0 < len(session_id) <= 64 and session_id.replace("-", "").isalnum()):
-        raise StreamError("bad_message", "session_id must be 1-64 letters, digits or '-'")
+    if session_id is not None and not valid_session_id(session_id):
+        raise StreamError("bad_message", "session_id must be the 32 lowercase hex digits of a `ready`")
+    resume_token = _field(obj, "resume_token", str)
     resume_from = _field(obj, "resume_from", int) or 0
     if resume_from < 0:
         raise StreamError("bad_message", "resume_from must be >= 0")
     language = _field(obj, "language", str)
     if language not in (None, "", "en"):
         raise StreamError("bad_message", f"language {language[:20]!r} is not served (only 'en')")
-    return Start(format=fmt, mode=Mode(mode) if mode else None, session_id=session_id, resume_from=resume_from, language=language)
+    return Start(
+        format=fmt, mode=Mode(mode) if mode else None, session_id=session_id, resume_from=resume_from, language=language,
+        resume_token=resume_token,
+    )
 
 
 # -- server -> client -----------------------------------------------------------------------------
@@ -143,7 +158,7 @@ class Final:
 
 @dataclass
 class Ready:
-    """The answer to `start`: the session's id (keep it to resume) and what serves it."""
+    """The answer to `start`: the session's id and resume secret (keep both to resume) and what serves it."""
 
     type: ClassVar[str] = "ready"
     session_id: str
@@ -153,6 +168,7 @@ class Ready:
     resumed: bool = False
     stream_time: float = 0.0  # where the session's clock continues (a resume)
     protocol: int = PROTOCOL_VERSION
+    resume_token: str = field(default="", repr=False)  # required with session_id to resume or read the transcript
 
 
 @dataclass

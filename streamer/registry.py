@@ -14,11 +14,12 @@ from typing import Awaitable, Callable
 from streamer.config import ServerOptions
 from streamer.engine import Engine
 from streamer.errors import StreamError
+from streamer.limits import RateLimits
 from streamer.metrics import Metrics
 from streamer.protocol import End, Final, Start
 from streamer.scheduler import DecodeScheduler
-from streamer.session import Session
-from streamer.store import TranscriptStore
+from streamer.session import Session, open_transcript
+from streamer.store import TranscriptStore, secret_matches
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ DRAIN_TIMEOUT = 5.0  # seconds to wait for a session's last messages to be sent
 async def drain(session: Session, timeout: float = DRAIN_TIMEOUT, until: Callable[[], bool] = lambda: False) -> None:
     """Wait until the session's queued messages are sent (or `until()` holds, or the timeout passes)."""
     deadline = time.monotonic() + timeout
-    while len(session.outbox) and not until() and time.monotonic() < deadline:
+    while session.outbox.unsent and not until() and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
 
 
@@ -41,6 +42,9 @@ class SessionRegistry:
         self.metrics = metrics
         self.sessions: dict[str, Session] = {}
         self._closers: dict[str, Callable[[], Awaitable[None]]] = {}  # session id -> closes its connection
+        self._opening: dict[str, tuple[asyncio.Lock, list[int]]] = {}  # session id -> (its lock, how many hold or wait)
+        self._limits: dict[str, RateLimits] = {}  # ended sessions' allowances, until they have refilled
+        self._reserved = 0  # slots held by sessions being opened
         self._background: set[asyncio.Task] = set()
         self.accepting = True
 
@@ -48,39 +52,73 @@ class SessionRegistry:
         return len(self.sessions)
 
     def _check_room(self) -> None:
-        if len(self.sessions) >= self.options.max_sessions:
+        if len(self.sessions) + self._reserved >= self.options.max_sessions:
             raise StreamError("busy", f"all {self.options.max_sessions} sessions are in use; try again later", fatal=True)
 
     async def open(self, start: Start, close_connection: Callable[[], Awaitable[None]]) -> tuple[Session, list[Final]]:
         """A new session, or the resumed one (taking it over from a connection that still holds it).
-        Returns it with the finals its client has not acknowledged (from `resume_from` on)."""
+        Returns it with the finals its client has not acknowledged (from `resume_from` on).
+
+        Everything about the start is checked before a live session is touched; resumes of one id are
+        served one at a time (the second takes the session over from the first)."""
         if not self.accepting:
             raise StreamError("busy", "the daemon is shutting down", fatal=True)
-        previous: list[Final] = []
-        resume_at = None
+        start.mode = self.engine.check_mode(start.mode)
         session_id = start.session_id
-        if session_id:
-            if not self.store.exists(session_id):
-                raise StreamError("unknown_session", f"no session {session_id!r} to resume", fatal=True)
-            old = self.sessions.get(session_id)
-            if old is not None:  # the client reconnected before we noticed it left: the new connection wins
-                await self._take_over(old)
-            else:
-                self._check_room()
-            previous = self.store.read(session_id)
-            resume_at = self.store.stream_end(session_id)
+        if not session_id:
+            self._check_room()
+            session = await self._register(Session.new_id(), start, Session.new_secret(), RateLimits(self.options), None, None, close_connection)
+            return session, []
+        lock, holders = self._opening.setdefault(session_id, (asyncio.Lock(), [0]))
+        holders[0] += 1
+        try:
+            async with lock:
+                return await self._resume(session_id, start, close_connection)
+        finally:
+            holders[0] -= 1
+            if not holders[0]:
+                del self._opening[session_id]
+
+    async def _resume(self, session_id: str, start: Start, close_connection) -> tuple[Session, list[Final]]:
+        # the same answer for an unknown id and a wrong secret: no oracle for which ids exist
+        if not self.store.exists(session_id) or not secret_matches(start.resume_token, self.store.secret(session_id)):
+            raise StreamError("unknown_session", "no such session to resume (or not its resume_token)", fatal=True)
+        known = len(self.store.read(session_id))
+        if start.resume_from > known:
+            raise StreamError("bad_resume", f"resume_from {start.resume_from} is past the {known} finals of this session", fatal=True)
+        old = self.sessions.get(session_id)
+        limits = old.limits if old is not None else self._limits.pop(session_id, None) or RateLimits(self.options)
+        if old is not None:  # the client reconnected before we noticed it left: the new connection wins
+            await self._take_over(old)
         else:
             self._check_room()
-        session = Session(
-            session_id or Session.new_id(), start, self.engine, self.scheduler, self.store, self.options, self.metrics, previous,
-            resume_at,
+        previous = self.store.read(session_id)
+        session = await self._register(
+            session_id, start, start.resume_token, limits, previous, self.store.stream_end(session_id), close_connection
         )
+        return session, previous[start.resume_from :]
+
+    async def _register(self, session_id, start, secret, limits, previous, resume_at, close_connection) -> Session:
+        """Open the transcript (its slot reserved meanwhile) and make the session live. `previous` None: a new one."""
+        self._reserved += 1
+        try:
+            writer = await open_transcript(self.store, session_id, start, len(previous or ()), secret if previous is None else None)
+        finally:
+            self._reserved -= 1
+        try:
+            session = Session(
+                session_id, start, self.engine, self.scheduler, writer, self.options, self.metrics, limits, secret, previous or (),
+                resume_at,
+            )
+        except BaseException:
+            writer.close()
+            raise
         self.sessions[session.id] = session
         self._closers[session.id] = close_connection
         self.metrics.sessions_total.inc()
         self.metrics.sessions.set(len(self.sessions))
-        log.info("session %s %s (%s)", session.id, "resumed" if session_id else "started", session.mode)
-        return session, previous[start.resume_from :]
+        log.info("session %s %s (%s)", session.id, "resumed" if previous is not None else "started", session.mode)
+        return session
 
     async def _take_over(self, old: Session) -> None:
         """A resume of a session that is still live: finish the old one (its audio becomes finals on disk)
@@ -101,10 +139,19 @@ class SessionRegistry:
             if self.sessions.get(session.id) is session:
                 del self.sessions[session.id]
                 self._closers.pop(session.id, None)
+                self._keep_limits(session)
             self.metrics.sessions.set(len(self.sessions))
             if not session.closed:
                 await session.close()
                 log.info("session %s ended: %d finals, %.1f s of audio", session.id, session.finals, session.audio_seconds)
+
+    def _keep_limits(self, session: Session) -> None:
+        """Keep an ended session's allowances for its resumes, until they have refilled (then a resume's new
+        ones are the same); forget those that have."""
+        for sid in [sid for sid, limits in self._limits.items() if limits.full()]:
+            del self._limits[sid]
+        if not session.limits.full():
+            self._limits[session.id] = session.limits
 
     async def shutdown(self) -> None:
         """Stop accepting; every session's pending audio becomes finals, then `end`, sent within the drain timeout."""
@@ -116,5 +163,7 @@ class SessionRegistry:
 
     async def _finish(self, session: Session) -> None:
         await session.flush()
+        if session.failure.done():
+            return  # its connection reports the failure
         session.outbox.put(End(session_id=session.id, finals=session.finals, audio_seconds=session.audio_seconds), force=True)
         await drain(session, until=lambda: session.closed)

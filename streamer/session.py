@@ -8,23 +8,25 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import time
+import secrets
 import uuid
+from typing import Callable
 
-from core.types import SAMPLE_RATE, WindowRequest
+import numpy as np
+
+from core.types import SAMPLE_RATE, MeetingContext, WindowRequest
 from streamer.audio import AudioConverter
 from streamer.config import ServerOptions
 from streamer.drive import StreamDriver
 from streamer.engine import Engine
 from streamer.errors import StreamError
+from streamer.limits import RateLimits
 from streamer.metrics import Metrics
 from streamer.protocol import Error, Final, Partial, Ready, ServerMessage, Start
 from streamer.scheduler import DecodeScheduler
-from streamer.store import TranscriptStore
+from streamer.store import TranscriptStore, TranscriptWriter
 
 log = logging.getLogger(__name__)
-
-RATE_ALLOWANCE = 10.0  # seconds of audio a client may send ahead of real time before the rate limit
 
 
 class Outbox:
@@ -41,6 +43,7 @@ class Outbox:
         self.metrics = metrics
         self._items: collections.deque[ServerMessage | None] = collections.deque()
         self._ready = asyncio.Event()
+        self.sending = 0  # taken by the connection's writer and not yet on the wire
         self.overflowed = False
 
     def put(self, message: ServerMessage | None, force: bool = False) -> None:
@@ -69,6 +72,23 @@ class Outbox:
     def __len__(self) -> int:
         return len(self._items)
 
+    @property
+    def unsent(self) -> int:
+        """Messages not on the wire yet, the one being written included (what a drain waits for)."""
+        return len(self._items) + self.sending
+
+
+async def open_transcript(store: TranscriptStore, session_id: str, start: Start, finals: int, secret: str | None) -> TranscriptWriter:
+    """A session's transcript writer, opened off the event loop (creating a file fsyncs its folder);
+    `secret`: a new session's resume secret, stored as a hash. A file that cannot be written: storage_failed."""
+    fields = {k: v for k, v in start.to_dict().items() if k != "resume_token"}  # the secret is stored hashed only
+    info = {"mode": fields.pop("mode", None), "format": fields, "resumed_at": finals}
+    try:
+        return await asyncio.to_thread(store.open, session_id, info, secret)
+    except OSError as exc:
+        log.error("session %s: transcript not writable: %s", session_id, exc)
+        raise StreamError("storage_failed", "the transcript cannot be written on the server", fatal=True) from None
+
 
 class Session:
     def __init__(
@@ -77,13 +97,17 @@ class Session:
         start: Start,
         engine: Engine,
         scheduler: DecodeScheduler,
-        store: TranscriptStore,
+        writer: TranscriptWriter,
         options: ServerOptions,
         metrics: Metrics,
+        limits: RateLimits,
+        secret: str,
         previous: list[Final] = (),
         resume_at: float | None = None,
     ):
-        self.id = session_id
+        """`writer`: the session's transcript (open_transcript); `limits`: its rate allowances (the registry
+        keeps them across resumes); `secret`: its resume secret; `previous`: the finals before this connection."""
+        self.id, self.secret, self.limits, self.writer = session_id, secret, limits, writer
         self.engine = engine
         self.scheduler = scheduler
         self.options = options
@@ -95,24 +119,29 @@ class Session:
         if resume_at is not None:  # where the previous connection's audio ended
             self.start_time = max(self.start_time, resume_at)
         self.processor = engine.new_processor(
-            self.mode, start_time=self.start_time, first_segment=len(previous), history=" ".join(f.text for f in previous[-20:])
+            self.mode, start_time=self.start_time, first_segment=len(previous), history=" ".join(f.text for f in previous[-20:]),
+            meeting=MeetingContext(tuple(start.keyterms or ()), start.context or ""), endpoint_silence=start.endpoint_silence,
         )
         self.finals = len(previous)
-        self.writer = store.open(self.id, {"mode": str(self.mode), "format": start.to_dict(), "resumed_at": self.finals})
         self.outbox = Outbox(options.send_queue, metrics)
         self.audio_seconds = 0.0  # received on this connection; the session's total is start_time + this
         self.decoded_at = self.start_time  # stream time when the last hypothesis came back
         self.driver = StreamDriver(self.processor, self._decode, self._emit, self._admit, self._decode_failed)
-        self.started = time.monotonic()
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
-        self._task = asyncio.get_running_loop().create_task(self._decode_loop(), name=f"decode-{session_id}")
+        loop = asyncio.get_running_loop()
+        self.failure: asyncio.Future[StreamError] = loop.create_future()  # set when the session cannot go on
+        self._task = loop.create_task(self._decode_loop(), name=f"decode-{session_id}")
         self.closed = False
         self.stopping = False  # the daemon is shutting down: audio that still arrives is not taken
 
     @staticmethod
     def new_id() -> str:
         return uuid.uuid4().hex
+
+    @staticmethod
+    def new_secret() -> str:
+        return secrets.token_urlsafe(32)
 
     def ready(self, resumed: bool) -> Ready:
         return Ready(
@@ -122,12 +151,13 @@ class Session:
             sample_rate=self.converter.fmt.sample_rate,
             resumed=resumed,
             stream_time=self.start_time,
+            resume_token=self.secret,
         )
 
     # -- intake --------------------------------------------------------------------------------
     def feed(self, data: bytes) -> None:
         """One binary frame. Raises StreamError for a bad frame (dropped) or a broken limit (fatal)."""
-        if self.closed or self.stopping:
+        if self.closed or self.stopping or self.failure.done():
             return
         if len(data) > self.options.max_frame_bytes:
             raise StreamError("frame_too_large", f"audio frame of {len(data)} bytes exceeds {self.options.max_frame_bytes}")
@@ -135,17 +165,14 @@ class Session:
         seconds = len(audio) / SAMPLE_RATE
         if self.start_time + self.audio_seconds + seconds > self.options.max_session_seconds:  # resumes included
             raise StreamError("session_too_long", f"session exceeds {self.options.max_session_seconds:.0f} s of audio", fatal=True)
-        allowed = (time.monotonic() - self.started) * self.options.max_rate + RATE_ALLOWANCE
-        if self.options.max_rate > 0 and self.audio_seconds + seconds > allowed:
-            raise StreamError(
-                "rate_limited", f"audio arrives faster than {self.options.max_rate:g}x real time", fatal=True
-            )
+        self.limits.audio(seconds)
         self.audio_seconds += seconds
         self.metrics.audio_seconds.inc(seconds)
         self.processor.insert_audio(audio)
         self._wake.set()
 
     def finalize(self) -> None:
+        self.limits.finalize()  # each forces a final decode, which is never shed: bounded
         self.processor.request_finalize()
         self._wake.set()
 
@@ -166,31 +193,66 @@ class Session:
 
     async def _emit(self, event: Partial | Final) -> None:
         if isinstance(event, Final):
-            self.writer.append(event)  # on disk before it is sent
+            try:  # on disk before it is sent; off the event loop, which an fsync would stall
+                await asyncio.to_thread(self.writer.append, event)
+            except OSError as exc:  # a full disk: this final and all after it are never sent
+                log.error("session %s: transcript write failed: %s", self.id, exc)
+                raise StreamError("storage_failed", "the transcript could not be written on the server; the session ends", fatal=True) from None
             self.finals += 1
             self.metrics.finals.inc()
         self.outbox.put(event)
 
     def _decode_failed(self, request: WindowRequest, exc: Exception) -> None:
         log.error("session %s: decode failed", self.id, exc_info=exc)
-        self.send_error(StreamError("internal", "decoding this window failed; the session goes on", fatal=False))
+        self.send_error(StreamError("decode_failed", "decoding this window failed; the session goes on", fatal=False))
+
+    async def _drive(self, step) -> None:
+        """Run a drive step; a fatal error (storage) ends the session's decoding and is told through `failure`."""
+        if self.failure.done():
+            return
+        try:
+            async with self._lock:
+                await step()
+        except StreamError as exc:
+            if not self.failure.done():
+                self.failure.set_result(exc)
 
     async def _decode_loop(self) -> None:
-        while True:
+        while not self.failure.done():
             await self._wake.wait()
             self._wake.clear()
-            async with self._lock:
-                await self.driver.pump()
+            await self._drive(self.driver.pump)
+
+    async def commit(self) -> None:
+        """Finalize and wait: the audio received so far is decoded into finals (queued) before this returns, and
+        the stream goes on (OpenAI Realtime's `input_audio_buffer.commit`; `flush` also ends the resampler)."""
+        if self.closed:
+            return
+        async with self._lock:
+            await self.driver.flush()
+
+    async def transcribe(self, audio: np.ndarray, stopped: Callable[[], bool] = lambda: False) -> None:
+        """A whole recording (an uploaded file, 16 kHz float32) at full speed, not rate-limited: frame by frame
+        through the drive loop as the in-process pipeline feeds it, so its text is what a live client gets;
+        then flushed to finals. Stops early when `stopped()` (the client left) or the daemon shuts down."""
+        seconds = len(audio) / SAMPLE_RATE
+        if self.start_time + self.audio_seconds + seconds > self.options.max_session_seconds:
+            raise StreamError("session_too_long", f"session exceeds {self.options.max_session_seconds:.0f} s of audio", fatal=True)
+        self.audio_seconds += seconds
+        self.metrics.audio_seconds.inc(seconds)
+        await self._drive(lambda: self.driver.feed(audio, stopped=lambda: self.closed or self.stopping or stopped()))
+        await self.flush()
+        if self.failure.done():
+            raise self.failure.result()
 
     async def flush(self) -> None:
-        """Turn every pending sample into finals (stop, disconnect, shutdown)."""
-        if self.closed:
+        """Turn every pending sample into finals (stop, disconnect, shutdown); never raises: a failure is in `failure`."""
+        if self.closed or self.failure.done():
             return
         tail = self.converter.flush()
         if len(tail):
             self.processor.insert_audio(tail)
-        async with self._lock:
-            await self.driver.flush()
+        await self._drive(self.driver.flush)
 
     def send_error(self, error: StreamError) -> None:
         self.metrics.errors.labels(error.code).inc()

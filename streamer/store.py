@@ -1,84 +1,141 @@
-"""Per-session transcript files: every final is appended and flushed before it is sent."""
+"""Per-session transcripts: every final is written (and fsynced, server.fsync) before it is sent.
+
+The daemon uses a store only through `open` (a writer with `append` and `close`), `read`, `exists`,
+`stream_end` and `secret`, so that another backend (a shared one, for several daemons) can replace
+these files. Files are JSON lines, 0600 in a 0700 folder: one `session` line at each (re)start (the first
+holds the hash of the session's resume secret), the finals as sent, a `closed` line when a connection ends.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
+import threading
 import time
 from pathlib import Path
-from typing import IO
+from typing import Iterator
 
 from streamer.protocol import Final, final_from_dict, to_dict
 
 
+def secret_digest(secret: str) -> str:
+    """What is stored of a resume secret: its SHA-256 (a leaked data folder does not leak the secrets)."""
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def secret_matches(given: str | None, digest: str | None) -> bool:
+    """Constant-time check of a resume secret against a stored digest."""
+    return bool(given) and digest is not None and hmac.compare_digest(secret_digest(given), digest)
+
+
 class TranscriptStore:
-    def __init__(self, data_dir: str | os.PathLike):
+    def __init__(self, data_dir: str | os.PathLike, fsync: bool = True):
         self.root = Path(data_dir)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(self.root, 0o700)
+        self.fsync = fsync
 
     def path(self, session_id: str) -> Path:
         return self.root / f"{session_id}.jsonl"
 
     def exists(self, session_id: str) -> bool:
-        return self.path(session_id).exists()
+        try:
+            return self.path(session_id).is_file()
+        except (OSError, ValueError):  # a name too long for the file system, a NUL
+            return False
 
-    def read(self, session_id: str) -> list[Final]:
-        finals = []
-        with open(self.path(session_id), encoding="utf-8") as f:
+    def _records(self, session_id: str) -> Iterator[dict]:
+        with open(self.path(session_id), encoding="utf-8", errors="replace") as f:
             for line in f:
-                line = line.strip()
-                if not line:
-                    continue
                 try:
                     obj = json.loads(line)
-                except json.JSONDecodeError:  # a line torn by a crash mid-write
+                except json.JSONDecodeError:  # a line torn by a crash or a full disk mid-write
                     continue
-                if obj.get("type") == "final":
-                    finals.append(final_from_dict(obj))
-        return finals
+                if isinstance(obj, dict):
+                    yield obj
+
+    def read(self, session_id: str) -> list[Final]:
+        return [final_from_dict(obj) for obj in self._records(session_id) if obj.get("type") == "final"]
 
     def stream_end(self, session_id: str) -> float | None:
         """Stream time at which the session's last connection ended cleanly (None after a crash)."""
         end = None
-        with open(self.path(session_id), encoding="utf-8") as f:
-            for line in f:
-                if '"closed"' not in line:
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if obj.get("type") == "closed" and isinstance(obj.get("stream_time"), (int, float)):
-                    end = float(obj["stream_time"])
+        for obj in self._records(session_id):
+            if obj.get("type") == "closed" and isinstance(obj.get("stream_time"), (int, float)):
+                end = float(obj["stream_time"])
         return end
 
-    def open(self, session_id: str, info: dict) -> "TranscriptWriter":
-        return TranscriptWriter(self.path(session_id), info)
+    def secret(self, session_id: str) -> str | None:
+        """The digest of the session's resume secret (None: a session without one)."""
+        for obj in self._records(session_id):
+            if obj.get("type") == "session" and isinstance(obj.get("secret"), str):
+                return obj["secret"]
+        return None
+
+    def open(self, session_id: str, info: dict, secret: str | None = None) -> "TranscriptWriter":
+        """A writer appending to the session's transcript; `secret` (a new session's): its digest is stored."""
+        record = {"type": "session", "time": time.time(), **info}
+        if secret is not None:
+            record["secret"] = secret_digest(secret)
+        return TranscriptWriter(self.path(session_id), record, self.fsync)
 
 
 class TranscriptWriter:
-    def __init__(self, path: Path, info: dict):
-        torn = False
-        if path.exists() and path.stat().st_size:
-            with open(path, "rb") as f:  # a line cut off by a crash: start on a fresh line
-                f.seek(-1, os.SEEK_END)
-                torn = f.read(1) != b"\n"
-        self._file: IO[str] = open(path, "a", encoding="utf-8")
-        if torn:
-            self._file.write("\n")
-        self._write({"type": "session", "time": time.time(), **info})
+    """Appends JSON lines with os.write (no buffer left behind a failure), each fsynced when `fsync`.
 
-    def _write(self, obj: dict) -> None:
-        self._file.write(json.dumps(obj, ensure_ascii=False) + "\n")
-        self._file.flush()  # in the kernel's hands: survives kill -9 of the daemon
+    A write that fails (a full disk) raises OSError and leaves the writer broken: it writes nothing more,
+    so a torn line is never followed by another on this connection (readers skip torn lines). Appends may run
+    on a worker thread (an fsync can take tens of milliseconds): a lock keeps `close` from closing the file
+    under a write."""
+
+    def __init__(self, path: Path, record: dict, fsync: bool):
+        self.fsync = fsync
+        self.broken = False
+        self._lock = threading.Lock()
+        new = not path.exists()
+        self._fd: int | None = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)  # read: the last byte
+        try:
+            if new and fsync:  # the file's directory entry must survive a power loss too
+                folder = os.open(path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(folder)
+                finally:
+                    os.close(folder)
+            size = os.fstat(self._fd).st_size
+            torn = size and os.pread(self._fd, 1, size - 1) != b"\n"
+            self._write(record, prefix=b"\n" if torn else b"")  # a line cut off by a crash: start on a fresh line
+        except OSError:
+            self.close()
+            raise
+
+    def _write(self, obj: dict, prefix: bytes = b"") -> None:
+        if self.broken or self._fd is None:
+            raise OSError("the transcript could not be written before; it takes no more")
+        data = memoryview(prefix + (json.dumps(obj, ensure_ascii=False) + "\n").encode("utf-8"))
+        try:
+            while data:
+                data = data[os.write(self._fd, data) :]
+            if self.fsync:
+                os.fsync(self._fd)  # on the disk: survives a power loss
+        except OSError:
+            self.broken = True
+            raise
 
     def append(self, final: Final) -> None:
-        self._write(to_dict(final))
+        with self._lock:
+            self._write(to_dict(final))
 
     def close(self, stream_time: float | None = None) -> None:
-        """`stream_time`: where this connection's audio ended, so a resume continues the clock."""
-        if self._file.closed:
-            return
-        if stream_time is not None:
-            self._write({"type": "closed", "time": time.time(), "stream_time": round(stream_time, 3)})
-        self._file.close()
+        """`stream_time`: where this connection's audio ended, so a resume continues the clock. Never raises."""
+        with self._lock:
+            if self._fd is None:
+                return
+            if stream_time is not None and not self.broken:
+                try:
+                    self._write({"type": "closed", "time": time.time(), "stream_time": round(stream_time, 3)})
+                except OSError:
+                    pass
+            os.close(self._fd)
+            self._fd = None

@@ -111,9 +111,12 @@ class WhisperBackend:
     # -- decoding -----------------------------------------------------------------------------
     def prompt_tokens(self, text: str | list[int], keyterms: Sequence[str] = ()) -> list[int]:
         """Whisper's prompt: keyterms (as faster-whisper's `hotwords`: before the previous text, whole terms
-        within KEYTERM_TOKENS), then the previous text (its last tokens, within MAX_PROMPT_TOKENS in all),
-        then the start of transcript."""
+        within KEYTERM_TOKENS), then the previous text (text: its last `asr.prompt_tokens` tokens, so that every
+        stream with that much history has a prompt of one length and CTranslate2 can batch them; a token list:
+        within MAX_PROMPT_TOKENS in all), then the start of transcript."""
         previous = self.tokenizer.encode(" " + text.strip()) if isinstance(text, str) and text.strip() else list(text or [])
+        if isinstance(text, str):
+            previous = previous[-self.options.prompt_tokens :]
         hot: list[int] = []
         for term in keyterms:
             tokens = self.tokenizer.encode((", " if hot else " ") + term.strip())

@@ -45,6 +45,14 @@ def daemon(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def llm_daemon(tmp_path_factory):
+    """The real daemon with the fusion LLM of the default config (Gemma 3 270M), sessions in uadf mode."""
+    d = start_daemon(tmp_path_factory.mktemp("llm-daemon"), "--mode", "uadf", "--set", "server.max_rate=0", llm="gemma3-270m")
+    yield d
+    stop_daemon(d)
+
+
+@pytest.fixture(scope="session")
 def engine():
     """The in-process pipeline's models (no LLM)."""
     from streamer.config import load_config
@@ -65,3 +73,18 @@ def offline_text(model, path: str) -> str:
 
 
 wer = corpus_wer
+
+
+COMPAT_TOKEN = "compat-key"
+
+
+@pytest.fixture(scope="session")
+def compat_daemon(tmp_path_factory):
+    """The real daemon for the Deepgram and OpenAI compatibility tests (tests/test_compat_*.py): a token, three
+    sessions, the default rate limit (uploads must pass it), small upload limits so that breaking them is cheap."""
+    d = start_daemon(
+        tmp_path_factory.mktemp("compat"), "--token", COMPAT_TOKEN, "--max-sessions", "3",
+        "--set", "server.max_upload_bytes=1000000", "--set", "server.max_upload_seconds=20",
+    )
+    yield d
+    stop_daemon(d)

@@ -4,25 +4,45 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
+import socket
 import ssl
+import struct
+import threading
+import time
 import urllib.request
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import AsyncIterator
 
 import numpy as np
 import psutil
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
 
-from clients.stream import to_pcm16
+from clients.stream import send_paced, to_pcm16
 from conftest import manifest
 from streamer.audio import load_audio
 
 START = {"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", "channels": 1}
-ERROR_CODES = {
-    "bad_message", "unknown_type", "not_started", "already_started", "bad_encoding", "bad_sample_rate",
-    "bad_channels", "bad_mode", "bad_audio", "frame_too_large", "rate_limited", "session_too_long",
-    "idle_timeout", "start_timeout", "busy", "unknown_session", "unauthorized", "slow_consumer", "internal",
-}
+STOP = json.dumps({"type": "stop"})
+PROTOCOL_DOC = Path(__file__).resolve().parents[1] / "docs" / "protocol.md"
+ERROR_ROW = re.compile(r"^\| `([a-z_]+)` \|.*\|(.*)\|$")
+
+
+def documented_errors() -> dict[str, int | None]:
+    """The error table of docs/protocol.md: code -> the close code that follows it (None: the session goes on)."""
+    text = PROTOCOL_DOC.read_text(encoding="utf-8")
+    table = text[text.index("### `error`") :].split("\n## ")[0]
+    out: dict[str, int | None] = {}
+    for line in table.splitlines():
+        if m := ERROR_ROW.match(line):
+            close = re.search(r"close (\d{4})", m.group(2))
+            out[m.group(1)] = int(close.group(1)) if close else None
+    return out
+
+
+ERROR_CODES = set(documented_errors())
 
 
 def start(**fields) -> str:
@@ -64,6 +84,73 @@ def close_code(ws) -> int | None:
     """The close code the server sent (None when the connection just dropped)."""
     rcvd = ws.protocol.close_rcvd
     return rcvd.code if rcvd is not None else None
+
+
+def resume_fields(ready: dict, resume_from: int = 0, **fields) -> dict:
+    """The start fields that resume the session a `ready` opened (its id and resume secret)."""
+    return {"session_id": ready["session_id"], "resume_token": ready.get("resume_token"), "resume_from": resume_from, **fields}
+
+
+def secret(ready: dict) -> dict:
+    """The header that proves a session's resume secret (to read its transcript)."""
+    return {"X-Resume-Token": ready["resume_token"]}
+
+
+@asynccontextmanager
+async def session(
+    url: str, token: str | None = None, ssl_context: ssl.SSLContext | None = None, ws_options: dict | None = None, **fields
+) -> AsyncIterator[tuple[object, dict]]:
+    """A connection with a started session: connect, send `start` (fields override, as in `start`),
+    assert the answer is `ready`; yields the websocket and the ready message."""
+    async with open_ws(url, token, ssl_context, **(ws_options or {})) as ws:
+        await ws.send(start(**fields))
+        ready = await recv(ws, 120)
+        assert ready["type"] == "ready", ready
+        yield ws, ready
+
+
+async def expect_fatal(ws, code: str, close: int | None = 1008, timeout: float = 180.0) -> list[dict]:
+    """Drain the connection; its last message must be error `code`, then the server's close `close`."""
+    msgs = await drain(ws, timeout)
+    assert msgs and msgs[-1]["type"] == "error" and msgs[-1]["code"] == code, msgs[-3:]
+    assert close_code(ws) == close, (close_code(ws), msgs[-3:])
+    return msgs
+
+
+async def expect_end(ws, timeout: float = 180.0) -> list[dict]:
+    """Drain the connection; it must end with `end` and a normal close."""
+    msgs = await drain(ws, timeout)
+    assert msgs and msgs[-1]["type"] == "end", msgs[-3:]
+    assert close_code(ws) == 1000, close_code(ws)
+    return msgs
+
+
+def finals_in(messages: list[dict]) -> list[dict]:
+    return [m for m in messages if m["type"] == "final"]
+
+
+async def send_audio(ws, audio: np.ndarray, speed: float, chunk: float = 0.1, stop: bool = True, **kw) -> None:
+    """16 kHz float audio through the client core's paced sender."""
+    await send_paced(ws, audio, 16000, speed, chunk, stop, **kw)
+
+
+async def send_until_closed(ws, audio: np.ndarray, speed: float, chunk: float = 1.0) -> None:
+    """Send audio (no stop) until the server ends the connection."""
+    try:
+        await send_audio(ws, audio, speed, chunk, stop=False)
+    except websockets.ConnectionClosed:
+        pass
+
+
+async def wait_until_idle(d, timeout: float = 60.0, headers=None, ssl_context=None) -> None:
+    """Until the daemon's /healthz counts no session (AssertionError after `timeout`)."""
+    base = d.http_url.replace("http://", "https://") if ssl_context else d.http_url
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if json.load(http_get(base + "/healthz", headers, ssl_context))["sessions"] == 0:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError("sessions did not end")
 
 
 def http_get(url: str, headers: dict | None = None, ssl_context: ssl.SSLContext | None = None):
@@ -148,3 +235,65 @@ def tones(seconds: float, seed: int = 0) -> np.ndarray:
         parts.append((x * 0.2).astype(np.float32))
         total += d
     return np.concatenate(parts)[: int(seconds * 16000)]
+
+
+class DropProxy:
+    """A TCP proxy to a local port, on a thread of its own: `cut()` drops every connection through it as a
+    failing network does (a reset, no close frame), so clients and the daemon see a real connection loss."""
+
+    def __init__(self, port: int):
+        self.target = port
+        self.port = 0
+        self.connections = 0  # accepted so far
+        self._transports: set[asyncio.Transport] = set()
+        self._loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "DropProxy":
+        """Starts the proxy; then `http_url` and `ws_url` address the daemon through it."""
+        self._thread.start()
+        assert self._started.wait(10), "proxy did not start"
+        self.http_url = f"http://127.0.0.1:{self.port}"
+        self.ws_url = self.http_url.replace("http", "ws") + "/v1/listen"
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def cut(self) -> None:
+        """Reset every open connection through the proxy (thread-safe, returns at once)."""
+        self._loop.call_soon_threadsafe(self._cut)
+
+    def _cut(self) -> None:
+        for transport in list(self._transports):
+            sock = transport.get_extra_info("socket")
+            if sock is not None:  # close with a reset, not a FIN
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+        self._transports.clear()
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _accept(self, client_reader, client_writer) -> None:
+        self.connections += 1
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        self._transports |= {client_writer.transport, server_writer.transport}
+        await asyncio.gather(self._pipe(client_reader, server_writer), self._pipe(server_reader, client_writer))
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(asyncio.start_server(self._accept, "127.0.0.1", 0))
+        self.port = server.sockets[0].getsockname()[1]
+        self._started.set()
+        self._loop.run_forever()
+        server.close()

@@ -27,9 +27,10 @@ from pathlib import Path
 
 import pytest
 
+from conftest import manifest
+
 REPO = Path(__file__).resolve().parents[1]
 WEB_ROOT = REPO / "clients" / "web"
-SPEECH_DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "speech-dev"
 OUT_DIR = REPO / "test-output"
 CHROMIUM = Path("/usr/bin/chromium")
 CLIP = "jfk"  # 11 s; text in manifest.jsonl
@@ -96,15 +97,9 @@ def _ensure_chromium() -> Path:
 
 
 def _clip() -> tuple[Path, str]:
-    manifest = SPEECH_DEV / "manifest.jsonl"
-    if not manifest.exists():
-        pytest.skip(f"speech-dev data not found at {SPEECH_DEV}")
-    for line in manifest.read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            if row["id"] == CLIP:
-                return SPEECH_DEV / row["audio"], row["text"]
-    pytest.skip(f"clip {CLIP!r} not in {manifest}")
+    """The clip, through conftest's manifest(): missing data fails under CI instead of skipping."""
+    entry = next(e for e in manifest("speech-dev") if e["id"] == CLIP)
+    return Path(entry["path"]), entry["text"]
 
 
 def _words(text: str) -> list[str]:
@@ -164,6 +159,7 @@ def page(browser):
 
 
 def _open(page, daemon, mode: str = "asr") -> None:
+    """The captions page of `daemon` (anything with an http_url: the daemon, or a proxy in front of it)."""
     page.goto(f"{daemon.http_url}/?mode={mode}&caption=0")
     page.wait_for_function("() => window.captions && window.captions.state === 'idle'", timeout=15000)
     # Record whether a dimmed partial was ever shown (partials are replaced, so look as they come).
@@ -277,6 +273,7 @@ def test_reconnect_resumes_session(daemon, page):
     _start(page)
     page.wait_for_function("() => window.captions.finals.length >= 1", timeout=CAPTION_TIMEOUT_S * 1000)
     session = page.evaluate("window.captions.sessionId")
+    secret = page.evaluate("window.captions.resumeToken")
     before = page.evaluate("window.captions.finals")
 
     page.evaluate("window.captions.simulateDrop()")
@@ -291,7 +288,7 @@ def test_reconnect_resumes_session(daemon, page):
     assert [f["text"] for f in after[:n]] == [f["text"] for f in before], "finals shown before the drop changed"
     assert page.locator("#captions .final").count() == len(after), "a final is shown twice"
     # The page's transcript is the server's transcript of that session.
-    url = f"{daemon.http_url}/v1/sessions/{session}/transcript?format=txt"
+    url = f"{daemon.http_url}/v1/sessions/{session}/transcript?format=txt&resume_token={secret}"
     with urllib.request.urlopen(url, timeout=10) as resp:
         server_text = resp.read().decode("utf-8")
     page_text = page.evaluate("window.captions.text()")
@@ -496,3 +493,72 @@ def test_page_protocol_fusion_and_resume(page, record_property):
         assert "-->" in vtt and "," not in vtt.split("\n")[3].split("-->")[0]
         assert not server.problems, server.problems
         assert not [e for e in page.errors if "favicon" not in e], page.errors
+
+
+# -- the page against the real daemon: fusion with the real LLM through a dropping network, tokens ----
+def test_fusion_captions_resume_after_a_real_connection_drop(llm_daemon, page):
+    """The page in uadf mode on the daemon with Gemma 3 270M, through a proxy that resets the connection
+    (no close frame): the page reconnects, the daemon takes the session over and resends what the page
+    missed, and the page shows every final once, as the server's transcript has them."""
+    from streamutil import DropProxy
+
+    with DropProxy(llm_daemon.port) as proxy:
+        _open(page, proxy, mode="uadf")
+        _start(page)
+        page.wait_for_function("() => window.captions.finals.length >= 1", timeout=CAPTION_TIMEOUT_S * 1000)
+        session = page.evaluate("window.captions.sessionId")
+        secret = page.evaluate("window.captions.resumeToken")
+        n = page.evaluate("window.captions.finals.length")
+        proxy.cut()
+        page.wait_for_function("() => window.captions.state !== 'live'", timeout=30000)
+        page.wait_for_function("() => window.captions.state === 'live'", timeout=60000)
+        assert page.evaluate("window.captions.sessionId") == session, "the page did not resume its session"
+        page.wait_for_function(f"() => window.captions.finals.length > {n}", timeout=CAPTION_TIMEOUT_S * 1000)
+        _stop(page)
+        assert proxy.connections >= 2
+    finals = page.evaluate("window.captions.finals")
+    assert page.locator("#captions .final").count() == len(finals), "a final is shown twice"
+    url = f"{llm_daemon.http_url}/v1/sessions/{session}/transcript?resume_token={secret}"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        server = json.load(resp)["finals"]
+    assert [f["text"] for f in server] == [f["text"] for f in finals]
+    assert all(f["endpoint"] for f in server)  # uadf mode commits whole utterances
+    assert not [e for e in page.errors if "favicon" not in e], page.errors
+
+
+TOKEN = "browser-test-token"
+
+
+@pytest.fixture(scope="module")
+def token_daemon(tmp_path_factory):
+    from tools.daemon_process import start_daemon, stop_daemon
+
+    d = start_daemon(tmp_path_factory.mktemp("token-daemon"), "--token", TOKEN, "--set", "server.max_rate=0")
+    yield d
+    stop_daemon(d)
+
+
+@pytest.mark.parametrize("query", ["", "&token=wrong"])
+def test_a_missing_or_wrong_token_is_shown_not_retried(token_daemon, page, query):
+    sockets = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
+    page.goto(f"{token_daemon.http_url}/?mode=asr{query}")
+    page.wait_for_function("() => window.captions && window.captions.error.startsWith('unauthorized')", timeout=15000)
+    page.click("#start")
+    page.wait_for_function("() => window.captions.state === 'error'", timeout=15000)
+    time.sleep(3)  # no reconnect loop: still in error, no websocket tried
+    assert page.evaluate("window.captions.state") == "error" and sockets == []
+    assert "token" in page.inner_text("#error")
+
+
+def test_the_right_token_is_used_for_the_session_and_its_resume(token_daemon, page):
+    page.goto(f"{token_daemon.http_url}/?mode=asr&token={TOKEN}")
+    page.wait_for_function("() => window.captions && window.captions.state === 'idle'", timeout=15000)
+    _start(page)
+    page.wait_for_function("() => window.captions.finals.length >= 1", timeout=CAPTION_TIMEOUT_S * 1000)
+    assert page.evaluate("window.captions.error") == ""
+    session = page.evaluate("window.captions.sessionId")
+    page.evaluate("window.captions.simulateDrop()")
+    page.wait_for_function("() => window.captions.state === 'live'", timeout=30000)
+    assert page.evaluate("window.captions.sessionId") == session
+    _stop(page)

@@ -78,7 +78,19 @@ def test_policies_by_name_and_mode():
     assert isinstance(make_policy(StreamingOptions(commit="agreement"), Mode.UADF), LocalAgreement)
     endpoint = make_policy(StreamingOptions(commit="endpoint"), Mode.ASR)
     assert endpoint.update(words("one two three"), 10.0) == [] and not endpoint.commit_window(10.0, 0.0)
-    assert set(POLICIES) == {"agreement", "endpoint", "lookahead"}
+    assert set(POLICIES) == {"agreement", "endpoint", "lookahead", "hybrid"}
+
+
+def test_hybrid_commits_agreed_words_early_and_any_word_after_the_delay():
+    policy = make_policy(StreamingOptions(commit="hybrid", commit_margin=0.5, commit_delay=1.5), Mode.ASR)
+    assert policy.commit_window(1.0, 0.0)
+    assert policy.update(words("one two"), 1.0) == []  # nothing to agree with yet, nothing 1.5 s old
+    done = policy.update(words("one two three"), 1.5)  # "one two" agreed, ending by 1.0
+    assert [w.word.strip() for w in done] == ["one", "two"]
+    assert policy.update(words("tree four five", 1.0), 2.0) == []  # "three" -> "tree": no agreement, not old enough
+    done = policy.update(words("three for five six", 1.0), 3.0)  # nothing agreed, but "three" ended 1.5 s before
+    assert [w.word.strip() for w in done] == ["three"]
+    assert [w.word.strip() for w in policy.update(words("four five six", 1.5), 3.5)] == ["four"]  # "for" -> "four"
 
 
 def test_lookahead_commits_words_with_enough_audio_after_them():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import re
 
 import numpy as np
 import websockets
@@ -46,7 +47,11 @@ start_messages = st.fixed_dictionaries(
         "encoding": field(["pcm_s16le", "pcm_f32le"], ["pcm_s24le", "PCM_S16LE", "", 5]),
         "channels": field([1, 2], [0, 3, -1, True, 1.0, "1"]),
         "mode": field(["asr"] * 6, ["uadf", "shallow", "uadf-llm", "magic", 1]),
-        "session_id": st.one_of(st.just(KeyError), st.just(KeyError), st.sampled_from(["deadbeef" * 4, "no/such", "", "a" * 65, 7])),
+        "session_id": st.one_of(
+            st.just(KeyError), st.just(KeyError),
+            st.sampled_from(["deadbeef" * 4, "DEADBEEF" * 4, "é" * 32, "no/such", "", "a" * 65, "a" * 300, 7]),
+        ),
+        "resume_token": st.one_of(st.just(KeyError), st.sampled_from(["x" * 43, "", 5])),
         "resume_from": field([0, 1], [-1, 1.5, "2"]),
         "language": field(["en", ""], ["de", 3]),
     }
@@ -83,8 +88,8 @@ def _kind_ok(value, kind) -> bool:
     return not isinstance(value, bool) and isinstance(value, kind)
 
 
-def expected_start(obj: dict) -> tuple[str | None, int | None]:
-    """(error code, close code) for a start message, per docs/protocol.md; (None, None) when it opens a session."""
+def parser_error(obj: dict) -> tuple[str | None, int | None]:
+    """(error code, close code) the protocol's validation gives a start message, per docs/protocol.md."""
     for key, kind, code in (("sample_rate", int, "bad_sample_rate"), ("encoding", str, "bad_encoding"), ("channels", int, "bad_channels")):
         if key not in obj or not _kind_ok(obj[key], kind):
             return code, 1003
@@ -97,13 +102,23 @@ def expected_start(obj: dict) -> tuple[str | None, int | None]:
     if "mode" in obj and (not _kind_ok(obj["mode"], str) or obj["mode"] not in MODES):
         return "bad_mode", 1003
     sid = obj.get("session_id")
-    if "session_id" in obj and (not _kind_ok(sid, str) or not (0 < len(sid) <= 64 and sid.replace("-", "").isalnum())):
+    if "session_id" in obj and (not _kind_ok(sid, str) or not re.fullmatch("[0-9a-f]{32}", sid)):
+        return "bad_message", None
+    if "resume_token" in obj and not _kind_ok(obj["resume_token"], str):
         return "bad_message", None
     if "resume_from" in obj and (not _kind_ok(obj["resume_from"], int) or obj["resume_from"] < 0):
         return "bad_message", None
     if "language" in obj and (not _kind_ok(obj["language"], str) or obj["language"] not in ("", "en")):
         return "bad_message", None
-    if sid:
+    return None, None
+
+
+def expected_start(obj: dict) -> tuple[str | None, int | None]:
+    """(error code, close code) the test daemon gives a start message; (None, None) when it opens a session."""
+    code, close = parser_error(obj)
+    if code:
+        return code, close
+    if obj.get("session_id"):
         return "unknown_session", 1008  # the fuzz ids never name a stored session
     if obj.get("mode", "asr") != "asr":
         return "bad_mode", 1003  # the test daemon has no LLM
@@ -112,7 +127,7 @@ def expected_start(obj: dict) -> tuple[str | None, int | None]:
 
 def classify_text(text: str):
     """'bad_message' | 'unknown_type' | 'stop' | 'finalize' | 'keepalive' | the start object."""
-    if len(text) > MAX_FRAME:
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_FRAME:
         return "frame_too_large"
     try:
         obj = json.loads(text)
@@ -222,15 +237,19 @@ def check(got: list[dict], code: int | None, model: Model) -> None:
 # -- in-process properties ----------------------------------------------------------------------------
 @settings(max_examples=2000, deadline=None, database=None)
 @given(st.one_of(text_frames, st.text(max_size=400)))
-def test_text_frames_raise_nothing_but_stream_errors(text):
+def test_text_frames_get_exactly_the_documented_errors(text):
+    """The parser raises the code the model expects, and accepts exactly what the model accepts."""
+    kind = classify_text(text)
+    expected = parser_error(kind)[0] if isinstance(kind, dict) else (None if kind in ("stop", "finalize", "keepalive") else kind)
     try:
-        V1Adapter(MAX_FRAME).parse(text, started=False)
+        message = V1Adapter(MAX_FRAME).parse(text, started=False)
     except StreamError as exc:
         assert exc.code in ERROR_CODES and exc.message
         assert exc.fatal == (exc.code in ("bad_encoding", "bad_sample_rate", "bad_channels", "bad_mode"))
-        kind = classify_text(text)
-        expected = expected_start(kind)[0] if isinstance(kind, dict) else kind
         assert exc.code == expected, (text[:200], exc.code, expected)
+        return
+    assert expected is None, (text[:200], expected)
+    assert message.type == (kind["type"] if isinstance(kind, dict) else kind)
 
 
 @settings(max_examples=1000, deadline=None, database=None)
@@ -277,19 +296,22 @@ def test_a_long_session_of_random_frames(daemon, sequence):
 
 @settings(max_examples=300, deadline=None, database=None)
 @given(
-    st.text(st.characters(codec="ascii", exclude_categories=("Cc",)), max_size=40),
-    st.sampled_from(["json", "txt", "srt", "vtt", "", "xml", "../x"]),
+    st.one_of(st.text(max_size=400), st.text("0123456789abcdef", min_size=32, max_size=32)),
+    st.sampled_from(["json", "txt", "srt", "vtt", "", "xml", "../x", "é"]),
+    st.one_of(st.none(), st.text(max_size=60)),
 )
-def test_http_endpoints_never_fail_on_odd_paths(daemon, name, fmt):
+def test_http_endpoints_never_fail_on_odd_paths(daemon, name, fmt, secret):
+    """Any name (Unicode, hundreds of characters), format and resume token: 400 or 404, never a 500."""
     import urllib.error
     import urllib.parse
 
-    path = f"/v1/sessions/{urllib.parse.quote(name, safe='')}/transcript?format={urllib.parse.quote(fmt)}"
+    query = urllib.parse.urlencode({"format": fmt, **({"resume_token": secret} if secret is not None else {})})
+    path = f"/v1/sessions/{urllib.parse.quote(name, safe='')}/transcript?{query}"
     try:
         status = daemon.get(path).status
     except urllib.error.HTTPError as err:
         status = err.code
-    assert status in (200, 400, 404), (path, status)
+    assert status in (400, 404), (path, status)
 
 
 def test_daemon_still_serves_after_the_fuzzing(daemon):

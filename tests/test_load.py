@@ -22,7 +22,8 @@ import websockets
 
 from conftest import ROOT, manifest, wer
 from tools.daemon_process import start_daemon, stop_daemon
-from streamutil import disk_finals, metric, metrics, open_ws, pcm16, recv, rss_mb, same_final, speech, start
+from clients.stream import send_paced
+from streamutil import disk_finals, metric, metrics, rss_mb, same_final, session, speech
 
 OUT = ROOT / "test-output"
 
@@ -87,24 +88,11 @@ class Sampler:
 async def client(url: str, audio: np.ndarray, speed: float, chunk: float = 0.1) -> dict:
     """Stream at `speed` x real time, then stop; every message back, the session id, and each final's
     latency (seconds from sending the audio of its end to receiving it; with speed > 0)."""
-    step = int(chunk * 16000)
     msgs: list[dict] = []
     latency: list[float] = []
-    async with open_ws(url) as ws:
-        await ws.send(start())
-        ready = await recv(ws, 120)
-        assert ready["type"] == "ready", ready
+    async with session(url) as (ws, ready):
         t0 = time.monotonic()
-
-        async def send():
-            for i in range(0, len(audio), step):
-                delay = t0 + i / 16000 / speed - time.monotonic() if speed > 0 else 0
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                await ws.send(pcm16(audio[i : i + step]))
-            await ws.send(json.dumps({"type": "stop"}))
-
-        sender = asyncio.create_task(send())
+        sender = asyncio.create_task(send_paced(ws, audio, 16000, speed, chunk))
         try:
             async for raw in ws:
                 msgs.append(json.loads(raw))

@@ -121,3 +121,19 @@ def test_sample_buffer_matches_a_plain_array():
         plain = plain[drop:]
         n = int(rng.integers(0, len(plain) + 10))
         assert len(buffer) == len(plain) and np.array_equal(buffer.head(n), plain[:n])
+
+
+def test_default_policy_bounds_every_word_and_never_revises(engine):
+    """The default commit policy on a minute of continuous speech (stream time, not wall time): every word is
+    final within commit_delay + one step of its end, pause or not; finals are numbered without gaps and
+    their words are never emitted again (the transcript is the finals joined)."""
+    entry = next(e for e in manifest("speech-long") if e["id"] == "dev-concat")
+    audio = load_audio(entry["path"])[: 60 * SAMPLE_RATE]
+    options = engine.config.streaming
+    result = run_stream(engine, engine.new_processor("asr"), audio)
+    bound = options.commit_delay + options.step + 0.1
+    assert result.word_waits and max(result.word_waits) <= bound, sorted(result.word_waits)[-5:]
+    assert [f.segment for f in result.finals] == list(range(len(result.finals)))
+    starts = [w.start for f in result.finals for w in f.words]
+    assert starts == sorted(starts)  # no word committed twice or out of order
+    assert len(result.text.split()) > 100  # a minute of read speech

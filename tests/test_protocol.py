@@ -16,8 +16,8 @@ def start(**kw) -> str:
 
 
 def test_start_round_trip():
-    msg = parse_client_message(start(mode="uadf", session_id="abc-1", resume_from=3))
-    assert isinstance(msg, Start) and msg.mode is Mode.UADF and msg.session_id == "abc-1" and msg.resume_from == 3
+    msg = parse_client_message(start(mode="uadf", session_id="ab" * 16, resume_from=3))
+    assert isinstance(msg, Start) and msg.mode is Mode.UADF and msg.session_id == "ab" * 16 and msg.resume_from == 3
     assert parse_client_message(json.dumps(msg.to_dict())) == msg
 
 

@@ -9,6 +9,7 @@ Every test talks to a daemon process over real sockets. Three kinds of daemon:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import socket
@@ -25,57 +26,35 @@ import websockets
 from conftest import wer
 from tools.daemon_process import DaemonProcess as Daemon, start_daemon, stop_daemon
 from streamutil import (
+    STOP,
     close_code,
     disk_finals,
     drain,
+    expect_end,
+    expect_fatal,
+    finals_in,
     http_get,
     metric,
     metrics,
     open_ws,
-    pcm16,
     pink_noise,
     recv,
     reference,
+    resume_fields,
     rss_mb,
     same_final,
+    secret,
+    send_audio,
+    send_until_closed,
+    session,
     speech,
     start,
     tones,
+    wait_until_idle,
 )
 
 TOKEN = "s3cret-token-for-tests"
 ORIGIN = "https://captions.example"
-STOP = json.dumps({"type": "stop"})
-
-
-async def send_audio(ws, audio: np.ndarray, speed: float, chunk: float = 0.1, stop: bool = True, sent: list | None = None):
-    """Stream float audio at `speed` x real time (0: as fast as possible); `sent[0]` tracks seconds sent."""
-    step = int(chunk * 16000)
-    t0 = time.monotonic()
-    for i in range(0, len(audio), step):
-        if speed > 0:
-            delay = t0 + i / 16000 / speed - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-        await ws.send(pcm16(audio[i : i + step]))
-        if sent is not None:
-            sent[0] = (i + step) / 16000
-    if stop:
-        await ws.send(STOP)
-
-
-def finals_in(messages: list[dict]) -> list[dict]:
-    return [m for m in messages if m["type"] == "final"]
-
-
-async def wait_until_idle(d: Daemon, timeout: float = 60.0, headers=None, ssl_context=None) -> None:
-    base = d.http_url.replace("http://", "https://") if ssl_context else d.http_url
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if json.load(http_get(base + "/healthz", headers, ssl_context))["sessions"] == 0:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError("sessions did not end")
 
 
 # ==================================================================================================
@@ -96,28 +75,25 @@ def test_defaults_listen_on_loopback_and_take_the_token_from_the_environment(mon
     ]
 
 
-def test_outbox_drops_partials_first_and_never_finals():
+async def test_outbox_drops_partials_first_and_never_finals():
     from streamer.protocol import Final, Partial
     from streamer.session import Outbox
 
-    async def go():
-        box = Outbox(limit=5)
-        box.put(Partial(segment=0, text="a", start=0, end=1))
-        box.put(Partial(segment=0, text="a b", start=0, end=1))  # replaces the partial waiting at the end
-        assert len(box) == 1
-        box.put(Final(segment=0, text="f0", start=0, end=1))
-        box.put(Partial(segment=1, text="c", start=1, end=2))  # a final is queued after "a b": both stay
-        assert [m.text for m in box._items] == ["a b", "f0", "c"]
-        for i in (1, 2):
-            box.put(Final(segment=i, text=f"f{i}", start=i, end=i + 1))
-        box.put(Partial(segment=3, text="d", start=3, end=4))  # full: a partial is dropped
-        assert not box.overflowed and len(box) == 5
-        box.put(Final(segment=3, text="f3", start=3, end=4))  # a final past the limit is kept, and flagged
-        assert box.overflowed and len(box) == 6
-        out = [await box.get() for _ in range(6)]
-        assert [m.text for m in out] == ["a b", "f0", "c", "f1", "f2", "f3"]
-
-    asyncio.run(go())
+    box = Outbox(limit=5)
+    box.put(Partial(segment=0, text="a", start=0, end=1))
+    box.put(Partial(segment=0, text="a b", start=0, end=1))  # replaces the partial waiting at the end
+    assert len(box) == 1
+    box.put(Final(segment=0, text="f0", start=0, end=1))
+    box.put(Partial(segment=1, text="c", start=1, end=2))  # a final is queued after "a b": both stay
+    assert [m.text for m in box._items] == ["a b", "f0", "c"]
+    for i in (1, 2):
+        box.put(Final(segment=i, text=f"f{i}", start=i, end=i + 1))
+    box.put(Partial(segment=3, text="d", start=3, end=4))  # full: a partial is dropped
+    assert not box.overflowed and len(box) == 5
+    box.put(Final(segment=3, text="f3", start=3, end=4))  # a final past the limit is kept, and flagged
+    assert box.overflowed and len(box) == 6
+    out = [await box.get() for _ in range(6)]
+    assert [m.text for m in out] == ["a b", "f0", "c", "f1", "f2", "f3"]
 
 
 def test_store_survives_a_torn_last_line(tmp_path):
@@ -144,16 +120,16 @@ class Strict:
     daemon: Daemon
     ssl: ssl.SSLContext
 
-    @property
-    def url(self) -> str:
-        return f"wss://127.0.0.1:{self.daemon.port}/v1/listen"
-
-    @property
-    def base(self) -> str:
-        return f"https://127.0.0.1:{self.daemon.port}"
+    def __post_init__(self) -> None:
+        self.url = self.daemon.ws_url.replace("ws://", "wss://")
+        self.base = self.daemon.http_url.replace("http://", "https://")
 
     def ws(self, token: str | None = TOKEN, **kw):
         return open_ws(self.url, token, self.ssl, **kw)
+
+    def session(self, ws_options: dict | None = None, **fields):
+        """A started session (streamutil.session) with the token over TLS."""
+        return session(self.url, TOKEN, self.ssl, ws_options, **fields)
 
     def get(self, path: str, token: str | None = TOKEN, headers: dict | None = None):
         h = dict(headers or {})
@@ -163,6 +139,9 @@ class Strict:
 
     def metrics(self) -> dict:
         return metrics(self.daemon, {"Authorization": f"Bearer {TOKEN}"}, self.ssl)
+
+    async def wait_until_idle(self) -> None:
+        await wait_until_idle(self.daemon, headers={"Authorization": f"Bearer {TOKEN}"}, ssl_context=self.ssl)
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +160,9 @@ def strict(tmp_path_factory):
         "--set", "server.max_frame_bytes=65536", "--set", "server.idle_timeout=3",
         "--set", "server.start_timeout=4", "--set", "server.max_pending=3",
         "--set", "server.max_session_seconds=20", "--set", "server.send_queue=16",
+        # the slow-consumer test needs a flood of frames to fill the send queue; the frame bound is tested
+        # in test_hostile.py
+        "--set", "server.max_frames_per_second=0",
     )  # max_rate stays at its default, 4x real time
     yield Strict(d, ssl.create_default_context(cafile=str(cert)))
     stop_daemon(d)
@@ -203,70 +185,49 @@ def test_http_endpoints_need_the_token_over_tls(strict):
     assert TOKEN not in strict.daemon.log.read_text()  # access log lines carry no query strings
 
 
-def test_websocket_needs_the_token(strict):
-    async def go():
-        for token in (None, "wrong"):
-            with pytest.raises(websockets.InvalidStatus) as err:
-                async with strict.ws(token):
-                    pass
-            assert err.value.response.status_code == 401
-        async with open_ws(f"{strict.url}?token={TOKEN}", None, strict.ssl) as ws:  # browsers: token in the URL
-            await ws.send(start())
-            assert (await recv(ws))["type"] == "ready"
-        async with strict.ws() as ws:
-            await ws.send(start())
-            assert (await recv(ws))["type"] == "ready"
-            await ws.send(STOP)
-            assert (await drain(ws))[-1]["type"] == "end" and close_code(ws) == 1000
-
-    asyncio.run(go())
-
-
-def test_browser_origins(strict):
-    async def go():
+async def test_websocket_needs_the_token(strict):
+    for token in (None, "wrong"):
         with pytest.raises(websockets.InvalidStatus) as err:
-            async with strict.ws(origin="https://evil.example"):
+            async with strict.ws(token):
                 pass
-        assert err.value.response.status_code == 403
-        for origin in (ORIGIN, f"https://127.0.0.1:{strict.daemon.port}"):  # listed, and the daemon's own page
-            async with strict.ws(origin=origin) as ws:
-                await ws.send(start())
-                assert (await recv(ws))["type"] == "ready", origin
+        assert err.value.response.status_code == 401
+    async with session(f"{strict.url}?token={TOKEN}", None, strict.ssl):  # browsers: token in the URL
+        pass
+    async with strict.session() as (ws, _):
+        await ws.send(STOP)
+        await expect_end(ws)
 
-    asyncio.run(go())
+
+async def test_browser_origins(strict):
+    with pytest.raises(websockets.InvalidStatus) as err:
+        async with strict.ws(origin="https://evil.example"):
+            pass
+    assert err.value.response.status_code == 403
+    for origin in (ORIGIN, f"https://127.0.0.1:{strict.daemon.port}"):  # listed, and the daemon's own page
+        async with strict.session({"origin": origin}):
+            pass
     with pytest.raises(urllib.error.HTTPError) as err:
         strict.get("/healthz", headers={"Origin": "https://evil.example"})
     assert err.value.code == 403
 
 
-def test_idle_timeout_counts_frames_not_pings(strict):
-    async def go():
-        # websocket pings every 0.5 s keep the TCP connection busy, but no frame arrives: idle
-        async with strict.ws(ping_interval=0.5) as ws:
-            await ws.send(start())
-            assert (await recv(ws))["type"] == "ready"
-            msgs = await drain(ws, timeout=60)
-            assert msgs[-1]["type"] == "error" and msgs[-1]["code"] == "idle_timeout", msgs
-            assert close_code(ws) == 1008
-        # keepalive frames do count: 5 s of them outlive the 3 s timeout
-        async with strict.ws() as ws:
-            await ws.send(start())
-            assert (await recv(ws))["type"] == "ready"
-            for _ in range(10):
-                await asyncio.sleep(0.5)
-                await ws.send(json.dumps({"type": "keepalive"}))
-            await ws.send(STOP)
-            msgs = await drain(ws)
-            assert [m["type"] for m in msgs] == ["end"] and close_code(ws) == 1000
-        # a connection that never sends start is closed too
-        async with strict.ws() as ws:
-            msgs = await drain(ws, timeout=60)
-            assert msgs[-1]["code"] == "idle_timeout" and close_code(ws) == 1008
-
-    asyncio.run(go())
+async def test_idle_timeout_counts_frames_not_pings(strict):
+    # websocket pings every 0.5 s keep the TCP connection busy, but no frame arrives: idle
+    async with strict.session({"ping_interval": 0.5}) as (ws, _):
+        await expect_fatal(ws, "idle_timeout", timeout=60)
+    # keepalive frames do count: 5 s of them outlive the 3 s timeout
+    async with strict.session() as (ws, _):
+        for _ in range(10):
+            await asyncio.sleep(0.5)
+            await ws.send(json.dumps({"type": "keepalive"}))
+        await ws.send(STOP)
+        assert [m["type"] for m in await expect_end(ws)] == ["end"]
+    # a connection that never sends start is closed too
+    async with strict.ws() as ws:
+        await expect_fatal(ws, "idle_timeout", timeout=60)
 
 
-def test_connections_that_never_start_are_bounded_and_closed(strict):
+async def test_connections_that_never_start_are_bounded_and_closed(strict):
     """Connections that never send `start` cannot hold the daemon: past max_pending (3) waiting ones a
     new one gets `busy`, and each is closed with `start_timeout` 4 s after connecting, even while it
     sends frames that keep the idle timer (3 s) from firing."""
@@ -281,27 +242,21 @@ def test_connections_that_never_start_are_bounded_and_closed(strict):
         except websockets.ConnectionClosed:
             return got + await drain(ws)
 
-    async def go():
-        t0 = time.monotonic()
-        waiting = [await strict.ws() for _ in range(3)]
-        try:
-            async with strict.ws() as extra:
-                refused, refused_code = await drain(extra), close_code(extra)
-            results = await asyncio.wait_for(asyncio.gather(*(keepalives_until_closed(ws) for ws in waiting)), 30)
-            elapsed = time.monotonic() - t0
-            codes = [close_code(ws) for ws in waiting]
-        finally:
-            for ws in waiting:
-                await ws.close()
-        async with strict.ws() as ws:  # the waiting ones are gone: a new connection is served
-            await ws.send(start())
-            assert (await recv(ws))["type"] == "ready"
-            await ws.send(STOP)
-            assert (await drain(ws))[-1]["type"] == "end"
-        return refused, refused_code, results, elapsed, codes
-
-    refused, refused_code, results, elapsed, codes = asyncio.run(go())
-    assert [m["code"] for m in refused] == ["busy"] and refused_code == 1008
+    t0 = time.monotonic()
+    waiting = [await strict.ws() for _ in range(3)]
+    try:
+        async with strict.ws() as extra:
+            refused = await expect_fatal(extra, "busy")
+        results = await asyncio.wait_for(asyncio.gather(*(keepalives_until_closed(ws) for ws in waiting)), 30)
+        elapsed = time.monotonic() - t0
+        codes = [close_code(ws) for ws in waiting]
+    finally:
+        for ws in waiting:
+            await ws.close()
+    async with strict.session() as (ws, _):  # the waiting ones are gone: a new connection is served
+        await ws.send(STOP)
+        await expect_end(ws)
+    assert len(refused) == 1
     for msgs in results:
         assert len(msgs) >= 5 and {m["code"] for m in msgs[:-1]} == {"not_started"}, msgs
         assert msgs[-1]["code"] == "start_timeout"
@@ -309,197 +264,130 @@ def test_connections_that_never_start_are_bounded_and_closed(strict):
     assert metric(strict.metrics(), "uadf_errors_total", code="start_timeout") >= 3
 
 
-def test_audio_far_faster_than_real_time_is_refused(strict):
-    async def go():
-        async with strict.ws() as ws:
-            await ws.send(start())
-            assert (await recv(ws))["type"] == "ready"
-            try:  # 16 s of audio at once: past the 10 s allowance at 4x real time
-                await send_audio(ws, np.zeros(16000 * 16, np.float32), speed=0, chunk=1.0, stop=False)
-            except websockets.ConnectionClosed:
-                pass
-            msgs = await drain(ws)
-            assert msgs[-1]["type"] == "error" and msgs[-1]["code"] == "rate_limited", msgs
-            assert close_code(ws) == 1008
-
-    asyncio.run(go())
+async def test_audio_far_faster_than_real_time_is_refused(strict):
+    async with strict.session() as (ws, _):
+        # 16 s of audio at once: past the 10 s allowance at 4x real time
+        await send_until_closed(ws, np.zeros(16000 * 16, np.float32), speed=0)
+        await expect_fatal(ws, "rate_limited")
 
 
-def test_session_length_limit(strict):
-    async def go():
-        async with strict.ws() as ws:
-            await ws.send(start())
-            assert (await recv(ws))["type"] == "ready"
-            try:  # 1 s frames at 5x real time (under the rate limit) past the 20 s session limit
-                await send_audio(ws, np.zeros(16000 * 25, np.float32), speed=5, chunk=1.0, stop=False)
-            except websockets.ConnectionClosed:
-                pass
-            msgs = await drain(ws)
-            assert msgs[-1]["code"] == "session_too_long", msgs
-            assert close_code(ws) == 1008
-
-    asyncio.run(go())
+async def test_session_length_limit(strict):
+    async with strict.session() as (ws, _):
+        # 1 s frames at 5x real time (under the rate limit) past the 20 s session limit
+        await send_until_closed(ws, np.zeros(16000 * 25, np.float32), speed=5)
+        await expect_fatal(ws, "session_too_long")
 
 
-def test_session_length_limit_counts_across_resumes(strict):
+async def test_session_length_limit_counts_across_resumes(strict):
     """Reconnecting does not restart the 20 s limit: a session resumed after 15 s of audio takes 5 s more."""
-
-    async def go():
-        async with strict.ws() as ws:
-            await ws.send(start())
-            sid = (await recv(ws))["session_id"]
-            await send_audio(ws, np.zeros(16000 * 15, np.float32), speed=5, chunk=1.0)
-            first = await drain(ws)
-        async with strict.ws() as ws:
-            await ws.send(start(session_id=sid, resume_from=0))
-            ready = await recv(ws)
-            try:  # 10 s more, in 1 s frames: the 6th passes the session's 20 s
-                await send_audio(ws, np.zeros(16000 * 10, np.float32), speed=5, chunk=1.0, stop=False)
-            except websockets.ConnectionClosed:
-                pass
-            msgs = await drain(ws)
-        await wait_until_idle(strict.daemon, headers={"Authorization": f"Bearer {TOKEN}"}, ssl_context=strict.ssl)
-        return sid, first, ready, msgs, close_code(ws)
-
-    sid, first, ready, msgs, code = asyncio.run(go())
-    assert first[-1]["type"] == "end" and first[-1]["audio_seconds"] == pytest.approx(15.0)
-    assert ready["resumed"] and ready["stream_time"] == pytest.approx(15.0)
-    assert msgs[-1]["code"] == "session_too_long" and code == 1008, msgs
+    async with strict.session() as (ws, ready):
+        sid = ready["session_id"]
+        await send_audio(ws, np.zeros(16000 * 15, np.float32), speed=5, chunk=1.0)
+        first = await expect_end(ws)
+    async with strict.session(**resume_fields(ready)) as (ws, resumed):
+        # 10 s more, in 1 s frames: the 6th passes the session's 20 s
+        await send_until_closed(ws, np.zeros(16000 * 10, np.float32), speed=5)
+        await expect_fatal(ws, "session_too_long")
+    await strict.wait_until_idle()
+    assert first[-1]["audio_seconds"] == pytest.approx(15.0)
+    assert resumed["resumed"] and resumed["stream_time"] == pytest.approx(15.0)
     from streamer.store import TranscriptStore
 
     assert TranscriptStore(strict.daemon.data_dir).stream_end(sid) == pytest.approx(20.0)
 
 
-def test_frame_size_limits(strict):
-    async def go():
-        async with strict.ws() as ws:
-            await ws.send(start())
-            assert (await recv(ws))["type"] == "ready"
-            await ws.send(b"\x00" * (65536 + 2))
-            err = await recv(ws)
-            assert err["code"] == "frame_too_large" and "65536" in err["message"]
-            await ws.send(json.dumps({"type": "keepalive", "pad": "x" * 70000}))
-            assert (await recv(ws))["code"] == "frame_too_large"
-            await ws.send(b"\x00" * 65536)  # exactly the limit is fine
-            await ws.send(STOP)
-            msgs = await drain(ws)
-            assert [m["type"] for m in msgs] == ["end"] and msgs[0]["audio_seconds"] == pytest.approx(2.048, abs=0.01)
-        # past 4x the limit aiohttp refuses the frame itself: close 1009 (message too big)
-        async with strict.ws() as ws:
-            await ws.send(start())
-            assert (await recv(ws))["type"] == "ready"
-            try:
-                await ws.send(b"\x00" * (4 * 65536 + 2))
-            except websockets.ConnectionClosed:
-                pass
-            await drain(ws)
-            assert close_code(ws) == 1009
-
-    asyncio.run(go())
-
-
-def test_max_sessions_also_bounds_resumes(strict):
-    async def go():
-        async with strict.ws() as ws:
-            await ws.send(start())
-            old = (await recv(ws))["session_id"]
-            await ws.send(STOP)
-            await drain(ws)
-        await wait_until_idle(strict.daemon, headers={"Authorization": f"Bearer {TOKEN}"}, ssl_context=strict.ssl)
-        conns = [strict.ws() for _ in range(3)]
-        live = [await c.__aenter__() for c in conns]
+async def test_frame_size_limits(strict):
+    async with strict.session() as (ws, _):
+        await ws.send(b"\x00" * (65536 + 2))
+        err = await recv(ws)
+        assert err["code"] == "frame_too_large" and "65536" in err["message"]
+        await ws.send(json.dumps({"type": "keepalive", "pad": "x" * 70000}))
+        assert (await recv(ws))["code"] == "frame_too_large"
+        await ws.send(b"\x00" * 65536)  # exactly the limit is fine
+        await ws.send(STOP)
+        msgs = await expect_end(ws)
+        assert [m["type"] for m in msgs] == ["end"] and msgs[0]["audio_seconds"] == pytest.approx(2.048, abs=0.01)
+    # past 4x the limit aiohttp refuses the frame itself: close 1009 (message too big)
+    async with strict.session() as (ws, _):
         try:
-            for ws in live:
-                await ws.send(start())
-                assert (await recv(ws))["type"] == "ready"
-            async with strict.ws() as ws:
-                await ws.send(start(session_id=old))
-                msgs = await drain(ws)
-                assert msgs[-1]["code"] == "busy" and close_code(ws) == 1008
-        finally:
-            for c in conns:
-                await c.__aexit__(None, None, None)
-
-    asyncio.run(go())
+            await ws.send(b"\x00" * (4 * 65536 + 2))
+        except websockets.ConnectionClosed:
+            pass
+        await drain(ws)
+        assert close_code(ws) == 1009
 
 
-def test_slow_consumer_does_not_grow_server_memory(strict):
+async def test_max_sessions_also_bounds_resumes(strict):
+    async with strict.session() as (ws, old):
+        await ws.send(STOP)
+        await expect_end(ws)
+    await strict.wait_until_idle()
+    async with contextlib.AsyncExitStack() as live:
+        for _ in range(3):
+            await live.enter_async_context(strict.session())
+        async with strict.ws() as ws:
+            await ws.send(start(**resume_fields(old)))
+            await expect_fatal(ws, "busy")
+
+
+async def test_slow_consumer_does_not_grow_server_memory(strict):
     """A client that sends and never reads: its errors fill the bounded send queue (after the kernel's
     socket buffers), the server cuts it off (slow_consumer) instead of buffering without bound, and
     serves others as before."""
     pid = strict.daemon.process.pid
     before = rss_mb(pid)
     frames = 120_000  # each a bad frame, each answered by a ~130-byte error: ~16 MB unread if all were queued
-
-    async def go():
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", strict.daemon.port))
-        async with open_ws(strict.url, TOKEN, strict.ssl, sock=sock, server_hostname="127.0.0.1", max_queue=4, compression=None) as ws:
-            await ws.send(start())
-            try:
-                for _ in range(frames):
-                    await ws.send(b"\x01")
-            except websockets.ConnectionClosed:
-                pass
-            # not reading: wait until the server has dealt with the flood
-            peak, last, stable_since = before, -1.0, time.monotonic()
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                scraped = await asyncio.to_thread(strict.metrics)
-                peak = max(peak, rss_mb(pid))
-                if metric(scraped, "uadf_errors_total", code="slow_consumer") >= 1:
-                    break
-                count = metric(scraped, "uadf_errors_total", code="bad_audio")
-                if count != last:
-                    last, stable_since = count, time.monotonic()
-                elif time.monotonic() - stable_since > 5:
-                    break
-                await asyncio.sleep(0.5)
-            await drain(ws, timeout=60)
-            return peak, close_code(ws)
-
-    peak, code = asyncio.run(go())
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", strict.daemon.port))
+    async with open_ws(strict.url, TOKEN, strict.ssl, sock=sock, server_hostname="127.0.0.1", max_queue=4, compression=None) as ws:
+        await ws.send(start())
+        try:
+            for _ in range(frames):
+                await ws.send(b"\x01")
+        except websockets.ConnectionClosed:
+            pass
+        # not reading: wait until the server has dealt with the flood
+        peak, last, stable_since = before, -1.0, time.monotonic()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            scraped = await asyncio.to_thread(strict.metrics)
+            peak = max(peak, rss_mb(pid))
+            if metric(scraped, "uadf_errors_total", code="slow_consumer") >= 1:
+                break
+            count = metric(scraped, "uadf_errors_total", code="bad_audio")
+            if count != last:
+                last, stable_since = count, time.monotonic()
+            elif time.monotonic() - stable_since > 5:
+                break
+            await asyncio.sleep(0.5)
+        await drain(ws, timeout=60)
+        code = close_code(ws)
     scraped = strict.metrics()
     print(f"slow consumer: daemon RSS {before:.0f} MB -> peak {peak:.0f} MB while flooded; close code {code}")
     assert metric(scraped, "uadf_errors_total", code="slow_consumer") >= 1
     assert metric(scraped, "uadf_errors_total", code="bad_audio") < frames  # it stopped taking them
     assert code in (1008, None)  # 1008 if the close frame got through, else the connection was cut
     assert peak - before < 40
-    asyncio.run(wait_until_idle(strict.daemon, headers={"Authorization": f"Bearer {TOKEN}"}, ssl_context=strict.ssl))
+    await strict.wait_until_idle()
 
 
-def test_tls_session_transcribes(strict):
-    async def go():
-        async with strict.ws() as ws:
-            await ws.send(start())
-            ready = await recv(ws)
-            await send_audio(ws, speech("jfk"), speed=3.5)  # under the 4x rate limit
-            msgs = await drain(ws)
-        return ready, msgs
-
-    ready, msgs = asyncio.run(go())
+async def test_tls_session_transcribes(strict):
+    async with strict.session() as (ws, ready):
+        await send_audio(ws, speech("jfk"), speed=3.5)  # under the 4x rate limit
+        msgs = await expect_end(ws)
     text = " ".join(m["text"] for m in finals_in(msgs))
     assert wer([reference("jfk")], [text]) < 0.2, text
-    assert msgs[-1]["type"] == "end"
-    body = json.load(strict.get(f"/v1/sessions/{ready['session_id']}/transcript"))
+    body = json.load(strict.get(f"/v1/sessions/{ready['session_id']}/transcript", headers=secret(ready)))
     assert [f["text"] for f in body["finals"]] == [m["text"] for m in finals_in(msgs)]
 
 
-def test_sigint_ends_sessions_normally_and_exits_0(strict):
+async def test_sigint_ends_sessions_normally_and_exits_0(strict):
     """Last of the strict tests: SIGINT behaves like SIGTERM."""
-
-    async def go():
-        async with strict.ws() as ws:
-            await ws.send(start())
-            await recv(ws)
-            await send_audio(ws, speech("jfk")[: 16000 * 4], speed=0, stop=False)
-            strict.daemon.process.send_signal(signal.SIGINT)
-            msgs = await drain(ws)
-            return msgs, close_code(ws)
-
-    msgs, code = asyncio.run(go())
-    assert msgs[-1]["type"] == "end" and code == 1000
+    async with strict.session() as (ws, _):
+        await send_audio(ws, speech("jfk")[: 16000 * 4], speed=0, stop=False)
+        strict.daemon.process.send_signal(signal.SIGINT)
+        msgs = await expect_end(ws)
     assert finals_in(msgs) and finals_in(msgs)[-1]["endpoint"]
     assert strict.daemon.process.wait(60) == 0
 
@@ -549,22 +437,19 @@ PRE_START = [  # (frame, code, close code or None when the connection stays open
 
 
 @pytest.mark.parametrize("frame, code, close", PRE_START, ids=[f"{c}-{i}" for i, (_, c, _) in enumerate(PRE_START)])
-def test_bad_input_before_start(daemon, frame, code, close):
-    async def go():
-        async with open_ws(daemon.ws_url) as ws:
-            await ws.send(frame)
-            err = await recv(ws)
-            assert err["type"] == "error" and err["code"] == code and len(err["message"]) > 5, err
-            if close is not None:
-                assert await drain(ws) == [] and close_code(ws) == close
-                return
-            # the frame was dropped; the connection still takes a start and serves
-            await ws.send(start())
-            assert (await recv(ws))["type"] == "ready"
-            await ws.send(STOP)
-            assert (await drain(ws))[-1]["type"] == "end" and close_code(ws) == 1000
-
-    asyncio.run(go())
+async def test_bad_input_before_start(daemon, frame, code, close):
+    async with open_ws(daemon.ws_url) as ws:
+        await ws.send(frame)
+        err = await recv(ws)
+        assert err["type"] == "error" and err["code"] == code and len(err["message"]) > 5, err
+        if close is not None:
+            assert await drain(ws) == [] and close_code(ws) == close
+            return
+        # the frame was dropped; the connection still takes a start and serves
+        await ws.send(start())
+        assert (await recv(ws))["type"] == "ready"
+        await ws.send(STOP)
+        await expect_end(ws)
 
 
 F32_NAN = np.array([0.1, np.nan, 0.2], "<f4").tobytes()
@@ -587,51 +472,38 @@ IN_SESSION = [  # (start fields, bad frame, code)
 
 
 @pytest.mark.parametrize("fields, frame, code", IN_SESSION, ids=[f"{c}-{i}" for i, (_, _, c) in enumerate(IN_SESSION)])
-def test_bad_frames_inside_a_session_leave_it_running(daemon, fields, frame, code):
+async def test_bad_frames_inside_a_session_leave_it_running(daemon, fields, frame, code):
     fmt = {"sample_rate": 16000, "encoding": "pcm_s16le", "channels": 1, **fields}
     one_second = np.zeros(16000 * fmt["channels"], "<f4" if fmt["encoding"] == "pcm_f32le" else "<i2").tobytes()
-
-    async def go():
-        async with open_ws(daemon.ws_url) as ws:
-            await ws.send(start(**fields))
-            assert (await recv(ws))["type"] == "ready"
-            await ws.send(one_second)
-            await ws.send(frame)
-            err = await recv(ws)
-            assert err["type"] == "error" and err["code"] == code and err["message"], err
-            await ws.send(b"")  # an empty frame is zero whole frames: fine
-            await ws.send(one_second)
-            await ws.send(STOP)
-            msgs = await drain(ws)
-            assert msgs[-1]["type"] == "end" and close_code(ws) == 1000
-            assert msgs[-1]["audio_seconds"] == pytest.approx(2.0, abs=0.01)  # the bad frame was dropped
-            assert not [m for m in msgs if m["type"] == "error"]
-
-    asyncio.run(go())
+    async with session(daemon.ws_url, **fields) as (ws, _):
+        await ws.send(one_second)
+        await ws.send(frame)
+        err = await recv(ws)
+        assert err["type"] == "error" and err["code"] == code and err["message"], err
+        await ws.send(b"")  # an empty frame is zero whole frames: fine
+        await ws.send(one_second)
+        await ws.send(STOP)
+        msgs = await expect_end(ws)
+    assert msgs[-1]["audio_seconds"] == pytest.approx(2.0, abs=0.01)  # the bad frame was dropped
+    assert not [m for m in msgs if m["type"] == "error"]
 
 
-def test_f32_stereo_48k_with_a_nan_frame_still_transcribes(daemon):
+async def test_f32_stereo_48k_with_a_nan_frame_still_transcribes(daemon):
     import soxr
 
     mono = speech("jfk")
     up = soxr.resample(mono, 16000, 48000).astype(np.float32)
     stereo = np.stack([up, up * 0.5], axis=1).astype("<f4")
     step = 4800
-
-    async def go():
-        async with open_ws(daemon.ws_url) as ws:
-            await ws.send(start(sample_rate=48000, encoding="pcm_f32le", channels=2))
-            assert (await recv(ws))["type"] == "ready"
-            for i in range(0, len(stereo), step):
-                if i == step * 20:
-                    bad = stereo[i : i + step].copy()
-                    bad[7, 1] = np.nan
-                    await ws.send(bad.tobytes())
-                await ws.send(stereo[i : i + step].tobytes())
-            await ws.send(STOP)
-            return await drain(ws)
-
-    msgs = asyncio.run(go())
+    async with session(daemon.ws_url, sample_rate=48000, encoding="pcm_f32le", channels=2) as (ws, _):
+        for i in range(0, len(stereo), step):
+            if i == step * 20:
+                bad = stereo[i : i + step].copy()
+                bad[7, 1] = np.nan
+                await ws.send(bad.tobytes())
+            await ws.send(stereo[i : i + step].tobytes())
+        await ws.send(STOP)
+        msgs = await expect_end(ws)
     assert [m["code"] for m in msgs if m["type"] == "error"] == ["bad_audio"]
     assert wer([reference("jfk")], [" ".join(m["text"] for m in finals_in(msgs))]) < 0.2
 
@@ -639,100 +511,76 @@ def test_f32_stereo_48k_with_a_nan_frame_still_transcribes(daemon):
 # ==================================================================================================
 # The shared daemon: resume, transcripts, metrics, hallucinations
 # ==================================================================================================
-def test_resume_gets_missed_finals_then_continues(daemon):
+async def test_resume_gets_missed_finals_then_continues(daemon):
     audio = speech("dev-concat", "speech-long")[: 16000 * 40]
     part1, part2 = audio[: 16000 * 20], audio[16000 * 20 :]
-
-    async def go():
-        got: list[dict] = []
-        async with open_ws(daemon.ws_url) as ws:
-            await ws.send(start())
-            sid = (await recv(ws))["session_id"]
-            sender = asyncio.create_task(send_audio(ws, part1, speed=4, stop=False))
-            while not (sender.done() and finals_in(got)):
-                got.append(await recv(ws, 120))
-            await sender
-            ws.transport.abort()  # the network drops: no stop, no close handshake
-        received1 = finals_in(got)
-        try:  # the server notices the drop and flushes the pending audio into finals on disk ...
-            await wait_until_idle(daemon, timeout=15)
-        except AssertionError:
-            pass  # ... or, if it has not noticed yet, the resume takes the session over and flushes it then
-        async with open_ws(daemon.ws_url) as ws:
-            await ws.send(start(session_id=sid, resume_from=len(received1)))
-            ready = await recv(ws)
-            on_disk = disk_finals(daemon.data_dir, sid)  # complete: written before `ready` was sent
-            assert len(on_disk) >= len(received1)
-            resent = [await recv(ws) for _ in range(len(on_disk) - len(received1))]
-            await send_audio(ws, part2, speed=4)
-            rest = await drain(ws)
-        return sid, received1, on_disk, ready, resent, rest
-
-    sid, received1, on_disk, ready, resent, rest = asyncio.run(go())
-    assert ready["type"] == "ready" and ready["resumed"] and ready["session_id"] == sid
+    got: list[dict] = []
+    async with session(daemon.ws_url) as (ws, first):
+        sid = first["session_id"]
+        sender = asyncio.create_task(send_audio(ws, part1, speed=4, stop=False))
+        while not (sender.done() and finals_in(got)):
+            got.append(await recv(ws, 120))
+        await sender
+        ws.transport.abort()  # the network drops: no stop, no close handshake
+    received1 = finals_in(got)
+    try:  # the server notices the drop and flushes the pending audio into finals on disk ...
+        await wait_until_idle(daemon, timeout=15)
+    except AssertionError:
+        pass  # ... or, if it has not noticed yet, the resume takes the session over and flushes it then
+    async with session(daemon.ws_url, **resume_fields(first, len(received1))) as (ws, ready):
+        on_disk = disk_finals(daemon.data_dir, sid)  # complete: written before `ready` was sent
+        assert len(on_disk) >= len(received1)
+        resent = [await recv(ws) for _ in range(len(on_disk) - len(received1))]
+        await send_audio(ws, part2, speed=4)
+        rest = await expect_end(ws)
+    assert ready["resumed"] and ready["session_id"] == sid
     assert ready["stream_time"] == pytest.approx(20.0, abs=0.01)  # the stream clock continues
     assert all(same_final(a, b) for a, b in zip(resent, on_disk[len(received1) :]))
     assert [m["type"] for m in resent] == ["final"] * len(resent)
     everything = received1 + resent + finals_in(rest)
     assert [f["segment"] for f in everything] == list(range(len(everything)))
     assert finals_in(rest) and all(f["start"] >= 19.5 for f in finals_in(rest))
-    assert rest[-1]["type"] == "end" and rest[-1]["finals"] == len(everything)
+    assert rest[-1]["finals"] == len(everything)
     disk = disk_finals(daemon.data_dir, sid)
     assert len(disk) == len(everything) and all(same_final(a, b) for a, b in zip(disk, everything))
-    body = json.load(daemon.get(f"/v1/sessions/{sid}/transcript"))
+    body = json.load(daemon.get(f"/v1/sessions/{sid}/transcript", secret(first)))
     assert [f["text"] for f in body["finals"]] == [f["text"] for f in everything]
 
 
-def test_resume_while_the_old_connection_is_open_takes_it_over(daemon):
+async def test_resume_while_the_old_connection_is_open_takes_it_over(daemon):
     audio = speech("jfk")
-
-    async def go():
-        async with open_ws(daemon.ws_url) as old:
-            await old.send(start())
-            sid = (await recv(old))["session_id"]
-            await send_audio(old, audio[: 16000 * 5], speed=0, stop=False)
-            async with open_ws(daemon.ws_url) as new:
-                await new.send(start(session_id=sid))
-                ready = await recv(new, 120)
-                old_msgs = await drain(old)  # the old connection is closed by the server
-                resent = []
-                n_disk = len(disk_finals(daemon.data_dir, sid))
-                for _ in range(n_disk):
-                    resent.append(await recv(new))
-                await send_audio(new, audio[16000 * 5 :], speed=0)
-                rest = await drain(new)
-                return sid, ready, old_msgs, close_code(old), resent, rest
-
-    sid, ready, old_msgs, old_code, resent, rest = asyncio.run(go())
-    assert ready["resumed"] and old_code == 1008
+    async with session(daemon.ws_url) as (old, first):
+        sid = first["session_id"]
+        await send_audio(old, audio[: 16000 * 5], speed=0, stop=False)
+        async with session(daemon.ws_url, **resume_fields(first)) as (new, ready):
+            await drain(old)  # the old connection is closed by the server
+            resent = [await recv(new) for _ in disk_finals(daemon.data_dir, sid)]
+            await send_audio(new, audio[16000 * 5 :], speed=0)
+            rest = await expect_end(new)
+        assert ready["resumed"] and close_code(old) == 1008
     everything = resent + finals_in(rest)
     assert [f["segment"] for f in everything] == list(range(len(everything)))
-    assert rest[-1]["type"] == "end"
     assert wer([reference("jfk")], [" ".join(f["text"] for f in everything)]) < 0.3
 
 
-def test_transcript_endpoint_formats(daemon):
-    async def go():
-        async with open_ws(daemon.ws_url) as ws:
-            await ws.send(start())
-            sid = (await recv(ws))["session_id"]
-            await send_audio(ws, speech("jfk"), speed=0)
-            return sid, finals_in(await drain(ws))
-
-    sid, finals = asyncio.run(go())
+async def test_transcript_endpoint_formats(daemon):
+    async with session(daemon.ws_url) as (ws, ready):
+        sid = ready["session_id"]
+        await send_audio(ws, speech("jfk"), speed=0)
+        finals = finals_in(await expect_end(ws))
     base = f"/v1/sessions/{sid}/transcript"
-    body = json.load(daemon.get(base))
+    body = json.load(daemon.get(base, secret(ready)))
     assert body["session_id"] == sid and [f["text"] for f in body["finals"]] == [f["text"] for f in finals]
-    txt = daemon.get(base + "?format=txt").read().decode()
+    txt = daemon.get(base + "?format=txt", secret(ready)).read().decode()
     assert " ".join(txt.split()) == " ".join(f["text"] for f in finals if f["text"])
-    srt = daemon.get(base + "?format=srt").read().decode()
+    srt = daemon.get(f"{base}?format=srt&resume_token={ready['resume_token']}").read().decode()
     assert srt.startswith("1\n00:00:") and " --> " in srt
-    vtt = daemon.get(base + "?format=vtt")
+    vtt = daemon.get(base + "?format=vtt", secret(ready))
     assert vtt.headers["Content-Type"].startswith("text/vtt") and vtt.read().decode().startswith("WEBVTT\n\n00:00:")
     for path, status in ((base + "?format=xml", 400), ("/v1/sessions/nope/transcript", 404),
                          ("/v1/sessions/..%2F..%2Fetc%2Fpasswd/transcript", 404), ("/v1/sessions/a.b/transcript", 404)):
         with pytest.raises(urllib.error.HTTPError) as err:
-            daemon.get(path)
+            daemon.get(path, secret(ready))
         assert err.value.code == status, path
 
 
@@ -755,93 +603,76 @@ def test_metrics_are_prometheus_text(daemon):
 HALLUCINATION_SECONDS = 300
 
 
-@pytest.fixture(scope="module")
-def uadf_daemon(tmp_path_factory):
-    """A daemon with the fusion LLM (SmolLM2-135M), sessions in uadf mode by default."""
-    d = start_daemon(tmp_path_factory.mktemp("uadf"), "--llm", "smollm2", "--mode", "uadf", "--set", "server.max_rate=0")
-    yield d
-    stop_daemon(d)
-
-
 @pytest.mark.parametrize("mode", ["asr", "uadf"])
 @pytest.mark.parametrize("kind", ["silence", "pink-noise", "tones"])
-def test_five_minutes_of_non_speech_give_no_words(request, mode, kind):
-    d = request.getfixturevalue("daemon" if mode == "asr" else "uadf_daemon")
+async def test_five_minutes_of_non_speech_give_no_words(request, mode, kind):
+    d = request.getfixturevalue("daemon" if mode == "asr" else "llm_daemon")
     n = HALLUCINATION_SECONDS
     audio = {"silence": lambda: np.zeros(16000 * n, np.float32), "pink-noise": lambda: pink_noise(n), "tones": lambda: tones(n)}[kind]()
-
-    async def go():
-        async with open_ws(d.ws_url) as ws:
-            await ws.send(start(mode=mode))
-            ready = await recv(ws)
-            await send_audio(ws, audio, speed=0, chunk=1.0)
-            return ready, await drain(ws, timeout=600)
-
     decodes = metric(metrics(d), "uadf_decode_seconds_count")
-    ready, msgs = asyncio.run(go())
+    async with session(d.ws_url, mode=mode) as (ws, ready):
+        await send_audio(ws, audio, speed=0, chunk=1.0)
+        msgs = await expect_end(ws, timeout=600)
     decodes = metric(metrics(d), "uadf_decode_seconds_count") - decodes
     print(f"{kind} ({mode}): {decodes:.0f} decode steps")  # 0: the VAD already keeps it from Whisper
     assert ready["mode"] == mode
     words = [m["text"] for m in msgs if m["type"] in ("final", "partial") and m["text"]]
     assert words == [], words[:10]
-    assert msgs[-1]["type"] == "end" and msgs[-1]["audio_seconds"] == pytest.approx(n, abs=0.1)
+    assert msgs[-1]["audio_seconds"] == pytest.approx(n, abs=0.1)
 
 
-def test_uadf_mode_transcribes_speech(uadf_daemon):
-    """The uadf daemon above is a working one: speech gives words, with the LLM consulted."""
-    calls = metric(metrics(uadf_daemon), "uadf_llm_calls_total")
-
-    async def go():
-        async with open_ws(uadf_daemon.ws_url) as ws:
-            await ws.send(start())
-            ready = await recv(ws)
-            await send_audio(ws, speech("jfk"), speed=0)
-            return ready, await drain(ws)
-
-    ready, msgs = asyncio.run(go())
-    assert ready["mode"] == "uadf"
+@pytest.mark.parametrize("mode", ["uadf", "uadf-llm"])
+async def test_fusion_modes_transcribe_speech(llm_daemon, mode):
+    """The LLM daemon (conftest) is a working one: speech gives words in uadf and in the experimental
+    uadf-llm mode, with the LLM consulted."""
+    calls = metric(metrics(llm_daemon), "uadf_llm_calls_total")
+    async with session(llm_daemon.ws_url, mode=mode) as (ws, ready):
+        await send_audio(ws, speech("jfk"), speed=0)
+        msgs = await expect_end(ws)
+    assert ready["mode"] == mode
     assert wer([reference("jfk")], [" ".join(m["text"] for m in finals_in(msgs))]) < 0.3
-    assert metric(metrics(uadf_daemon), "uadf_llm_calls_total") > calls
+    assert metric(metrics(llm_daemon), "uadf_llm_calls_total") > calls
 
 
 # ==================================================================================================
 # Faults: SIGTERM and kill -9 of the daemon itself
 # ==================================================================================================
-def test_sigterm_delivers_pending_finals_closes_1000_and_exits_0(tmp_path):
+async def collect(ws, on_final=None) -> list[dict]:
+    """Every message until the connection ends; `on_final(count)` after each final."""
+    msgs: list[dict] = []
+    try:
+        async for raw in ws:
+            msgs.append(json.loads(raw))
+            if msgs[-1]["type"] == "final" and on_final:
+                on_final(len(finals_in(msgs)))
+    except websockets.ConnectionClosed:
+        pass
+    return msgs
+
+
+async def test_sigterm_delivers_pending_finals_closes_1000_and_exits_0(tmp_path):
     d = start_daemon(tmp_path, "--set", "server.max_rate=0")
     audio = speech("dev-concat", "speech-long")[: 16000 * 60]
 
     async def client(first_final: asyncio.Event, offset: int):
-        async with open_ws(d.ws_url) as ws:
-            await ws.send(start())
-            sid = (await recv(ws))["session_id"]
+        async with session(d.ws_url) as (ws, ready):
             sent = [0.0]
-            sender = asyncio.create_task(send_audio(ws, audio[16000 * offset :], speed=2, stop=False, sent=sent))
-            msgs: list[dict] = []
-            try:
-                async for raw in ws:
-                    msgs.append(json.loads(raw))
-                    if msgs[-1]["type"] == "final":
-                        first_final.set()
-            except websockets.ConnectionClosed:
-                pass
+            sender = asyncio.create_task(send_audio(ws, audio[16000 * offset :], speed=2, stop=False, on_sent=lambda s: sent.__setitem__(0, s)))
+            msgs = await collect(ws, lambda n: first_final.set())
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
-            return sid, msgs, close_code(ws), sent
-
-    async def go():
-        events = [asyncio.Event(), asyncio.Event()]
-        idle = await open_ws(d.ws_url).__aenter__()  # connected, never started
-        tasks = [asyncio.create_task(client(events[0], 0)), asyncio.create_task(client(events[1], 20))]
-        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), 180)
-        await asyncio.sleep(1.0)  # speech in flight: pending, not yet final
-        d.process.send_signal(signal.SIGTERM)
-        results = await asyncio.wait_for(asyncio.gather(*tasks), 120)
-        await drain(idle)
-        return results, close_code(idle)
+            return ready["session_id"], msgs, close_code(ws), sent
 
     try:
-        results, idle_code = asyncio.run(go())
+        events = [asyncio.Event(), asyncio.Event()]
+        async with open_ws(d.ws_url) as idle:  # connected, never started
+            tasks = [asyncio.create_task(client(events[0], 0)), asyncio.create_task(client(events[1], 20))]
+            await asyncio.wait_for(asyncio.gather(*(e.wait() for e in events)), 180)
+            await asyncio.sleep(1.0)  # speech in flight: pending, not yet final
+            d.process.send_signal(signal.SIGTERM)
+            results = await asyncio.wait_for(asyncio.gather(*tasks), 120)
+            await drain(idle)
+            idle_code = close_code(idle)
         assert d.process.wait(60) == 0
     finally:
         stop_daemon(d)
@@ -857,31 +688,21 @@ def test_sigterm_delivers_pending_finals_closes_1000_and_exits_0(tmp_path):
         assert finals[-1]["end"] >= msgs[-1]["audio_seconds"] - 4.0
 
 
-def test_kill9_loses_no_received_final_and_the_session_resumes(tmp_path):
+async def test_kill9_loses_no_received_final_and_the_session_resumes(tmp_path):
     d = start_daemon(tmp_path, "--set", "server.max_rate=0")
     audio = speech("dev-concat", "speech-long")
 
-    async def go():
-        received: list[dict] = []
-        async with open_ws(d.ws_url) as ws:
-            await ws.send(start())
-            sid = (await recv(ws))["session_id"]
-            sender = asyncio.create_task(send_audio(ws, audio, speed=4, stop=False))
-            try:
-                async for raw in ws:
-                    m = json.loads(raw)
-                    if m["type"] == "final":
-                        received.append(m)
-                        if len(received) == 4:
-                            d.process.kill()
-            except websockets.ConnectionClosed:
-                pass
-            sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
-        return sid, received
+    def kill_at_fourth(n: int) -> None:
+        if n == 4:
+            d.process.kill()
 
     try:
-        sid, received = asyncio.run(go())
+        async with session(d.ws_url) as (ws, first):
+            sid = first["session_id"]
+            sender = asyncio.create_task(send_audio(ws, audio, speed=4, stop=False))
+            received = finals_in(await collect(ws, kill_at_fourth))
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
         assert d.process.wait(30) == -signal.SIGKILL
     finally:
         stop_daemon(d)
@@ -892,17 +713,11 @@ def test_kill9_loses_no_received_final_and_the_session_resumes(tmp_path):
     # a new daemon on the same data directory serves the transcript and resumes the session
     d2 = start_daemon(tmp_path, "--set", "server.max_rate=0")
     try:
-        body = json.load(d2.get(f"/v1/sessions/{sid}/transcript"))
+        body = json.load(d2.get(f"/v1/sessions/{sid}/transcript", secret(first)))
         assert len(body["finals"]) == len(disk)
-
-        async def resume():
-            async with open_ws(d2.ws_url) as ws:
-                await ws.send(start(session_id=sid, resume_from=len(received)))
-                ready = await recv(ws)
-                await send_audio(ws, speech("jfk"), speed=0)
-                return ready, await drain(ws)
-
-        ready, msgs = asyncio.run(resume())
+        async with session(d2.ws_url, **resume_fields(first, len(received))) as (ws, ready):
+            await send_audio(ws, speech("jfk"), speed=0)
+            msgs = await expect_end(ws)
     finally:
         assert stop_daemon(d2) == 0
     assert ready["resumed"] and ready["stream_time"] >= received[-1]["end"]

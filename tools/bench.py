@@ -67,6 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fusion-sets", default="dev,long", help="sets streamed in fusion modes (they may run slower than real time)")
     p.add_argument("--fusion-clients", default="1,2", help="concurrent client counts swept in fusion modes ('' skips)")
     p.add_argument("--capacity-clips", type=int, default=2, help="clips each client streams in the capacity sweep")
+    p.add_argument("--capacity-set", default="long", help="set the capacity sweep streams (long: minutes of continuous speech; "
+                   "short clips end in a pause and hide how late words in a long utterance come)")
     p.add_argument("--speed", type=float, default=1.0, help="audio pace, x real time")
     p.add_argument("--soak-minutes", type=float, default=0.0, help="asr: RSS over one stream this long (the long set looped)")
     p.add_argument("--soak-speed", type=float, default=4.0, help="pace of the soak stream, x real time")
@@ -258,7 +260,7 @@ def bench_daemon(url: str, pid: int | None, modes: list[str], sets: dict[str, li
             rows, files = asyncio.run(run_mode(url, mode, mode_sets, refs, args.speed, monitor))
             run.rows += rows
             run.files += files
-            capacity_clips = next(iter(sets.values()))
+            capacity_clips = sets.get(args.capacity_set) or next(iter(sets.values()))
             one_stream = None
             for n in levels.get(mode, []):
                 level = asyncio.run(run_capacity(url, mode, n, capacity_clips, args.capacity_clips, refs, args.speed, monitor, one_stream))

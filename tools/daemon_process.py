@@ -39,10 +39,13 @@ class DaemonProcess:
         return urllib.request.urlopen(req, timeout=30)
 
 
-def start_daemon(workdir: Path, *extra: str, llm: str = "", env: dict | None = None, timeout: float = 300) -> DaemonProcess:
+def start_daemon(
+    workdir: Path, *extra: str, llm: str = "", env: dict | None = None, timeout: float = 300, preexec_fn=None
+) -> DaemonProcess:
     """Start `python -m streamer serve --port 0` and wait for its "listening on" line.
 
     stderr goes to `workdir/daemon.log`; stdout is drained into it after the start line so the pipe never fills.
+    `preexec_fn` runs in the daemon's process before it starts (e.g. resource limits for fault tests).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     data_dir = workdir / "sessions"
@@ -52,7 +55,9 @@ def start_daemon(workdir: Path, *extra: str, llm: str = "", env: dict | None = N
         "--data-dir", str(data_dir), "--llm", llm, *extra,
     ]
     out = open(log, "w")
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=out, text=True, env={**os.environ, **(env or {})})
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=out, text=True, env={**os.environ, **(env or {})}, preexec_fn=preexec_fn
+    )
     assert proc.stdout is not None
     deadline = time.monotonic() + timeout
     match = None

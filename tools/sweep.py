@@ -42,7 +42,8 @@ def sweep(engine: Engine, manifests: list[str], mode: Mode, settings: list[str],
             apply(engine.config, section, key, value)
         report = evaluate(engine, manifests, mode, limit=limit)
         row = {"label": label, "mode": str(mode), "setting": text,
-               "sets": {k: {m: v[m] for m in ("wer", "word_delay", "rtf", "ref_words")} for k, v in (report["sets"] | {"all": report["all"]}).items()}}
+               "sets": {k: {m: v[m] for m in ("wer", "word_delay", "rtf", "ref_words")} for k, v in (report["sets"] | {"all": report["all"]}).items()},
+               "rows": [{k: r[k] for k in ("set", "id", "errors", "ref_words", "text")} for r in report["rows"]]}
         log.info("%s: %s", label, json.dumps(row["sets"]["all"]))
         out.append(row)
     engine.config = base

@@ -32,6 +32,7 @@
     ws: null,
     ready: false,
     sessionId: null,
+    resumeToken: null,   // the session's resume secret (from `ready`): needed with its id to resume it
     freshNext: false,    // next connect starts a new session instead of resuming
     restartNow: false,   // we closed the socket to start a new session: reconnect at once
     mode: "asr",
@@ -62,13 +63,27 @@
   const norm = (s) => String(s == null ? "" : s).replace(/\s+/g, " ").trim();
   const num = (v, d) => (typeof v === "number" && isFinite(v) ? v : d);
 
+  const pageToken = () => new URLSearchParams(location.search).get("token");
+  const withToken = (path) => (pageToken() ? path + "?token=" + encodeURIComponent(pageToken()) : path);
+
   function wsUrl() {
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
-    const params = new URLSearchParams(location.search);
-    let url = proto + "//" + location.host + "/v1/listen";
-    const token = params.get("token");
-    if (token) url += "?token=" + encodeURIComponent(token);
-    return url;
+    return proto + "//" + location.host + withToken("/v1/listen");
+  }
+
+  // A browser cannot see why a websocket handshake failed: ask /healthz (same token) whether the token is
+  // the problem. Returns false, with the error shown, when it is: retrying cannot help.
+  async function tokenAccepted() {
+    try {
+      const resp = await fetch(withToken("/healthz"), { cache: "no-store" });
+      if (resp.status !== 401) return true;
+    } catch (e) {
+      return true; // the daemon is unreachable: a reason to retry, not a token problem
+    }
+    showError(pageToken()
+      ? "unauthorized: the daemon refused this page's token (check ?token= in the address)"
+      : "unauthorized: this daemon needs a token: open the page with ?token=TOKEN in its address");
+    return false;
   }
 
   function setState(state, detail) {
@@ -254,6 +269,7 @@
     S.reconnectTimer = null;
     if (S.freshNext) {
       S.sessionId = null;
+      S.resumeToken = null;
       S.freshNext = false;
     }
     const resuming = !!S.sessionId;
@@ -277,6 +293,7 @@
       };
       if (resuming) {
         msg.session_id = S.sessionId;
+        msg.resume_token = S.resumeToken;
         msg.resume_from = Math.max(0, S.finals.length - S.segOffset);
       }
       ws.send(JSON.stringify(msg));
@@ -312,6 +329,7 @@
           renderPartial();
         }
         S.sessionId = m.session_id || S.sessionId;
+        if (m.resume_token) S.resumeToken = m.resume_token;
         S.ready = true;
         S.attempts = 0;
         if (m.mode) {
@@ -395,7 +413,8 @@
     }
   }
 
-  function onClose(ev) {
+  async function onClose(ev) {
+    const wasReady = S.ready;
     S.ready = false;
     S.ws = null;
     if (S.stopping || !S.running) {
@@ -417,6 +436,14 @@
       setState("error");
       return;
     }
+    if (!wasReady && !(await tokenAccepted())) {
+      // refused before any `ready`: a wrong or missing token is an error to show, not a reason to retry
+      S.running = false;
+      stopAudio();
+      setState("error");
+      return;
+    }
+    if (!S.running) return; // stopped meanwhile
     const now = S.restartNow;
     S.restartNow = false;
     if (!now && !S.lastError) showError("connection lost (" + ev.code + (ev.reason ? " " + ev.reason : "") + ")");
@@ -574,6 +601,11 @@
       setState("error");
       return;
     }
+    if (!(await tokenAccepted())) {
+      stopAudio();
+      setState("error");
+      return;
+    }
     S.running = true;
     S.stopping = S.switching = false;
     S.attempts = 0;
@@ -652,9 +684,12 @@
 
   // Which modes does this daemon serve? Fusion modes need an LLM; unavailable ones are disabled.
   async function loadModes() {
-    const token = params.get("token");
     try {
-      const resp = await fetch("/healthz" + (token ? "?token=" + encodeURIComponent(token) : ""), { cache: "no-store" });
+      const resp = await fetch(withToken("/healthz"), { cache: "no-store" });
+      if (resp.status === 401) {
+        await tokenAccepted(); // shows why
+        return;
+      }
       if (!resp.ok) return;
       const h = await resp.json();
       if (!Array.isArray(h.modes)) return;
@@ -823,6 +858,8 @@
   window.captions = {
     get state() { return S.state; },
     get sessionId() { return S.sessionId; },
+    get resumeToken() { return S.resumeToken; },
+    get error() { return S.lastError; },
     get sampleRate() { return S.sampleRate; },
     get finals() { return S.finals.map((f) => ({ text: f.text, start: f.start + f.offset, end: f.end + f.offset, endpoint: f.endpoint })); },
     get partial() { return S.partial ? S.partial.text : ""; },

@@ -47,4 +47,5 @@ def token_matches(given: str | None, expected: str) -> bool:
     """Constant-time comparison; any key is accepted when the daemon has none configured."""
     if not expected:
         return True
-    return given is not None and hmac.compare_digest(given.encode(), expected.encode())
+    # headers arrive as UTF-8 with undecodable bytes escaped: compare bytes as they came
+    return given is not None and hmac.compare_digest(given.encode("utf-8", "surrogateescape"), expected.encode())

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from streamer.audio import MAX_RATE, MIN_RATE
 from core.types import Mode
+from streamer.audio import MAX_RATE, MIN_RATE
 from streamer.protocol import End, Error, Final, Finalize, KeepAlive, Partial, Ready, ServerMessage, Stop
 from streamer.wire.auth import SCHEMES, offered_subprotocols
 from streamer.wire.transcode import RawFormat

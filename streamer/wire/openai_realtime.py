@@ -15,8 +15,8 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from streamer.audio import MAX_RATE, MIN_RATE
 from core.types import Mode
+from streamer.audio import MAX_RATE, MIN_RATE
 from streamer.protocol import End, Error, Final, Partial, Ready, ServerMessage
 from streamer.wire.transcode import RawFormat
 

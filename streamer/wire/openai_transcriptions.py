@@ -12,8 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from streamer.formats import cues, to_srt, to_vtt
 from core.types import Mode
+from streamer.formats import cues, to_srt, to_vtt
 from streamer.protocol import Final
 
 PATH = "/v1/audio/transcriptions"
@@ -35,9 +35,18 @@ class APIError(Exception):
     """An error answered in OpenAI's shape; the SDK raises the matching class (401: AuthenticationError,
     400: BadRequestError, 413: APIStatusError, 429: RateLimitError, after its retries)."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None, kind: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        kind: str | None = None,
+        retry_after: float | None = None,
+    ):
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
         self.message = message
         self.param = param
         self.code = code
@@ -47,8 +56,11 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
     def headers(self) -> dict[str, str]:
-        """`x-should-retry: false` where a retry cannot help (the SDK retries 408/409/429/5xx by default)."""
-        return {} if self.status == 429 else {"x-should-retry": "false"}
+        """`x-should-retry: false` where a retry cannot help (the SDK retries 408/409/429/5xx by default);
+        `retry-after` where it can (the SDK waits that long)."""
+        if self.retry_after is not None:
+            return {"retry-after": str(max(1, math.ceil(self.retry_after)))}
+        return {"x-should-retry": "false"}
 
 
 def unauthorized(given: str | None) -> APIError:
@@ -58,10 +70,11 @@ def unauthorized(given: str | None) -> APIError:
     return APIError(401, f"Incorrect API key provided: {hint}.", code="invalid_api_key")
 
 
-def busy(retry_after: float) -> tuple[APIError, dict[str, str]]:
+def busy(retry_after: float) -> APIError:
     """The daemon's session limit: 429 with Retry-After, which the SDK honours in its retries."""
-    err = APIError(429, "the server is transcribing as many streams as it can; try again shortly", code="rate_limit_exceeded")
-    return err, {"retry-after": str(max(1, math.ceil(retry_after)))}
+    return APIError(
+        429, "the server is transcribing as many streams as it can; try again shortly", code="rate_limit_exceeded", retry_after=retry_after
+    )
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from streamer.errors import StreamError
-from streamer.protocol import ClientMessage, Error, ServerMessage, Start, parse_client_message, to_json
+from streamer.protocol import Audio, ClientMessage, Error, ServerMessage, Start, parse_client_message, to_json
 
 
 def _message_type(data: str) -> str | None:
@@ -36,8 +36,9 @@ class V1Adapter:
             raise StreamError(exc.code, exc.message, fatal=False) from None
 
     def _parse(self, data: str) -> ClientMessage:
-        if len(data) > self.max_text_bytes:
-            raise StreamError("frame_too_large", f"text frame of {len(data)} characters exceeds {self.max_text_bytes}")
+        size = len(data) if len(data) * 4 <= self.max_text_bytes else len(data.encode("utf-8", "surrogatepass"))
+        if size > self.max_text_bytes:
+            raise StreamError("frame_too_large", f"text frame of {size} bytes exceeds {self.max_text_bytes} bytes")
         try:
             return parse_client_message(data)
         except StreamError:
@@ -45,11 +46,14 @@ class V1Adapter:
         except (ValueError, TypeError, RecursionError) as exc:  # e.g. an integer past Python's 4300-digit limit
             raise StreamError("bad_message", f"text frames must be JSON: {str(exc)[:80]}") from None
 
-    def audio(self, data: bytes) -> bytes:
-        return data
+    def binary(self, data: bytes) -> Audio:
+        return Audio(data)
 
     def render(self, message: ServerMessage) -> list[str]:
         return [to_json(message)]
 
     def render_error(self, error: StreamError) -> str:
         return to_json(Error(code=error.code, message=error.message))
+
+    def close_frame(self, error: StreamError, code: int) -> tuple[int, bytes]:
+        return code, error.code.encode()

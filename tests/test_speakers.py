@@ -1,0 +1,210 @@
+"""Speaker labels: the online clusterer's rules (pure logic, a table of voices) and the real GE2E encoder."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from streamer.audio import SAMPLE_RATE, load_audio
+from streamer.speakers import DiarizerOptions, Ge2eEncoder, OnlineDiarizer
+
+DEV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "speech-dev"
+
+
+@dataclass
+class W:
+    word: str
+    start: float
+    end: float
+
+
+class VoiceTable:
+    """Fake encoder: sample value k/100 is voice k; a piece's embedding mixes its voices' vectors by duration."""
+
+    def __init__(self, vectors: dict[int, np.ndarray]):
+        self.vectors = {k: v / np.linalg.norm(v) for k, v in vectors.items()}
+        self.dim = len(next(iter(vectors.values())))
+        self.calls = 0
+
+    def embed(self, pieces):
+        self.calls += 1
+        out = []
+        for p in pieces:
+            ids, counts = np.unique(np.rint(np.asarray(p) * 100).astype(int), return_counts=True)
+            v = sum((c * self.vectors[k] for k, c in zip(ids, counts) if k in self.vectors), np.zeros(self.dim))
+            out.append(v / max(np.linalg.norm(v), 1e-9))
+        return np.array(out)
+
+
+def voices(*cosines: float) -> VoiceTable:
+    """Voice 1 along x; voice k+2 at the given cosine to voice 1, all others orthogonal to each other."""
+    vectors = {1: np.eye(8)[0]}
+    for k, c in enumerate(cosines):
+        vectors[k + 2] = c * np.eye(8)[0] + np.sqrt(1 - c * c) * np.eye(8)[k + 1]
+    return VoiceTable(vectors)
+
+
+def script(*turns: tuple[int, float], pause: float = 0.8) -> tuple[np.ndarray, list[list[W]], list[int]]:
+    """Audio of (voice, seconds) turns with pauses between, finals of two 0.4 s words, the true voice per word."""
+    audio, finals, truth, t = [], [], [], 0.0
+    for voice, seconds in turns:
+        audio.append(np.zeros(int(pause * SAMPLE_RATE), np.float32))
+        t += pause
+        n = max(1, int(round(seconds / 0.4)))
+        words = [W(f"w{i}", t + 0.4 * i, t + 0.4 * (i + 1)) for i in range(n)]
+        finals.extend(words[i : i + 2] for i in range(0, n, 2))
+        truth.extend([voice] * n)
+        audio.append(np.full(int(0.4 * n * SAMPLE_RATE), voice / 100, np.float32))
+        t += 0.4 * n
+    audio.append(np.zeros(SAMPLE_RATE, np.float32))
+    return np.concatenate(audio), finals, truth
+
+
+def run(diarizer: OnlineDiarizer, audio: np.ndarray, finals: list[list[W]], lookahead: float = 0.8) -> list[list[int]]:
+    """Feed audio up to each final's end plus the lookahead a session has, label it; the returned lists."""
+    out, fed = [], 0
+    for words in finals:
+        upto = min(int((words[-1].end + lookahead) * SAMPLE_RATE), len(audio))
+        diarizer.accept(audio[fed:upto])
+        fed = max(fed, upto)
+        out.append(diarizer.label(words))
+    return out
+
+
+def flat(labels: list[list[int]]) -> list[int]:
+    return [x for ls in labels for x in ls]
+
+
+def test_turns_get_speakers_in_order_of_first_appearance():
+    audio, finals, truth = script((1, 3.0), (2, 2.4), (1, 2.0), (3, 2.4), (2, 1.6))
+    labels = flat(run(OnlineDiarizer(voices(0.2, 0.1)), audio, finals))
+    assert labels == [{1: 0, 2: 1, 3: 2}[v] for v in truth]
+
+
+def test_labels_once_given_never_change():
+    diarizer = OnlineDiarizer(voices(0.1, 0.2))
+    audio, finals, truth = script((1, 3.2), (2, 2.4), (3, 3.2), (1, 3.2), (2, 2.4))
+    given = []
+    fed = 0
+    for words in finals:
+        upto = min(int((words[-1].end + 0.8) * SAMPLE_RATE), len(audio))
+        diarizer.accept(audio[fed:upto])
+        fed = upto
+        labels = diarizer.label(words)
+        given.append((labels, list(labels)))
+    assert all(returned == copy for returned, copy in given)  # nothing handed out is touched afterwards
+    assert [x for _, copy in given for x in copy] == [{1: 0, 2: 1, 3: 2}[v] for v in truth]  # voices come back
+
+
+def test_centroids_follow_the_speech_they_are_given():
+    # voice 2 is a second register of voice 1 (cosine 0.7: it joins), voice 3 is near voice 2 only: it matches
+    # the speaker once voice 2's speech has moved the centroid, not before
+    vectors = {1: np.eye(8)[0], 2: 0.7 * np.eye(8)[0] + np.sqrt(0.51) * np.eye(8)[1]}
+    vectors[3] = 0.3 * np.eye(8)[0] + np.sqrt(0.91) * np.eye(8)[1]
+    audio, finals, _ = script((1, 2.4), (2, 6.0), (3, 2.4))
+    labels = flat(run(OnlineDiarizer(VoiceTable(vectors)), audio, finals))
+    assert set(labels) == {0}
+    audio, finals, _ = script((1, 2.4), (3, 2.4))
+    assert flat(run(OnlineDiarizer(VoiceTable(vectors)), audio, finals))[-6:] == [1] * 6
+
+
+def test_max_speakers_is_respected():
+    audio, finals, _ = script((1, 2.4), (2, 2.4), (3, 2.4), (4, 2.4), (1, 2.4))
+    labels = flat(run(OnlineDiarizer(voices(0.0, 0.0, 0.0), DiarizerOptions(max_speakers=2)), audio, finals))
+    assert set(labels) == {0, 1}
+    assert labels[:6] == [0] * 6 and labels[6:12] == [1] * 6 and labels[-6:] == [0] * 6
+
+
+@pytest.mark.parametrize("threshold, expected", [(0.45, 1), (0.55, 2)])
+def test_threshold_decides_between_joining_and_a_new_speaker(threshold, expected):
+    audio, finals, _ = script((1, 2.4), (2, 2.4))  # cosine 0.5 between the two voices
+    labels = flat(run(OnlineDiarizer(voices(0.5), DiarizerOptions(threshold=threshold)), audio, finals))
+    assert len(set(labels)) == expected
+
+
+def test_short_piece_cannot_start_a_speaker():
+    # a 0.4 s word of a new voice, alone between pauses, with no audio after it: too little to tell
+    audio, finals, _ = script((1, 2.4), (2, 0.4), pause=1.0)
+    labels = flat(run(OnlineDiarizer(voices(0.0), DiarizerOptions(min_context=1.0)), audio, finals, lookahead=0.0))
+    assert labels == [0] * 7
+
+
+def test_change_of_speaker_inside_one_final():
+    # fusion modes commit a whole utterance at once: one final that holds two turns 0.4 s apart
+    audio, finals, truth = script((1, 3.2), (2, 3.2), pause=0.4)
+    words = [w for f in finals for w in f]
+    diarizer = OnlineDiarizer(voices(0.0))
+    diarizer.accept(audio)
+    assert diarizer.label(words) == [{1: 0, 2: 1}[v] for v in truth]
+
+
+def test_long_final_is_cut_into_context_sized_pieces():
+    words = [W("w", 0.4 * i, 0.4 * (i + 1)) for i in range(15)]  # 6 s without a pause
+    words[10:] = [W("w", w.start + 0.5, w.end + 0.5) for w in words[10:]]  # one pause after 4 s
+    spans = OnlineDiarizer(voices(), DiarizerOptions(context=2.0, pause=0.3)).pieces(words)
+    assert spans[0][0] == 0 and spans[-1][1] == 15 and all(a < b for a, b in spans)
+    assert (10 in {a for a, _ in spans}) and len(spans) == 3
+
+
+def test_rechecks_inside_a_run_are_rate_limited():
+    table = voices()
+    audio, finals, _ = script((1, 8.0))
+    run(OnlineDiarizer(table, DiarizerOptions(recheck=2.0)), audio, finals)
+    assert table.calls <= 5  # 10 finals over 8 s of one run: the first, then one every 2 s
+
+
+def dev_clip(name: str) -> np.ndarray:
+    path = DEV / f"{name}.wav"
+    if not path.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"speech data {path} is missing")
+        pytest.skip(f"speech data {path} is not present")
+    return load_audio(str(path))
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    """The real encoder, run as the daemon runs torch (fusion.threads = 1): two threads cost 4-6x the CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield Ge2eEncoder()
+    torch.set_num_threads(threads)
+
+
+def clips_as_stream(*clips: np.ndarray, pause: float = 0.8) -> tuple[np.ndarray, list[list[W]], list[int]]:
+    """Clips joined with pauses; pseudo-words of 0.5 s over each clip, finals of two words."""
+    audio, finals, truth, t = [], [], [], 0.0
+    for k, clip in enumerate(clips):
+        audio += [np.zeros(int(pause * SAMPLE_RATE), np.float32), clip]
+        t += pause
+        n = int(len(clip) / SAMPLE_RATE / 0.5)
+        words = [W("w", t + 0.5 * i, t + 0.5 * (i + 1)) for i in range(n)]
+        finals += [words[i : i + 2] for i in range(0, n, 2)]
+        truth += [k] * n
+        t += len(clip) / SAMPLE_RATE
+    return np.concatenate(audio), finals, truth
+
+
+def test_real_voices_two_speakers_get_two_labels(encoder):
+    audio, finals, truth = clips_as_stream(dev_clip("jfk"), dev_clip("ljspeech_LJ001-0001"))
+    labels = flat(run(OnlineDiarizer(encoder), audio, finals))
+    first, second = labels[: truth.count(0)], labels[truth.count(0) :]
+    assert set(first) == {0}
+    assert second.count(1) >= 0.9 * len(second)
+
+
+def test_real_voices_same_speaker_twice_gets_one_label(encoder):
+    audio, finals, _ = clips_as_stream(dev_clip("ljspeech_LJ001-0001"), dev_clip("ljspeech_LJ001-0003"))
+    assert set(flat(run(OnlineDiarizer(encoder), audio, finals))) == {0}
+
+
+def test_encoder_embeddings_are_unit_vectors_and_tell_voices_apart(encoder):
+    lj1, lj3, jfk = dev_clip("ljspeech_LJ001-0001"), dev_clip("ljspeech_LJ001-0003"), dev_clip("jfk")
+    e = encoder.embed([lj1[: 3 * SAMPLE_RATE], lj3[: 3 * SAMPLE_RATE], jfk[: 3 * SAMPLE_RATE], lj1[:4000]])
+    assert e.shape == (4, 256) and np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
+    assert e[0] @ e[1] > e[0] @ e[2] + 0.15
