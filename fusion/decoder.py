@@ -128,6 +128,7 @@ class FusionContext:
     meeting: MeetingContext = field(default_factory=MeetingContext)
     state: LLMState = field(default_factory=LLMState)
     _prefix_ids: list[int] | None = None
+    _next_meeting: MeetingContext | None = None  # set mid-stream, taken by the next decode
     trie: KeytermTrie | None = None  # the keyterms' Whisper spellings, built at the first decode
     # Streaming re-decodes a growing window every step: the same gated step (same text before
     # it, same ASR choice) comes back many times. Its decision is remembered: no new LLM call,
@@ -156,8 +157,15 @@ class FusionContext:
             self.committed = " ".join(words[-keep:])
 
     def set_meeting(self, meeting: MeetingContext) -> None:
-        """New keyterms or notes: the prefix (and the decisions taken under the old one) are recomputed."""
-        if meeting != self.meeting:
+        """New keyterms or notes (a mid-stream `context` message, set from the event loop): taken at the
+        next decode's start, never in the middle of one (decodes run in a worker thread)."""
+        self._next_meeting = meeting
+
+    def take_meeting(self) -> None:
+        """At a decode's start: a new meeting replaces the prefix, the trie and the decisions taken under
+        the old one (all recomputed lazily)."""
+        meeting, self._next_meeting = self._next_meeting, None
+        if meeting is not None and meeting != self.meeting:
             self.meeting, self._prefix_ids, self.trie = meeting, None, None
             self.memo.clear()
 
@@ -233,6 +241,7 @@ class FusionDecoder:
         mode = Mode(mode)
         if mode.fused and self.scorer is None:
             raise ValueError(f"mode {mode!r} needs an LLM (fusion.llm)")
+        context.take_meeting()
         if mode == Mode.UADF_LLM:
             return decode_llm_led(self, encoder_output, prompt, context, max_length)
         prefix = list(prefix)

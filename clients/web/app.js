@@ -17,7 +17,7 @@
 
   const $ = (id) => document.getElementById(id);
   const ui = {
-    start: $("start"), stop: $("stop"), mode: $("mode"), big: $("bigmode"), exitBig: $("exitbig"),
+    start: $("start"), stop: $("stop"), mode: $("mode"), keyterms: $("keyterms"), big: $("bigmode"), exitBig: $("exitbig"),
     showFused: $("showfused"), clear: $("clear"), dlTxt: $("dl-txt"), dlSrt: $("dl-srt"),
     dlVtt: $("dl-vtt"), state: $("state"), session: $("session"), info: $("info"), error: $("error"),
     bigState: $("bigstate"), detail: $("detail"), captions: $("captions"), placeholder: $("placeholder"), levelbar: $("levelbar"),
@@ -291,6 +291,8 @@
       const msg = {
         type: "start", sample_rate: S.sampleRate, encoding: "pcm_s16le", channels: 1, mode: S.mode,
       };
+      const terms = keytermList();
+      if (terms.length) msg.keyterms = terms;
       if (resuming) {
         msg.session_id = S.sessionId;
         msg.resume_token = S.resumeToken;
@@ -634,6 +636,18 @@
     }
   }
 
+  // The keyterm box: comma-separated words or phrases, sent in `start` and, when edited while live, in a
+  // `context` message (docs/protocol.md); the server checks the limits and answers bad_keyterms.
+  function keytermList() {
+    return [...new Set(ui.keyterms.value.split(",").map((t) => t.trim().replace(/\s+/g, " ")).filter(Boolean))];
+  }
+
+  function sendKeyterms() {
+    if (S.ws && S.ready && S.ws.readyState === WebSocket.OPEN) {
+      S.ws.send(JSON.stringify({ type: "context", keyterms: keytermList() }));
+    }
+  }
+
   function switchMode() {
     const mode = ui.mode.value;
     savePref("mode", mode);
@@ -821,6 +835,7 @@
   ui.start.addEventListener("click", start);
   ui.stop.addEventListener("click", stop);
   ui.mode.addEventListener("change", switchMode);
+  ui.keyterms.addEventListener("change", sendKeyterms);
   ui.big.addEventListener("click", () => setBig(!document.body.classList.contains("big")));
   ui.exitBig.addEventListener("click", () => setBig(false));
   ui.showFused.addEventListener("click", () => setShowFused(!document.body.classList.contains("show-fused")));
