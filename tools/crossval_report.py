@@ -1,157 +1,196 @@
-"""Tables of the cross-validated keyterm and fusion runs (scripts/keyterms-crossval) and their targets (issue 13).
+"""Held-out tables of the keyterm and fusion runs (issue 13): every `uadf-stream eval --json` report in a folder,
+per set (domain) and keyterm list, never scoring a set with a calibration fitted on it.
 
-Reads the `uadf-stream eval --json` reports in one output folder: `asr-none.json` (no context), `asr-n<N>.json`
-(keyterms in Whisper's prompt only), `uadf-n<N>-<set>.json` (prompt + fusion, each set with the calibration
-fitted without it) and `uadf-none-<set>.json` (fusion without keyterms). Every row is scored against the
-N-list of its utterance (tools/biasing_metrics.py), so "no context" has false insertions per N too.
+Each report says its mode, whether the entries' keyterms were passed (`context`), its manifests (the N of
+`eval/biasing/<set>/n<N>.jsonl`) and, for fused modes, the calibration and the sets it was fitted on (eval
+writes them; older reports are read from the file names of scripts/keyterms-crossval: `<mode>-none-...` or
+`<mode>-n<N>-...`). A fused report's rows of a set its calibration was fitted on are left out and listed, so a
+figure here is always a held-out one: leave-one-set-out calibrations (fit on the other sets) or a calibration
+fitted on other domains. Every row is scored against the N-list of its utterance (tools/biasing_metrics.py), so
+runs without keyterms have false insertions per N too.
 
-    python -m tools.crossval_report bench-out/keyterms/delay-1.0 [--ns 0 100 500] [--utterances 100]
+    python -m tools.crossval_report bench-out/keyterms [--ns 0 100 500] [--utterances 100]
+
+Systems: `asr` without context; `asr` with the keyterms in Whisper's prompt; `uadf` without context; `uadf`
+with keyterms (prompt, LLM prefix and keyterm candidates), each `uadf` row with the sets its calibration was
+fitted on.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from tools.biasing_metrics import BiasCounts, score_report, set_totals
+from tools.biasing_metrics import BiasCounts, score_report
 
-SETS = ("speech-dev", "speech-dev-noisy", "speech-dev-hard")
+BIASING = Path(__file__).resolve().parents[1] / "eval" / "biasing"
+DOMAINS = {"speech-dev": "read", "speech-dev-noisy": "noisy", "speech-dev-hard": "noisy, reverberant",
+           "speech-meeting": "conversational"}
 TARGET_N = 100
+_N = re.compile(r"(?:^|[-/])n(\d+)(?:\.jsonl|-|$)")
 
 
-def _rows(path: Path) -> list[dict]:
-    return json.loads(path.read_text())["rows"] if path.exists() else []
+@dataclass(frozen=True)
+class Run:
+    """What one eval report ran: mode, keyterm list length N (None: no context) and the calibration's fit sets."""
+
+    mode: str
+    n: int | None
+    fitted_on: tuple[str, ...] = ()
+
+    @property
+    def system(self) -> str:
+        if self.mode == "asr":
+            return "asr, no context" if self.n is None else "asr, keyterms in prompt"
+        name = f"{self.mode}, no context" if self.n is None else f"{self.mode}, keyterms (prompt + LLM + candidates)"
+        return f"{name}; fitted on {', '.join(self.fitted_on) or '?'}"
 
 
-def _scored(rows: list[dict], n: int) -> dict[str, list[tuple[dict, BiasCounts]]]:
-    return score_report(rows, [f"eval/biasing/{s}/n{n}.jsonl" for s in SETS]) if rows else {}
+def describe(path: Path, report: dict) -> Run:
+    """The run of a report, from its own fields, else from its file name."""
+    mode = report["mode"]
+    context = report.get("context") or ("none" if "-none" in path.stem else "manifest")
+    n = None
+    if context == "manifest":
+        names = report.get("manifests") or [path.stem]
+        found = {int(m.group(1)) for name in names if (m := _N.search(Path(name).as_posix()))}
+        if len(found) != 1:
+            raise ValueError(f"{path}: cannot tell its keyterm list length (N) from {names}")
+        n = found.pop()
+    fitted_on = tuple(report.get("calibration", {}).get("fitted_on", ())) if mode != "asr" else ()
+    if mode != "asr" and "calibration" not in report:
+        raise ValueError(f"{path}: a fused report without its calibration (rerun it with this eval)")
+    return Run(mode, n, fitted_on)
 
 
-def _systems(out: Path, n: int) -> dict[str, list[dict]]:
-    return {
-        "no context": _rows(out / "asr-none.json"),
-        "prompt only": _rows(out / f"asr-n{n}.json"),
-        "prompt + fusion": [r for s in SETS for r in _rows(out / f"uadf-n{n}-{s}.json")],
-    }
+def load_runs(folder: Path) -> tuple[dict[Run, list[dict]], list[str]]:
+    """{run: rows} over the folder's reports, and what was left out (a set scored with its own fit)."""
+    runs: dict[Run, list[dict]] = {}
+    left_out = []
+    for path in sorted(folder.glob("*.json")):
+        report = json.loads(path.read_text())
+        if "rows" not in report or "mode" not in report:
+            continue  # a calibration file
+        run = describe(path, report)
+        rows = []
+        for row in report["rows"]:
+            if row["set"] in run.fitted_on:
+                left_out.append(f"{path.name}: {row['set']}/{row['id']}")
+            else:
+                rows.append(row)
+        have = {(r["set"], r["id"]) for r in runs.get(run, [])}
+        dupes = [r for r in rows if (r["set"], r["id"]) in have]
+        if dupes:
+            raise ValueError(f"{path}: {dupes[0]['set']}/{dupes[0]['id']} is in another report of the same run")
+        runs.setdefault(run, []).extend(rows)
+    return runs, left_out
 
 
-def _pct(x: float | None) -> str:
-    return "-" if x is None or x != x else f"{100 * x:.2f}%"
+def totals(rows: list[dict], n: int) -> dict[str, BiasCounts]:
+    """Counts per set, every row scored against its utterance's N-list."""
+    sets = sorted({r["set"] for r in rows})
+    scored = score_report(rows, [BIASING / s / f"n{n}.jsonl" for s in sets])
+    return {s: sum((c for _, c in items), BiasCounts()) for s, items in scored.items()}
 
 
-def _rel(x: float, base: float) -> str:
-    return "-" if not base or x != x or base != base else f"{100 * (x - base) / base:+.1f}%"
+def _pct(x: float) -> str:
+    return "-" if x != x else f"{100 * x:.2f}%"
 
 
-def _time(rows: list[dict], set_name: str) -> float:
-    return sum(r["decode_seconds"] for r in rows if r["set"] == set_name)
+def _rel(x: float, base: float | None) -> str:
+    return "-" if base is None or not base or x != x or base != base else f"{100 * (x - base) / base:+.0f}%"
 
 
-def biasing_table(out: Path, ns: list[int]) -> tuple[str, dict]:
-    """Per set and N: WER, B-WER, U-WER, recall, false insertions, decode time of the three systems."""
+def _order(run: Run) -> tuple:
+    return (run.mode != "asr", run.n is not None, run.fitted_on)
+
+
+def table(runs: dict[Run, list[dict]], ns: list[int]) -> tuple[str, dict]:
+    """Per set, N and system: words, WER, B-WER, U-WER, recall, false insertions, and B-WER/U-WER against
+    `asr` without context and against `asr` with the keyterms in its prompt."""
     lines = [
-        "| set | N | system | WER | B-WER | U-WER | keyterm recall | false ins. | B-WER vs no context | B-WER vs prompt | "
-        "U-WER vs no context | decode s |",
+        "| set (domain) | N | system | words | WER | B-WER (B words) | U-WER | keyterm recall | false ins. | "
+        "B-WER vs asr | B-WER vs prompt | U-WER vs asr |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    totals: dict = {}
-    for n in ns:
-        systems = _systems(out, n)
-        for name, rows in systems.items():
-            totals[(n, name)] = set_totals(_scored(rows, n)) if rows else {}
-        for s in SETS:
-            base, prompt = totals[(n, "no context")].get(s), totals[(n, "prompt only")].get(s)
-            for name, rows in systems.items():
-                c = totals[(n, name)].get(s)
-                if c is None:
-                    continue
+    out: dict = {}
+    sets = [s for s in DOMAINS if any(r["set"] == s for rows in runs.values() for r in rows)]
+    sets += sorted({r["set"] for rows in runs.values() for r in rows} - set(sets))
+    for s in sets:
+        for n in ns:
+            here = {run: totals([r for r in rows if r["set"] == s], n) for run, rows in runs.items()
+                    if (run.n in (None, n)) and any(r["set"] == s for r in rows)}
+            base = here.get(Run("asr", None), {}).get(s)
+            prompt = here.get(Run("asr", n), {}).get(s)
+            for run in sorted(here, key=_order):
+                c = here[run][s]
+                out[(s, n, run)] = c
                 lines.append(
-                    f"| {s} | {n} | {name} | {_pct(c.wer)} | {_pct(c.b_wer)} | {_pct(c.u_wer)} | {_pct(c.keyterm_recall)} | "
-                    f"{c.keyterm_false_insertions} | {_rel(c.b_wer, base.b_wer) if base else '-'} | "
-                    f"{_rel(c.b_wer, prompt.b_wer) if prompt else '-'} | {_rel(c.u_wer, base.u_wer) if base else '-'} | "
-                    f"{_time(rows, s):.0f} |"
+                    f"| {s} ({DOMAINS.get(s, '?')}) | {n} | {run.system} | {c.ref_words} | {_pct(c.wer)} | "
+                    f"{_pct(c.b_wer)} ({c.b_ref_words}) | {_pct(c.u_wer)} | {_pct(c.keyterm_recall)} | {c.keyterm_false_insertions} | "
+                    f"{_rel(c.b_wer, base.b_wer if base else None)} | {_rel(c.b_wer, prompt.b_wer if prompt else None)} | "
+                    f"{_rel(c.u_wer, base.u_wer if base else None)} |"
                 )
-    return "\n".join(lines), totals
+    return "\n".join(lines), out
 
 
-def fusion_table(out: Path) -> tuple[str, dict]:
-    """Per set, without keyterms: `uadf` (calibration fitted without the set) against `asr`."""
-    lines = ["| set | words | asr WER | uadf WER | relative | asr decode s | uadf decode s | LLM calls / 100 tokens |",
-             "|---|---|---|---|---|---|---|---|"]
-    result = {}
-    asr_rows = _rows(out / "asr-none.json")
-    for s in SETS:
-        uadf_rows = _rows(out / f"uadf-none-{s}.json")
-        a = [r for r in asr_rows if r["set"] == s]
-        if not a or not uadf_rows:
-            continue
-        words = sum(r["ref_words"] for r in a)
-        wa, wu = sum(r["errors"] for r in a) / words, sum(r["errors"] for r in uadf_rows) / words
-        calls = 100 * sum(r["llm_calls"] for r in uadf_rows) / max(1, sum(r["tokens"] for r in uadf_rows))
-        result[s] = (wa, wu)
-        lines.append(f"| {s} | {words} | {_pct(wa)} | {_pct(wu)} | {_rel(wu, wa)} | {_time(a, s):.0f} | "
-                     f"{_time(uadf_rows, s):.0f} | {calls:.1f} |")
-    return "\n".join(lines), result
-
-
-def targets(totals: dict, fusion: dict, out: Path) -> str:
-    """The issue's targets at N = 100, per set."""
+def targets(counts: dict) -> str:
+    """The issue's targets at N = 100, per set and held-out fusion run."""
     lines = []
-    for s in SETS:
-        base = totals.get((TARGET_N, "no context"), {}).get(s)
-        prompt = totals.get((TARGET_N, "prompt only"), {}).get(s)
-        fused = totals.get((TARGET_N, "prompt + fusion"), {}).get(s)
-        if not (base and prompt and fused):
+    for (s, n, run), c in sorted(counts.items(), key=lambda kv: (kv[0][0], _order(kv[0][2]))):
+        if n != TARGET_N or run.mode == "asr":
             continue
-        checks = {
-            "B-WER >= 40% below no context": fused.b_wer <= 0.6 * base.b_wer,
-            "B-WER >= 15% below prompt only": fused.b_wer <= 0.85 * prompt.b_wer,
-            "U-WER <= 2% above no context": fused.u_wer <= 1.02 * base.u_wer,
-        }
-        if s in fusion:
-            checks["uadf without keyterms <= asr"] = fusion[s][1] <= fusion[s][0]
-        none_rows = _rows(out / f"uadf-none-{s}.json")
-        kt_rows = _rows(out / f"uadf-n{TARGET_N}-{s}.json")
-        if none_rows and kt_rows:
-            ratio = _time(kt_rows, s) / max(_time(none_rows, s), 1e-9)
-            checks[f"keyterm decode time <= +10% (here {100 * (ratio - 1):+.0f}%, shared CPU)"] = ratio <= 1.10
-        lines.append(f"- {s}: " + "; ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in checks.items()))
+        base, prompt = counts.get((s, n, Run("asr", None))), counts.get((s, n, Run("asr", n)))
+        if base is None:
+            continue
+        if run.n is None:
+            checks = {"uadf without keyterms <= asr (WER)": c.wer <= base.wer}
+        else:
+            checks = {"B-WER >= 40% below asr without context": c.b_wer <= 0.6 * base.b_wer,
+                      "U-WER <= 2% above asr without context": c.u_wer <= 1.02 * base.u_wer}
+            if prompt is not None:
+                checks["B-WER >= 15% below prompt only"] = c.b_wer <= 0.85 * prompt.b_wer
+        lines.append(f"- {s}, {run.system}: " + "; ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in checks.items()))
     return "\n".join(lines)
 
 
-def utterances(out: Path, n: int) -> str:
-    """Per utterance where prompt-only and prompt + fusion differ: errors, missed and inserted keyterms."""
-    prompt = {(r["set"], r["id"]): (r, c) for s, items in _scored(_rows(out / f"asr-n{n}.json"), n).items() for r, c in items}
-    fused_rows = [r for s in SETS for r in _rows(out / f"uadf-n{n}-{s}.json")]
+def changed_utterances(runs: dict[Run, list[dict]], n: int) -> str:
+    """Per utterance where prompt only and prompt + fusion differ: errors, missed and inserted keyterms."""
+    prompt = {(r["set"], r["id"]): r for r in runs.get(Run("asr", n), [])}
     lines = []
-    for s, items in _scored(fused_rows, n).items():
-        for row, c in items:
-            p = prompt.get((s, row["id"]))
-            if p is None or p[0]["text"] == row["text"]:
+    for run, rows in sorted(runs.items(), key=lambda kv: _order(kv[0])):
+        if run.mode == "asr" or run.n != n:
+            continue
+        for row in rows:
+            p = prompt.get((row["set"], row["id"]))
+            if p is None or p["text"] == row["text"]:
                 continue
-            pc = p[1]
+            (pc,), (fc,) = ([c for _, c in score_report([x], [BIASING / x["set"] / f"n{n}.jsonl"])[x["set"]]] for x in (p, row))
             lines.append(
-                f"- {s}/{row['id']}: errors {p[0]['errors']} -> {row['errors']} (B {pc.b_errors} -> {c.b_errors}); "
-                f"missed {pc.missed} -> {c.missed}; inserted {pc.inserted} -> {c.inserted}\n"
-                f"  prompt: {p[0]['text']}\n  fusion: {row['text']}"
+                f"- {row['set']}/{row['id']} ({run.system}): errors {p['errors']} -> {row['errors']} "
+                f"(B {pc.b_errors} -> {fc.b_errors}); missed {pc.missed} -> {fc.missed}; inserted {pc.inserted} -> {fc.inserted}\n"
+                f"  prompt: {p['text']}\n  fusion: {row['text']}"
             )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.crossval_report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("out", help="folder of the eval reports")
+    parser.add_argument("out", type=Path, help="folder of the eval reports (JSON)")
     parser.add_argument("--ns", type=int, nargs="+", default=[0, 100, 500])
     parser.add_argument("--utterances", type=int, help="also list the utterances fusion changed at this N")
     args = parser.parse_args(argv)
-    out = Path(args.out)
-    table, totals = biasing_table(out, args.ns)
-    ftable, fusion = fusion_table(out)
-    print("## Keyterms (cross-validated)\n\n" + table + "\n\n## Fusion without keyterms (cross-validated)\n\n" + ftable)
-    print("\n## Targets (N = 100)\n\n" + targets(totals, fusion, out))
+    runs, left_out = load_runs(args.out)
+    text, counts = table(runs, args.ns)
+    print("## Keyterms and fusion, held out\n\n" + text + f"\n\n## Targets (N = {TARGET_N})\n\n" + targets(counts))
     if args.utterances is not None:
-        print(f"\n## Utterances fusion changed (N = {args.utterances})\n\n" + utterances(out, args.utterances))
+        print(f"\n## Utterances fusion changed (N = {args.utterances})\n\n" + changed_utterances(runs, args.utterances))
+    if left_out:
+        print(f"\n{len(left_out)} rows left out (their set is in the calibration's fit):", *left_out[:20], sep="\n  ", file=sys.stderr)
     return 0
 
 

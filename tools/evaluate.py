@@ -155,6 +155,7 @@ def run(args: argparse.Namespace, config) -> int:
     engine = Engine(config)
     mode = args.mode or engine.default_mode
     report = evaluate(engine, args.manifest, mode, args.condition, args.limit, args.context == "manifest")
+    report |= {"context": args.context, "manifests": list(args.manifest)}
     if Mode(mode).fused:
         report["calibration"] = calibration_source(config)
     print(format_report(report))
