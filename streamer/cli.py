@@ -9,8 +9,9 @@ import logging
 import sys
 from importlib.metadata import entry_points
 
-from core.types import Mode
+from core.types import MeetingContext, Mode
 from streamer.config import Config, ConfigError, load_config
+from streamer.errors import StreamError
 
 COMMANDS = "uadf_stream.commands"  # entry-point group of the subcommands that live in tools/
 
@@ -56,8 +57,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from streamer.engine import Engine
     from streamer.pipeline import transcribe_file
-    from streamer.protocol import Final, to_json
+    from streamer.protocol import Final, parse_meeting, to_json
 
+    try:  # the limits of protocol v1's start
+        keyterms, notes = parse_meeting({"keyterms": args.keyterm, "context": args.context})
+    except StreamError as exc:
+        raise SystemExit(f"{exc.code}: {exc.message}") from None
+    meeting = MeetingContext(tuple(keyterms), notes)
     engine = Engine(build_config(args, SHORTCUTS))
 
     def show(event) -> None:
@@ -67,7 +73,7 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
             print(f"[{event.start:7.2f} - {event.end:7.2f}] {event.text}", flush=True)
 
     for path in args.audio:
-        result = transcribe_file(path, engine, args.mode, show)
+        result = transcribe_file(path, engine, args.mode, show, meeting)
         print(
             f"# {path}: {result.audio_seconds:.1f} s of audio, decode {result.decode_seconds:.2f} s (RTF {result.rtf:.3f})",
             file=sys.stderr,
@@ -93,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_common(p)
     p.add_argument("audio", nargs="+")
     p.add_argument("--jsonl", action="store_true", help="print every message as JSON lines")
+    p.add_argument("--keyterm", action="append", default=[], help="a word or phrase to favour (repeatable, at most 100)")
+    p.add_argument("--context", default="", help="the meeting's notes for the fusion LLM (at most 2,000 words)")
     p.set_defaults(func=cmd_transcribe)
 
     for entry in sorted(entry_points(group=COMMANDS), key=lambda e: e.name):

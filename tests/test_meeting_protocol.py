@@ -113,3 +113,10 @@ def test_daemon_takes_keyterms_and_context_messages(daemon):
             assert "country" in text and "fellow americans" in text
 
     asyncio.run(go())
+
+
+def test_transcribe_command_checks_keyterms_like_the_protocol():
+    from streamer.cli import main
+
+    with pytest.raises(SystemExit, match="bad_keyterms"):
+        main(["transcribe", "--keyterm", "x" * (MAX_KEYTERM_CHARS + 1), "clip.wav"])
