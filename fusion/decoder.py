@@ -107,14 +107,22 @@ class _Run:
         return self._audio
 
 
+# The meeting prefix in LLM tokens, at most. With the rolling transcript (FusionContext.max_tokens) and the spans
+# it keeps the context within Gemma 3's 512-token sliding window, past which its KV cache cannot roll back (a
+# rollback then re-feeds the whole context: correct, but a cost at every gated step).
+MAX_PREFIX_TOKENS = 256
+PREFIX_END = "\nTranscript:\n"
+
+
 def meeting_prefix(meeting: MeetingContext) -> str:
-    """The session prefix the LLM reads before the transcript: the meeting's notes and keyterms."""
+    """The session prefix the LLM reads before the transcript (without PREFIX_END): the keyterms first (what
+    the candidates spell), then the notes, cut to MAX_PREFIX_TOKENS when tokenized."""
     if not meeting:
         return ""
-    lines = [f"Meeting notes: {meeting.notes.strip()}"] if meeting.notes.strip() else []
-    if meeting.keyterms:
-        lines.append("Names and terms: " + ", ".join(meeting.keyterms) + ".")
-    return "\n".join(lines) + "\nTranscript:\n"
+    lines = ["Names and terms: " + ", ".join(meeting.keyterms) + "."] if meeting.keyterms else []
+    if meeting.notes.strip():
+        lines.append(f"Meeting notes: {meeting.notes.strip()}")
+    return "\n".join(lines)
 
 
 @dataclass
@@ -179,7 +187,7 @@ class FusionContext:
         """Token ids of the whole LLM context: start, meeting prefix (tokenized once), transcript."""
         if self._prefix_ids is None:
             text = meeting_prefix(self.meeting)
-            self._prefix_ids = self.scorer.tokenize(text) if text else []
+            self._prefix_ids = self.scorer.tokenize(text)[:MAX_PREFIX_TOKENS] + self.scorer.tokenize(PREFIX_END) if text else []
         return self.scorer.start_ids + self._prefix_ids + self.scorer.tokenize(transcript)
 
 
