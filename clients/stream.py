@@ -114,8 +114,11 @@ class ResumableSession:
     """One session over as many connections as it takes.
 
     Audio handed to `send` is queued and sent while connected; when the connection drops (a network blip, a
-    daemon restart) it reconnects with backoff and resumes with the session's id and resume secret, asking
-    for the finals it lacks, so every final reaches `on_message` once and in order. `finish` ends the audio:
+    daemon restart, a node of a cluster lost) it reconnects with backoff and resumes with the session's id and
+    resume secret, asking for the finals it lacks, so every final reaches `on_message` once and in order. Sent
+    audio is kept (up to `replay` seconds) until a final covers it: a resume sends again what the server had
+    not turned into stored finals (from the `stream_time` of its `ready`: what a crashed daemon had received
+    but not finalised, frames lost in flight), so the words in it are not lost. `finish` ends the audio:
     `stop` follows the last queued frame, and `run` returns after the server's `end`."""
 
     def __init__(
@@ -128,8 +131,10 @@ class ResumableSession:
         on_message: Callable[[Received], None] | None = None,
         reconnect: Reconnect = Reconnect(),
         max_buffer: float = 30.0,
+        replay: float = 60.0,
     ):
-        """`max_buffer`: seconds of audio queued while disconnected before `send` waits for room."""
+        """`max_buffer`: seconds of audio queued while disconnected before `send` waits for room; `replay`:
+        seconds of sent audio kept to send again after a resume."""
         self.url, self.token, self.mode = url, token, mode
         self.sample_rate, self.channels = sample_rate, channels
         self.on_message = on_message
@@ -145,7 +150,9 @@ class ResumableSession:
         self._max_frames = int(max_buffer * sample_rate)
         self._changed = asyncio.Event()
         self._finished = False
-        self._sent_frames = 0
+        self._sent_frames = 0  # the stream position: frames sent (after a resume, from the server's stream_time)
+        self._sent: collections.deque[tuple[int, bytes]] = collections.deque()  # (first frame, pcm) not yet final
+        self._replay_frames = int(replay * sample_rate)
         self._t0: float | None = None
 
     # -- the audio side ---------------------------------------------------------------------------
@@ -169,7 +176,11 @@ class ResumableSession:
         while True:
             while self._pending:
                 await ws.send(self._pending[0])
-                frames = len(self._pending.popleft()) // bytes_per_frame
+                block = self._pending.popleft()
+                frames = len(block) // bytes_per_frame
+                self._sent.append((self._sent_frames, block))
+                while self._sent and self._sent[0][0] < self._sent_frames - self._replay_frames:
+                    self._sent.popleft()
                 self._pending_frames -= frames
                 self._sent_frames += frames
                 self._changed.set()
@@ -188,12 +199,34 @@ class ResumableSession:
             if segment > self.finals:
                 log.warning("finals %d to %d are missing", self.finals, segment - 1)
             self.finals = segment + 1
+            self._forget_before(float(message.get("end", 0.0)))
         if self._t0 is None:
             self._t0 = time.monotonic()
         item = Received(message, time.monotonic() - self._t0, self._sent_frames / self.sample_rate)
         self.received.append(item)
         if self.on_message:
             self.on_message(item)
+
+    def _forget_before(self, seconds: float) -> None:
+        """Sent audio that ends before a final's end is in the store: no resume needs it again."""
+        frame, bytes_per_frame = int(seconds * self.sample_rate), 2 * self.channels
+        while self._sent and self._sent[0][0] + len(self._sent[0][1]) // bytes_per_frame <= frame:
+            self._sent.popleft()
+
+    def _rewind(self, stream_time: float) -> None:
+        """A resume goes on at the server's `stream_time`: sent audio after it is queued again, in front."""
+        position, bytes_per_frame = round(stream_time * self.sample_rate), 2 * self.channels
+        if position >= self._sent_frames:
+            return
+        again = []
+        while self._sent and self._sent[-1][0] + len(self._sent[-1][1]) // bytes_per_frame > position:
+            first, block = self._sent.pop()
+            skip = max(position - first, 0) * bytes_per_frame
+            again.append(block[skip:])
+        for block in again:  # newest first: each goes in front of the later ones
+            self._pending.appendleft(block)
+            self._pending_frames += len(block) // bytes_per_frame
+        self._sent_frames = position
 
     async def _connection(self) -> tuple[bool, dict | None, int | None]:
         """One connection: start or resume, stream, read. Returns (ended with `end`, the last fatal error
@@ -211,6 +244,8 @@ class ResumableSession:
                         self.readies += 1
                         self.session_id = message["session_id"]
                         self.resume_token = message.get("resume_token")
+                        if message.get("resumed"):
+                            self._rewind(float(message.get("stream_time", 0.0)))
                         sender = asyncio.create_task(self._send_queued(ws))
                     elif kind == "error":
                         error = message

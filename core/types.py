@@ -42,6 +42,7 @@ class Word:
     end: float
     probability: float
     fused: bool = False
+    speaker: int | None = None  # who said it (0, 1, ... in order of appearance) when the session labels speakers
 
 
 @dataclass(frozen=True)

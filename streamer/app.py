@@ -11,7 +11,7 @@ from pathlib import Path
 from aiohttp import web
 
 from streamer.access import AccessLogger, AccessPolicy, check_exposure
-from streamer.config import Config
+from streamer.config import Config, ServerOptions
 from streamer.connection import Connection, Pending
 from streamer.engine import Engine
 from streamer.errors import CLOSE_NORMAL
@@ -20,7 +20,8 @@ from streamer.metrics import Metrics
 from streamer.protocol import to_dict, valid_session_id
 from streamer.registry import SessionRegistry
 from streamer.scheduler import DecodeScheduler, use_two_malloc_arenas
-from streamer.store import TranscriptStore, secret_matches
+from streamer.redis_store import RedisStore
+from streamer.store import FileStore, Store, StoreUnavailable, secret_matches
 from streamer.transcriptions import Transcriptions
 from streamer.wire import deepgram as dg
 from streamer.wire import deepgram_adapter, realtime_adapter
@@ -33,6 +34,15 @@ log = logging.getLogger(__name__)
 WEB_ROOT = Path(__file__).resolve().parent.parent / "clients" / "web"
 
 
+def open_store(options: ServerOptions) -> Store:
+    """`server.store`: "file" (transcripts in `data_dir`) or a Redis URL (shared by several daemons)."""
+    if options.store == "file":
+        return FileStore(options.data_dir, options.fsync)
+    if options.store.startswith(("redis://", "rediss://", "unix://")):
+        return RedisStore(options.store, options.lease_seconds)
+    raise ValueError(f"server.store must be 'file' or a redis:// URL, got {options.store!r}")
+
+
 class Daemon:
     """Shared state of one running server: engine, scheduler, sessions, transcript store, open connections."""
 
@@ -41,19 +51,21 @@ class Daemon:
         self.options = config.server
         self.engine = engine
         self.metrics = Metrics()
-        self.store = TranscriptStore(self.options.data_dir, self.options.fsync)
+        self.store = open_store(self.options)
         self.scheduler = DecodeScheduler(engine.transcribe, config.scheduler, self.metrics, config.streaming.step)
         self.registry = SessionRegistry(engine, self.scheduler, self.store, self.options, self.metrics)
         self.access = AccessPolicy(self.options, self.metrics)
         self.pending = Pending(self.options.max_pending)
         self.connections: set[Connection] = set()
         self.transcriptions = Transcriptions(self.registry, engine, self.options, self.metrics)
+        self.draining = False  # SIGTERM: not ready, then the sessions are flushed and ended
 
     # -- HTTP --------------------------------------------------------------------------------------
     async def index(self, request: web.Request) -> web.StreamResponse:
         return web.FileResponse(WEB_ROOT / "index.html")
 
     async def healthz(self, request: web.Request) -> web.Response:
+        """Liveness: 200 while the process serves HTTP, whatever its load (a load balancer's health is /readyz)."""
         return web.json_response(
             {
                 "status": "ok" if self.registry.accepting else "stopping",
@@ -64,8 +76,24 @@ class Daemon:
                 "modes": [str(m) for m in self.engine.modes],
                 "default_mode": str(self.engine.default_mode),
                 "queue_depth": self.scheduler.depth,
+                "ready": self.not_ready() is None,
             }
         )
+
+    def not_ready(self) -> str | None:
+        """Why this node should get no new connections now (None: it has room)."""
+        if self.draining or not self.registry.accepting:
+            return "draining"
+        if len(self.registry) + self.registry.reserved >= self.options.max_sessions:
+            return "full"
+        return None
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        """Readiness for a load balancer's health check: 503 when full or draining, so new connections go to
+        nodes with room (live connections stay). The shared store is not checked: every node shares it, so
+        while it is down new sessions are refused with `storage_unavailable` on any node."""
+        reason = self.not_ready()
+        return web.json_response({"ready": reason is None, "reason": reason}, status=200 if reason is None else 503)
 
     async def metrics_endpoint(self, request: web.Request) -> web.Response:
         sessions = self.registry.sessions.values()
@@ -80,9 +108,12 @@ class Daemon:
     async def transcript(self, request: web.Request) -> web.Response:
         session_id = request.match_info["session_id"]
         secret = request.headers.get("X-Resume-Token") or request.query.get("resume_token")
-        if not (valid_session_id(session_id) and self.store.exists(session_id) and secret_matches(secret, self.store.secret(session_id))):
-            raise web.HTTPNotFound(text="unknown session (or not its resume token)\n")
-        finals = self.store.read(session_id)
+        try:
+            if not (valid_session_id(session_id) and await self.store.exists(session_id) and secret_matches(secret, await self.store.secret(session_id))):
+                raise web.HTTPNotFound(text="unknown session (or not its resume token)\n")
+            finals = await self.store.read(session_id)
+        except StoreUnavailable:
+            raise web.HTTPServiceUnavailable(text="the transcript store is unavailable; try again later\n") from None
         fmt = request.query.get("format", "json")
         if fmt == "json":
             return web.json_response({"session_id": session_id, "finals": [to_dict(f) for f in finals]})
@@ -144,6 +175,7 @@ class Daemon:
         app = web.Application(middlewares=[self.access.middleware], client_max_size=1024**2)
         app.router.add_get("/", self.index)
         app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
         app.router.add_get("/metrics", self.metrics_endpoint)
         app.router.add_get("/v1/listen", self.listen)
         # the other APIs (docs/compat.md) check their keys themselves, to refuse in their own shapes
@@ -156,6 +188,7 @@ class Daemon:
             app.router.add_get(path, handler)
         app.router.add_post(ot.PATH, self.transcriptions.create)
         self.access.own_auth |= {"/v1/listen", *own, ot.PATH}
+        self.access.own_auth.add("/readyz")  # open: a load balancer's check carries no secret, and it tells only ready or not
         app.router.add_get("/v1/sessions/{session_id}/transcript", self.transcript)
         if WEB_ROOT.is_dir():
             app.router.add_static("/web/", WEB_ROOT, show_index=False)
@@ -163,6 +196,7 @@ class Daemon:
 
     async def shutdown(self) -> None:
         """Stop accepting; every session's pending audio becomes finals, sent, then a normal close."""
+        self.draining = True
         await self.registry.shutdown()
         await asyncio.gather(*(c.close(CLOSE_NORMAL, b"server shutting down") for c in list(self.connections)), return_exceptions=True)
 
@@ -182,6 +216,7 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
     engine = await asyncio.to_thread(Engine, config)
     daemon = Daemon(config, engine)
     daemon.scheduler.start()
+    await daemon.store.start(daemon.registry.release)
     runner = web.AppRunner(daemon.app(), handle_signals=False, shutdown_timeout=5, access_log_class=AccessLogger)
     await runner.setup()
     site = web.TCPSite(runner, config.server.host, config.server.port, ssl_context=ssl_context(config))
@@ -197,7 +232,14 @@ async def serve(config: Config, ready: asyncio.Event | None = None) -> None:
         ready.set()
     await stop.wait()
     log.info("shutting down")
+    # not ready first, so that a load balancer sends new connections elsewhere (new ones here get `busy`);
+    # live sessions go on meanwhile, then are flushed and ended, and their clients resume on other nodes
+    daemon.draining = True
+    daemon.registry.accepting = False
+    if config.server.drain_delay > 0:
+        await asyncio.sleep(config.server.drain_delay)
     await site.stop()
     await daemon.shutdown()
     await runner.cleanup()
+    await daemon.store.stop()
     await daemon.scheduler.stop()

@@ -22,6 +22,9 @@ SHORTCUTS = {
     "compute_type": "asr.compute_type",
     "mode": "fusion.mode",
     "llm": "fusion.llm",
+    "diarize": "speakers.diarize",
+    "max_speakers": "speakers.max_speakers",
+    "speaker_threshold": "speakers.threshold",
 }
 SERVER_SHORTCUTS = {
     "host": "server.host",
@@ -40,6 +43,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compute-type", help="asr.compute_type")
     p.add_argument("--mode", choices=Mode.names(), help="fusion.mode (default session mode)")
     p.add_argument("--llm", help="fusion.llm: GGUF file, local folder or model id ('' for none)")
+    p.add_argument("--diarize", action="store_const", const="true", help="speakers.diarize: label speakers (sessions that do not say)")
+    p.add_argument("--max-speakers", type=int, help="speakers.max_speakers")
+    p.add_argument("--speaker-threshold", type=float, help="speakers.threshold: cosine at which speech joins a known speaker")
 
 
 def build_config(args: argparse.Namespace, shortcuts: dict[str, str]) -> Config:
@@ -55,25 +61,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
+    from streamer.audio import load_audio
     from streamer.engine import Engine
-    from streamer.pipeline import transcribe_file
+    from streamer.formats import speaker_name, turns
+    from streamer.pipeline import run_stream
     from streamer.protocol import Final, parse_meeting, to_json
+    from streamer.speaker_labels import open_speakers
 
     try:  # the limits of protocol v1's start
         keyterms, notes = parse_meeting({"keyterms": args.keyterm, "context": args.context})
     except StreamError as exc:
         raise SystemExit(f"{exc.code}: {exc.message}") from None
     meeting = MeetingContext(tuple(keyterms), notes)
-    engine = Engine(build_config(args, SHORTCUTS))
-
-    def show(event) -> None:
-        if args.jsonl:
-            print(to_json(event), flush=True)
-        elif isinstance(event, Final) and event.text:
-            print(f"[{event.start:7.2f} - {event.end:7.2f}] {event.text}", flush=True)
+    config = build_config(args, SHORTCUTS)
+    engine = Engine(config)
 
     for path in args.audio:
-        result = transcribe_file(path, engine, args.mode, show, meeting)
+        audio = load_audio(path)
+        processor = engine.new_processor(args.mode, meeting=meeting)
+        speakers = open_speakers(None, None, config.speakers)
+        if speakers is not None:
+            speakers.accept(audio)  # each final sees the audio up to where the stream was when it came
+
+        def show(event) -> None:
+            if isinstance(event, Final) and speakers is not None:
+                event = speakers.label_now(event, processor.stream_time)
+            if args.jsonl:
+                print(to_json(event), flush=True)
+            elif isinstance(event, Final) and event.text:
+                for turn in turns(event):
+                    who = "" if turn.speaker is None else f"{speaker_name(turn.speaker)}: "
+                    print(f"[{turn.start:7.2f} - {turn.end:7.2f}] {who}{turn.text}", flush=True)
+
+        result = run_stream(engine, processor, audio, show)
         print(
             f"# {path}: {result.audio_seconds:.1f} s of audio, decode {result.decode_seconds:.2f} s (RTF {result.rtf:.3f})",
             file=sys.stderr,
@@ -103,7 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--context", default="", help="the meeting's notes for the fusion LLM (at most 2,000 words)")
     p.set_defaults(func=cmd_transcribe)
 
-    for entry in sorted(entry_points(group=COMMANDS), key=lambda e: e.name):
+    # The tools' modules import torch and more (seconds of CPU): `serve` and `transcribe` load none of them.
+    words = [a for a in (sys.argv[1:] if argv is None else argv) if not a.startswith("-")]
+    if words and words[0] in sub.choices:
+        tools = []
+    else:
+        tools = [e for e in entry_points(group=COMMANDS) if not words or e.name == words[0]] or list(entry_points(group=COMMANDS))
+    for entry in sorted(tools, key=lambda e: e.name):
         module = importlib.import_module(entry.value)
         p = sub.add_parser(entry.name, help=(module.__doc__ or "").strip().splitlines()[0])
         _add_common(p)

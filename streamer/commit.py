@@ -84,11 +84,13 @@ def ripe(words: list[Word], until: float) -> int:
 
 class LocalAgreement:
     """`agreement`: a prefix that `n` consecutive hypotheses agree on is final (whisper_streaming's policy),
-    once its words end `margin` seconds before the window's end."""
+    once its words end `margin` seconds before the window's end, up to its first word Whisper is less sure of
+    than `confidence` (two short windows agree on a confident guess; an unsure one waits for more audio)."""
 
-    def __init__(self, n: int = 2, margin: float = 0.0):
+    def __init__(self, n: int = 2, margin: float = 0.0, confidence: float = 0.0):
         self.n = n
         self.margin = margin
+        self.confidence = confidence
         self._history: list[list[Word]] = []
 
     def update(self, uncommitted: list[Word], window_end: float = float("inf")) -> list[Word]:
@@ -101,6 +103,7 @@ class LocalAgreement:
         if len(self._history) < self.n:
             return []
         agreed = min(common_prefix(self._history[-1], h) for h in self._history[:-1])
+        agreed = next((i for i, w in enumerate(uncommitted[:agreed]) if w.probability < self.confidence), agreed)
         while agreed and (uncommitted[agreed - 1].end > window_end - self.margin or not starts_word(uncommitted, agreed)):
             agreed -= 1
         self.drop(agreed)
@@ -159,6 +162,7 @@ class PolicyOptions(Protocol):
 
     commit: str
     commit_margin: float
+    commit_confidence: float
     commit_delay: float
     commit_interval: float
 
@@ -167,9 +171,9 @@ class AgreementOrLookahead(Lookahead):
     """`hybrid`: words two consecutive committing windows agree on are final once they end `margin` before the
     window's end (LocalAgreement-2); any word is final at the latest once `delay` of audio follows it."""
 
-    def __init__(self, margin: float, delay: float, interval: float):
+    def __init__(self, margin: float, delay: float, interval: float, confidence: float = 0.0):
         super().__init__(delay, interval)
-        self.agreement = LocalAgreement(2, margin)
+        self.agreement = LocalAgreement(2, margin, confidence)
 
     def commit_window(self, now: float, speech_start: float) -> bool:
         if now - self._last < self.interval:
@@ -188,21 +192,14 @@ class AgreementOrLookahead(Lookahead):
 
 
 POLICIES: dict[str, Callable[[PolicyOptions, float], CommitPolicy]] = {
-    "agreement": lambda o, interval: LocalAgreement(2, o.commit_margin),
+    "agreement": lambda o, interval: LocalAgreement(2, o.commit_margin, o.commit_confidence),
     "endpoint": lambda o, interval: EndpointOnly(),
     "lookahead": lambda o, interval: Lookahead(o.commit_delay, interval),
-    "hybrid": lambda o, interval: AgreementOrLookahead(o.commit_margin, o.commit_delay, interval),
+    "hybrid": lambda o, interval: AgreementOrLookahead(o.commit_margin, o.commit_delay, interval, o.commit_confidence),
 }
-
-
-def policy_name(configured: str, mode: Mode) -> str:
-    """`auto`: agreement in asr mode, endpoint in fusion modes (fusion decides on whole utterances)."""
-    if configured != "auto":
-        return configured
-    return "endpoint" if mode.fused else "agreement"
 
 
 def make_policy(options: PolicyOptions, mode: Mode) -> CommitPolicy:
     """The session's policy. Its committing windows come every `commit_interval` in the fusion modes (they
     are the fused decodes); in `asr` mode every running window may commit (it costs nothing more)."""
-    return POLICIES[policy_name(options.commit, mode)](options, options.commit_interval if mode.fused else 0.0)
+    return POLICIES[options.commit](options, options.commit_interval if mode.fused else 0.0)

@@ -11,6 +11,7 @@ from typing import Any
 
 from core.types import FusionOptions
 from streamer.commit import POLICIES
+from streamer.protocol import MAX_SPEAKERS
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
 
@@ -33,10 +34,11 @@ class StreamingOptions:
     min_window: float = 0.3
     max_window: float = 12.0  # the buffer is trimmed at a committed word past this
     endpoint_silence: float = 0.5
-    commit: str = "auto"  # a name in streamer.commit.POLICIES, or "auto": agreement in asr mode, endpoint in fusion modes
+    commit: str = "hybrid"  # a name in streamer.commit.POLICIES; one policy in every mode
     commit_margin: float = 0.8
-    commit_delay: float = 1.0  # lookahead: a word is final once this much audio after it was decoded
-    commit_after: float = 0.0  # no commits from running windows before the utterance has this many seconds of audio
+    commit_confidence: float = 0.5  # agreement: words Whisper gives less probability than this wait for the lookahead
+    commit_delay: float = 1.5  # lookahead: a word is final once this much audio after it was decoded
+    commit_after: float = 3.0  # no commits from running windows before the utterance has this many seconds of audio
     commit_interval: float = 1.0  # fusion modes: committing windows (the fused decodes) at most this often; asr: every window
     force_committed: bool = False  # committed words still in a window are forced as its decoder prefix, not re-decoded
     max_lag: float = 0.5  # a decoder behind by more than this many seconds of decision points skips to the newest
@@ -49,8 +51,8 @@ class StreamingOptions:
     compression_ratio_threshold: float = 2.4
 
     def __post_init__(self) -> None:
-        if self.commit != "auto" and self.commit not in POLICIES:
-            raise ValueError(f"streaming.commit must be auto or one of {sorted(POLICIES)}, got {self.commit!r}")
+        if self.commit not in POLICIES:
+            raise ValueError(f"streaming.commit must be one of {sorted(POLICIES)}, got {self.commit!r}")
 
 
 @dataclass
@@ -79,11 +81,29 @@ class ServerOptions:
     max_upload_seconds: float = 1800.0
     data_dir: str = "data/sessions"
     fsync: bool = True
+    store: str = "file"  # "file" (data_dir) or a redis:// URL: transcripts shared by several daemons (docs/deployment.md)
+    lease_seconds: float = 5.0  # with a shared store: how long a node's claim on a live session lasts unrenewed
+    drain_delay: float = 0.0  # SIGTERM: seconds not ready (/readyz 503) before sessions are flushed and ended
     token: str = ""
     allowed_origins: list[str] = field(default_factory=list)
     allowed_hosts: list[str] = field(default_factory=list)
     tls_cert: str = ""
     tls_key: str = ""
+
+
+@dataclass
+class SpeakerOptions:
+    """`[speakers]`: speaker labels on finals (streamer/speaker_labels.py); a session's `start` may override each."""
+
+    diarize: bool = False  # label speakers in sessions that do not say (protocol v1 `diarize`, Deepgram `diarize`)
+    max_speakers: int = 8  # at most this many speakers a session (1 to MAX_SPEAKERS, 32)
+    threshold: float = 0.675  # cosine similarity at which speech joins a known speaker (0-1; higher: more speakers)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_speakers <= MAX_SPEAKERS:
+            raise ValueError(f"speakers.max_speakers must be from 1 to {MAX_SPEAKERS}, got {self.max_speakers}")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"speakers.threshold must be between 0 and 1, got {self.threshold}")
 
 
 @dataclass
@@ -93,6 +113,7 @@ class Config:
     scheduler: SchedulerOptions = field(default_factory=SchedulerOptions)
     server: ServerOptions = field(default_factory=ServerOptions)
     fusion: FusionOptions = field(default_factory=FusionOptions)
+    speakers: SpeakerOptions = field(default_factory=SpeakerOptions)
 
 
 class ConfigError(ValueError):
@@ -158,7 +179,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] = ()
         apply(config, section, key, value.strip())
     if not config.server.token:
         config.server.token = os.environ.get("UADF_TOKEN", "")
-    for options in (config.streaming, config.fusion):  # re-check what setattr bypassed
+    for options in (config.streaming, config.fusion, config.speakers):  # re-check what setattr bypassed
         try:
             options.__post_init__()
         except ValueError as exc:

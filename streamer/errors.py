@@ -7,12 +7,14 @@ CLOSE_NORMAL = 1000
 CLOSE_UNSUPPORTED = 1003
 CLOSE_POLICY = 1008
 CLOSE_INTERNAL = 1011
+CLOSE_TRY_AGAIN = 1013  # RFC 6455 "Try Again Later": the server cannot serve this now, a retry may succeed
 
 FATAL_CLOSE_CODES: dict[str, int] = {
     "bad_encoding": CLOSE_UNSUPPORTED,
     "bad_sample_rate": CLOSE_UNSUPPORTED,
     "bad_channels": CLOSE_UNSUPPORTED,
     "bad_mode": CLOSE_UNSUPPORTED,
+    "bad_speakers": CLOSE_UNSUPPORTED,
     "busy": CLOSE_POLICY,
     "session_too_long": CLOSE_POLICY,
     "idle_timeout": CLOSE_POLICY,
@@ -21,6 +23,8 @@ FATAL_CLOSE_CODES: dict[str, int] = {
     "unknown_session": CLOSE_POLICY,
     "bad_resume": CLOSE_POLICY,
     "slow_consumer": CLOSE_POLICY,
+    "resume_conflict": CLOSE_POLICY,
+    "storage_unavailable": CLOSE_TRY_AGAIN,
     "storage_failed": CLOSE_INTERNAL,
     "internal": CLOSE_INTERNAL,
 }

@@ -79,6 +79,7 @@ class StreamingProcessor:
         self.last_decode_end = start_time
         self.flushed_until = start_time  # end of the last endpoint window: speech before it is handled
         self.finalize_requested = False
+        self._finalize_at = 0  # the sample count when it was requested: earlier decision points decode as usual
         self.utterance_open = False  # finals were sent since the last endpoint
         self.partial_key: tuple[int, str] = (first_segment, "")
         self.stats = StepStats()
@@ -122,8 +123,12 @@ class StreamingProcessor:
             self.decoder_context.set_meeting(meeting)
 
     def request_finalize(self) -> None:
-        """Commit everything pending at the next request (a client `finalize`, `stop`, or end of file)."""
+        """Commit everything received so far (a client `finalize`, `stop`, or end of file), at the first decision
+        point that holds all of it: a daemon still replaying earlier points decodes those as usual first (a
+        finalize taken at the oldest pending point would close the utterance there and leave the audio after
+        it pending)."""
         self.finalize_requested = True
+        self._finalize_at = self.samples_in
 
     # -- scheduling ----------------------------------------------------------------------------
     def _committed_end(self) -> float:
@@ -133,18 +138,20 @@ class StreamingProcessor:
         """The window due at decision point `at` (default: the end of the audio received), or None."""
         self._clock = self.samples_in if at is None else at
         now = self.vad.time_at(self._clock)  # the end of the VAD frames complete at that point
+        finalizing = self.finalize_requested and self._clock >= self._finalize_at
         pending_from = max(self._committed_end(), self.flushed_until)
         speech_start = self.vad.first_speech_start(pending_from, now)
         if speech_start is None or self.vad.speech_seconds(pending_from, now) < MIN_SPEECH:
-            if self.finalize_requested and self.uncommitted:
+            if finalizing and self.uncommitted:
                 return self._request(now, final=True)
-            self.finalize_requested = False
+            if finalizing:
+                self.finalize_requested = False
             if not self.uncommitted:
                 self._drop_silence(now)
             return None
         speech_end = self.vad.last_speech_end(pending_from, now) or now
         too_long = now - self.buffer_start >= self.options.max_window * 1.5
-        if self.finalize_requested or too_long or now - speech_end >= self.options.endpoint_silence:
+        if finalizing or too_long or now - speech_end >= self.options.endpoint_silence:
             return self._request(now if too_long else min(now, speech_end + FINAL_TAIL), final=True)
         if now - self.last_decode_end >= self.options.step and now - speech_start >= self.options.min_window:
             return self._request(now, final=False, commit=self._may_commit(now, speech_start))
@@ -210,7 +217,7 @@ class StreamingProcessor:
             return []
         events: list[Partial | Final] = []
         if request.final:
-            self.finalize_requested = False
+            self._finalize_done()
             self.flushed_until = request.end
             if new:
                 events.append(self._commit(new, endpoint=True))
@@ -232,6 +239,11 @@ class StreamingProcessor:
             events.append(Partial(segment=self.segment, text=partial, start=start, end=end))
         return events
 
+    def _finalize_done(self) -> None:
+        """An endpoint window was decoded: a pending finalize is done if the window holds the audio it covers."""
+        if self._clock >= self._finalize_at:
+            self.finalize_requested = False
+
     def _speech_ignored(self, request: WindowRequest) -> bool:
         since = max(self._committed_end(), self.flushed_until)
         return self.vad.speech_seconds(since, request.end) >= IGNORED_SPEECH
@@ -239,7 +251,7 @@ class StreamingProcessor:
     def discard(self, request: WindowRequest) -> None:
         """A window whose decode failed: forget it (an endpoint window counts as flushed)."""
         if request.final:
-            self.finalize_requested = False
+            self._finalize_done()
             self.flushed_until = request.end
 
     def _rejected(self, hyp: Hypothesis) -> bool:

@@ -14,6 +14,7 @@ from streamer.errors import StreamError
 
 PROTOCOL_VERSION = 1
 SESSION_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex
+MAX_SPEAKERS = 32  # the most speakers a session may ask to tell apart (`max_speakers`)
 
 
 def valid_session_id(value: object) -> bool:
@@ -33,6 +34,10 @@ class Start:
     keyterms: list[str] = field(default_factory=list)  # the meeting's words to favour (names, products, jargon)
     context: str | None = None  # the meeting's notes (agenda, glossary), for the fusion LLM
     endpoint_silence: float | None = None  # seconds of silence that end an utterance (None: streaming.endpoint_silence)
+    # Speaker labels (None: the daemon's [speakers] settings)
+    diarize: bool | None = None
+    max_speakers: int | None = None
+    speaker_threshold: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -50,6 +55,9 @@ class Start:
             out["keyterms"] = list(self.keyterms)
         if self.context:
             out["context"] = self.context
+        for key in ("diarize", "max_speakers", "speaker_threshold"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
         return out
 
 
@@ -181,10 +189,26 @@ def parse_client_message(text: str) -> ClientMessage:
     if language not in (None, "", "en"):
         raise StreamError("bad_message", f"language {language[:20]!r} is not served (only 'en')")
     keyterms, context = parse_meeting(obj)
+    diarize, max_speakers, threshold = _speaker_fields(obj)
     return Start(
         format=fmt, mode=Mode(mode) if mode else None, session_id=session_id, resume_from=resume_from, language=language,
-        resume_token=resume_token, keyterms=keyterms, context=context or None,
+        resume_token=resume_token, keyterms=keyterms, context=context or None, diarize=diarize, max_speakers=max_speakers,
+        speaker_threshold=threshold,
     )
+
+
+def _speaker_fields(obj: dict) -> tuple[bool | None, int | None, float | None]:
+    """`diarize`, `max_speakers`, `speaker_threshold` of a start; StreamError(bad_speakers) when one is off."""
+    diarize = obj.get("diarize")
+    if diarize is not None and not isinstance(diarize, bool):
+        raise StreamError("bad_speakers", "'diarize' must be true or false")
+    max_speakers = _field(obj, "max_speakers", int, code="bad_speakers")
+    if max_speakers is not None and not 1 <= max_speakers <= MAX_SPEAKERS:
+        raise StreamError("bad_speakers", f"max_speakers must be from 1 to {MAX_SPEAKERS}")
+    threshold = _field(obj, "speaker_threshold", (int, float), code="bad_speakers")
+    if threshold is not None and not 0.0 < threshold < 1.0:  # a cosine similarity; NaN fails too
+        raise StreamError("bad_speakers", "speaker_threshold must be a number between 0 and 1")
+    return diarize, max_speakers, None if threshold is None else float(threshold)
 
 
 # -- server -> client -----------------------------------------------------------------------------
@@ -209,6 +233,10 @@ class Final:
     start: float
     end: float
     endpoint: bool = False
+    # With speaker labels (else left out on the wire): the first word's speaker, and whether its words
+    # change speaker inside (each word has its own `speaker`)
+    speaker: int | None = None
+    speaker_change: bool = False
     words: list[Word] = field(default_factory=list)  # stripped of Whisper's leading space
 
 
@@ -260,7 +288,16 @@ def _round(obj: Any) -> Any:
 
 
 def to_dict(message: ServerMessage) -> dict[str, Any]:
-    return {"type": message.type, **_round(asdict(message))}
+    out = {"type": message.type, **_round(asdict(message))}
+    if isinstance(message, Final):  # speaker fields only where speakers are labelled: otherwise as before them
+        if out["speaker"] is None:
+            del out["speaker"]
+        if not out["speaker_change"]:
+            del out["speaker_change"]
+        for word in out["words"]:
+            if word["speaker"] is None:
+                del word["speaker"]
+    return out
 
 
 def to_json(message: ServerMessage) -> str:
@@ -275,5 +312,7 @@ def final_from_dict(obj: dict[str, Any]) -> Final:
         start=obj["start"],
         end=obj["end"],
         endpoint=obj.get("endpoint", False),
+        speaker=obj.get("speaker"),
+        speaker_change=obj.get("speaker_change", False),
         words=[Word(**w) for w in obj.get("words", [])],
     )

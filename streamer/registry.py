@@ -2,6 +2,14 @@
 
 Transport-agnostic: a connection asks for a session with a `Start` and hands a callback that closes it
 when another connection takes the session over.
+
+With a shared store (Redis, several daemons) exactly one node owns a live session: opening its writer makes
+this node the owner (the store's owner key with a lease, renewed while the session lives; every append is
+fenced by it). A resume of a session live on another node asks that node, through the store, to let it go:
+the old owner flushes it (its pending audio becomes finals in the store) and closes its connection with 1008,
+as a take-over on one node does; only then are the finals read and re-sent. Resumes of one session are
+served one at a time on a node (the second takes the session over from the first); on two nodes at once,
+the second is refused with `resume_conflict`.
 """
 
 from __future__ import annotations
@@ -19,7 +27,7 @@ from streamer.metrics import Metrics
 from streamer.protocol import End, Final, Start
 from streamer.scheduler import DecodeScheduler
 from streamer.session import Session, open_transcript
-from streamer.store import TranscriptStore, secret_matches
+from streamer.store import ResumeConflict, Store, StoreUnavailable, secret_matches
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +42,7 @@ async def drain(session: Session, timeout: float = DRAIN_TIMEOUT, until: Callabl
 
 
 class SessionRegistry:
-    def __init__(self, engine: Engine, scheduler: DecodeScheduler, store: TranscriptStore, options: ServerOptions, metrics: Metrics):
+    def __init__(self, engine: Engine, scheduler: DecodeScheduler, store: Store, options: ServerOptions, metrics: Metrics):
         self.engine = engine
         self.scheduler = scheduler
         self.store = store
@@ -50,6 +58,11 @@ class SessionRegistry:
 
     def __len__(self) -> int:
         return len(self.sessions)
+
+    @property
+    def reserved(self) -> int:
+        """Slots held by sessions being opened."""
+        return self._reserved
 
     def _check_room(self) -> None:
         if len(self.sessions) + self._reserved >= self.options.max_sessions:
@@ -67,7 +80,7 @@ class SessionRegistry:
         session_id = start.session_id
         if not session_id:
             self._check_room()
-            session = await self._register(Session.new_id(), start, Session.new_secret(), RateLimits(self.options), None, None, close_connection)
+            session, _ = await self._register(Session.new_id(), start, Session.new_secret(), RateLimits(self.options), close_connection)
             return session, []
         lock, holders = self._opening.setdefault(session_id, (asyncio.Lock(), [0]))
         holders[0] += 1
@@ -80,45 +93,57 @@ class SessionRegistry:
                 del self._opening[session_id]
 
     async def _resume(self, session_id: str, start: Start, close_connection) -> tuple[Session, list[Final]]:
-        # the same answer for an unknown id and a wrong secret: no oracle for which ids exist
-        if not self.store.exists(session_id) or not secret_matches(start.resume_token, self.store.secret(session_id)):
-            raise StreamError("unknown_session", "no such session to resume (or not its resume_token)", fatal=True)
-        known = len(self.store.read(session_id))
-        if start.resume_from > known:
-            raise StreamError("bad_resume", f"resume_from {start.resume_from} is past the {known} finals of this session", fatal=True)
-        old = self.sessions.get(session_id)
-        limits = old.limits if old is not None else self._limits.pop(session_id, None) or RateLimits(self.options)
-        if old is not None:  # the client reconnected before we noticed it left: the new connection wins
-            await self._take_over(old)
-        else:
-            self._check_room()
-        previous = self.store.read(session_id)
-        session = await self._register(
-            session_id, start, start.resume_token, limits, previous, self.store.stream_end(session_id), close_connection
-        )
+        try:
+            # the same answer for an unknown id and a wrong secret: no oracle for which ids exist
+            if not await self.store.exists(session_id) or not secret_matches(start.resume_token, await self.store.secret(session_id)):
+                raise StreamError("unknown_session", "no such session to resume (or not its resume_token)", fatal=True)
+            async with self.store.resuming(session_id):
+                known = len(await self.store.read(session_id))
+                if start.resume_from > known:
+                    raise StreamError("bad_resume", f"resume_from {start.resume_from} is past the {known} finals of this session", fatal=True)
+                old = self.sessions.get(session_id)
+                limits = old.limits if old is not None else self._limits.pop(session_id, None) or RateLimits(self.options)
+                if old is not None:  # the client reconnected before we noticed it left: the new connection wins
+                    await self._take_over(old)
+                else:
+                    self._check_room()
+                session, previous = await self._register(session_id, start, start.resume_token, limits, close_connection, known)
+        except ResumeConflict:
+            raise StreamError("resume_conflict", "another connection is resuming this session right now", fatal=True) from None
+        except StoreUnavailable:
+            raise StreamError("storage_unavailable", "the transcript store is unavailable; try again later", fatal=True) from None
         return session, previous[start.resume_from :]
 
-    async def _register(self, session_id, start, secret, limits, previous, resume_at, close_connection) -> Session:
-        """Open the transcript (its slot reserved meanwhile) and make the session live. `previous` None: a new one."""
+    async def _register(self, session_id, start, secret, limits, close_connection, known: int | None = None) -> tuple[Session, list[Final]]:
+        """Open the transcript (its slot reserved meanwhile; with a shared store this node becomes the owner,
+        after a live owner elsewhere has flushed) and make the session live, with the finals stored before it.
+        `known`: a resume's count of finals when it came (None: a new session)."""
+        resumed = known is not None
         self._reserved += 1
         try:
-            writer = await open_transcript(self.store, session_id, start, len(previous or ()), secret if previous is None else None)
+            writer = await open_transcript(self.store, session_id, start, known or 0, None if resumed else secret)
         finally:
             self._reserved -= 1
+        try:
+            previous = await self.store.read(session_id) if resumed else None
+            resume_at = await self.store.stream_end(session_id) if resumed else None
+        except BaseException:
+            await writer.close()
+            raise
         try:
             session = Session(
                 session_id, start, self.engine, self.scheduler, writer, self.options, self.metrics, limits, secret, previous or (),
                 resume_at,
             )
         except BaseException:
-            writer.close()
+            await writer.close()
             raise
         self.sessions[session.id] = session
         self._closers[session.id] = close_connection
         self.metrics.sessions_total.inc()
         self.metrics.sessions.set(len(self.sessions))
         log.info("session %s %s (%s)", session.id, "resumed" if previous is not None else "started", session.mode)
-        return session
+        return session, previous or []
 
     async def _take_over(self, old: Session) -> None:
         """A resume of a session that is still live: finish the old one (its audio becomes finals on disk)
@@ -129,6 +154,14 @@ class SessionRegistry:
             task = asyncio.create_task(closer())
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+
+    async def release(self, session_id: str) -> None:
+        """The store asks this node to let a live session go (it is being resumed on another node, or this node
+        lost its lease): the session is flushed into the store and its connection closed, as in a take-over."""
+        session = self.sessions.get(session_id)
+        if session is not None:
+            log.info("session %s: handed over to another node", session_id)
+            await self._take_over(session)
 
     async def end(self, session: Session) -> None:
         """Connection gone (or taken over): pending audio still becomes finals on disk, the transcript file is

@@ -24,7 +24,8 @@ from streamer.limits import RateLimits
 from streamer.metrics import Metrics
 from streamer.protocol import Error, Final, Partial, Ready, ServerMessage, Start
 from streamer.scheduler import DecodeScheduler
-from streamer.store import TranscriptStore, TranscriptWriter
+from streamer.speaker_labels import open_speakers
+from streamer.store import Store, StoreUnavailable, Writer
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +79,17 @@ class Outbox:
         return len(self._items) + self.sending
 
 
-async def open_transcript(store: TranscriptStore, session_id: str, start: Start, finals: int, secret: str | None) -> TranscriptWriter:
-    """A session's transcript writer, opened off the event loop (creating a file fsyncs its folder);
-    `secret`: a new session's resume secret, stored as a hash. A file that cannot be written: storage_failed."""
+async def open_transcript(store: Store, session_id: str, start: Start, finals: int, secret: str | None) -> Writer:
+    """A session's transcript writer (with a shared store, this node becomes the session's owner); `secret`: a
+    new session's resume secret, stored as a hash. A store that is down: storage_unavailable; a file that
+    cannot be written: storage_failed."""
     fields = {k: v for k, v in start.to_dict().items() if k != "resume_token"}  # the secret is stored hashed only
     info = {"mode": fields.pop("mode", None), "format": fields, "resumed_at": finals}
     try:
-        return await asyncio.to_thread(store.open, session_id, info, secret)
+        return await store.open(session_id, info, secret)
+    except StoreUnavailable as exc:
+        log.error("session %s: transcript store unavailable: %s", session_id, exc)
+        raise StreamError("storage_unavailable", "the transcript store is unavailable; try again later", fatal=True) from None
     except OSError as exc:
         log.error("session %s: transcript not writable: %s", session_id, exc)
         raise StreamError("storage_failed", "the transcript cannot be written on the server", fatal=True) from None
@@ -97,7 +102,7 @@ class Session:
         start: Start,
         engine: Engine,
         scheduler: DecodeScheduler,
-        writer: TranscriptWriter,
+        writer: Writer,
         options: ServerOptions,
         metrics: Metrics,
         limits: RateLimits,
@@ -123,6 +128,8 @@ class Session:
             meeting=MeetingContext(tuple(start.keyterms or ()), start.context or ""), endpoint_silence=start.endpoint_silence,
         )
         self.finals = len(previous)
+        # speaker labels (None unless the session asks): the same audio as the processor, each final labelled before it is stored
+        self.speakers = open_speakers(session_id, start, engine.config.speakers, self.start_time, previous)
         self.outbox = Outbox(options.send_queue, metrics)
         self.audio_seconds = 0.0  # received on this connection; the session's total is start_time + this
         self.decoded_at = self.start_time  # stream time when the last hypothesis came back
@@ -169,6 +176,8 @@ class Session:
         self.audio_seconds += seconds
         self.metrics.audio_seconds.inc(seconds)
         self.processor.insert_audio(audio)
+        if self.speakers is not None:
+            self.speakers.accept(audio)
         self._wake.set()
 
     def finalize(self) -> None:
@@ -193,8 +202,10 @@ class Session:
 
     async def _emit(self, event: Partial | Final) -> None:
         if isinstance(event, Final):
-            try:  # on disk before it is sent; off the event loop, which an fsync would stall
-                await asyncio.to_thread(self.writer.append, event)
+            if self.speakers is not None:  # on the speaker stage's thread; the audio up to where the processor is
+                event = await self.speakers.label(event, self.processor.stream_time)
+            try:  # stored before it is sent (file appends run off the event loop, which an fsync would stall)
+                await self.writer.append(event)
             except OSError as exc:  # a full disk: this final and all after it are never sent
                 log.error("session %s: transcript write failed: %s", self.id, exc)
                 raise StreamError("storage_failed", "the transcript could not be written on the server; the session ends", fatal=True) from None
@@ -240,6 +251,8 @@ class Session:
             raise StreamError("session_too_long", f"session exceeds {self.options.max_session_seconds:.0f} s of audio", fatal=True)
         self.audio_seconds += seconds
         self.metrics.audio_seconds.inc(seconds)
+        if self.speakers is not None:  # all of it at once: each final is labelled with the audio up to the processor's time
+            self.speakers.accept(audio)
         await self._drive(lambda: self.driver.feed(audio, stopped=lambda: self.closed or self.stopping or stopped()))
         await self.flush()
         if self.failure.done():
@@ -252,6 +265,8 @@ class Session:
         tail = self.converter.flush()
         if len(tail):
             self.processor.insert_audio(tail)
+            if self.speakers is not None:
+                self.speakers.accept(tail)
         await self._drive(self.driver.flush)
 
     def send_error(self, error: StreamError) -> None:
@@ -264,4 +279,6 @@ class Session:
         self.closed = True
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
-        self.writer.close(stream_time=self.start_time + self.audio_seconds)
+        await self.writer.close(stream_time=self.start_time + self.audio_seconds)
+        if self.speakers is not None:
+            self.speakers.close()

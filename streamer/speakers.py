@@ -1,21 +1,22 @@
 """Who is speaking: speaker embeddings of committed speech, clustered online per session.
 
 The stage runs after a final is committed, on the audio around its words; the decoder never waits for it. One
-`SpeakerEncoder` is loaded per daemon and shared; each session gets an `OnlineDiarizer`. A label, once given,
-is never changed: later speech only moves the speakers' centroids, which decides where new speech goes.
+`SpeakerEncoder` is loaded per daemon and shared (streamer/ge2e.py, the only part that needs torch); each session
+gets an `OnlineDiarizer`. A label, once given, is never changed: later speech only moves the speakers'
+centroids, which decides where new speech goes. streamer/speaker_labels.py runs it for the daemon's sessions.
 """
 
 from __future__ import annotations
 
+import collections
 import importlib.util
+import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
-import torch
-from faster_whisper.feature_extractor import FeatureExtractor
 
 from streamer.audio import SAMPLE_RATE
 
@@ -33,7 +34,7 @@ def voiced(audio: np.ndarray) -> np.ndarray:
 
 
 class Timed(Protocol):
-    """A word with stream times (`asr_backend.Word`, `protocol.WordInfo`)."""
+    """A word with stream times (`core.types.Word`)."""
 
     start: float
     end: float
@@ -47,7 +48,7 @@ class SpeakerEncoder(Protocol):
     def embed(self, pieces: Sequence[np.ndarray]) -> np.ndarray: ...
 
 
-def _resemblyzer_weights() -> Path:
+def resemblyzer_weights() -> Path:
     """`pretrained.pt` inside the installed `resemblyzer` wheel, found without importing the package.
 
     Importing `resemblyzer` pulls librosa, webrtcvad and scipy.ndimage for its file loading, resampling and
@@ -59,74 +60,6 @@ def _resemblyzer_weights() -> Path:
     if not path.exists():
         raise RuntimeError(f"resemblyzer's weights are missing: {path}")
     return path
-
-
-class _Ge2eNetwork(torch.nn.Module):
-    """Resemblyzer's `VoiceEncoder` network (GE2E d-vector): 40 mel bands -> 256-d, L2-normalised."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.lstm = torch.nn.LSTM(40, 256, 3, batch_first=True)
-        self.linear = torch.nn.Linear(256, 256)
-
-    def forward(self, mels: torch.Tensor) -> torch.Tensor:
-        _, (hidden, _) = self.lstm(mels)
-        raw = torch.relu(self.linear(hidden[-1]))
-        return raw / raw.norm(dim=1, keepdim=True).clamp_min(1e-9)
-
-
-class Ge2eEncoder:
-    """Resemblyzer's GE2E speaker encoder with its own front end, as `VoiceEncoder.embed_utterance` runs it.
-
-    Front end: pauses cut out (`voiced`), volume raised to -30 dBFS (never lowered), linear (not log) 40-band mel power spectrogram with
-    25 ms Hann windows every 10 ms, reflect-padded (librosa's melspectrogram of the version the model was trained
-    with; the slaney filterbank comes from faster-whisper, which computes librosa's). A piece is cut into 1.6 s
-    partials every 0.8 s; their embeddings are averaged. A piece shorter than one partial runs as it is."""
-
-    dim = 256
-    PARTIAL = 160  # frames (1.6 s), the length the model was trained on
-    STEP = 80
-    TARGET_DBFS = -30.0
-
-    def __init__(self) -> None:
-        self.network = _Ge2eNetwork()
-        state = torch.load(_resemblyzer_weights(), map_location="cpu", weights_only=True)["model_state"]
-        self.network.load_state_dict(state, strict=False)  # the checkpoint also holds GE2E's training scale/bias
-        self.network.eval()
-        self._filters = torch.from_numpy(FeatureExtractor.get_mel_filters(SAMPLE_RATE, 400, 40).astype(np.float32))
-        self._window = torch.hann_window(400)
-        self._lock = threading.Lock()  # one forward pass at a time: sessions share the model
-
-    def mel(self, audio: np.ndarray) -> torch.Tensor:
-        n = len(audio) // FRAME
-        audio = audio[: n * FRAME].reshape(n, FRAME)[voiced(audio)].reshape(-1)  # pauses out
-        rms = float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) if len(audio) else 0.0
-        gain = max(float(10 ** ((self.TARGET_DBFS - 20 * np.log10(max(rms, 1e-9))) / 20)), 1.0)
-        wav = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)) * gain
-        if len(wav) < 400:  # reflect padding needs half a window of audio
-            wav = torch.nn.functional.pad(wav, (0, 400 - len(wav)))
-        spec = torch.stft(wav, 400, 160, window=self._window, center=True, pad_mode="reflect", return_complex=True)
-        return (self._filters @ spec.abs().square()).T  # frames x 40
-
-    def embed(self, pieces: Sequence[np.ndarray]) -> np.ndarray:
-        full: list[torch.Tensor] = []
-        owners: list[int] = []
-        short: list[tuple[int, torch.Tensor]] = []
-        for i, piece in enumerate(pieces):
-            mel = self.mel(piece)
-            if len(mel) < self.PARTIAL:
-                short.append((i, mel))
-                continue
-            for s in range(0, len(mel) - self.PARTIAL + 1, self.STEP):
-                full.append(mel[s : s + self.PARTIAL])
-                owners.append(i)
-        sums = torch.zeros(len(pieces), self.dim)
-        with self._lock, torch.inference_mode():
-            if full:
-                sums.index_add_(0, torch.tensor(owners), self.network(torch.stack(full)))
-            for i, mel in short:
-                sums[i] = self.network(mel[None])[0]
-        return torch.nn.functional.normalize(sums, dim=1).numpy()
 
 
 @dataclass
@@ -157,42 +90,65 @@ class _Speaker:
 
 
 class OnlineDiarizer:
-    """One session's speakers: labels the words of each final with 0, 1, ... in order of first appearance.
+    """One session's speakers: labels the words of each final with 0, 1, ... in order of first appearance
+    (`first_label`, 1, ...: a session resumed after a daemon restart does not reuse the labels it had).
 
     Feed it the session's 16 kHz audio as it arrives (`accept`) and call `label` with each final's words.
     Finals are short in agreement mode (often one word), so a piece is judged by `context` seconds of audio
     around it: back to the start of its run of speech (never across a pause, where the speaker may change)
     and `lookahead` ahead. A run keeps its speaker while the audio still matches it, even if another matches
-    better; otherwise the best match at `threshold` or above, else a new speaker."""
+    better; otherwise the best match at `threshold` or above, else a new speaker.
 
-    def __init__(self, encoder: SpeakerEncoder, options: DiarizerOptions | None = None, start_time: float = 0.0):
+    `accept` may run on another thread than `label` (the daemon's event loop and its speaker worker): the audio
+    is kept as the chunks it came in, never copied or changed in place, behind a lock. One `label` at a time."""
+
+    def __init__(self, encoder: SpeakerEncoder, options: DiarizerOptions | None = None, start_time: float = 0.0, first_label: int = 0):
         self.encoder = encoder
         self.options = options or DiarizerOptions()
+        self.first_label = first_label
         self.speakers: list[_Speaker] = []
-        self._audio = np.zeros(0, np.float32)
-        self._audio_start = start_time  # stream time of _audio[0]
+        self._chunks: collections.deque[tuple[int, np.ndarray]] = collections.deque()  # (first sample, audio)
+        self._origin = start_time  # stream time of sample 0
+        self._samples = 0  # samples received since the origin
+        self._lock = threading.Lock()
         self._last_end: float | None = None  # end of the last labelled word
         self._run_start = start_time
         self._run_speaker: int | None = None
         self._checked_until = start_time  # end of the last piece that was embedded
 
     def accept(self, audio: np.ndarray) -> None:
-        """Stream audio in order, 16 kHz mono float32; the last `history` seconds are kept."""
-        self._audio = np.concatenate([self._audio, audio.astype(np.float32, copy=False)])
-        keep = int(self.options.history * SAMPLE_RATE)
-        if len(self._audio) > 2 * keep:
-            self._audio_start += (len(self._audio) - keep) / SAMPLE_RATE
-            self._audio = self._audio[-keep:]
+        """Stream audio in order, 16 kHz mono float32 (kept, not copied: never change it afterwards); at least
+        the last `history` seconds are kept."""
+        audio = np.asarray(audio, dtype=np.float32)
+        with self._lock:
+            self._chunks.append((self._samples, audio))
+            self._samples += len(audio)
+            keep_from = self._samples - int(self.options.history * SAMPLE_RATE)
+            while len(self._chunks) > 1 and self._chunks[0][0] + len(self._chunks[0][1]) <= keep_from:
+                self._chunks.popleft()
+
+    def restart_audio(self, start_time: float) -> None:
+        """The stream goes on at `start_time` (a resumed session): the audio kept so far is dropped, the speakers stay."""
+        with self._lock:
+            self._chunks.clear()
+            self._origin, self._samples = start_time, 0
 
     @property
     def audio_end(self) -> float:
-        return self._audio_start + len(self._audio) / SAMPLE_RATE
+        return self._origin + self._samples / SAMPLE_RATE
 
-    def label(self, words: Sequence[Timed]) -> list[int]:
-        """Speaker of each word of one final, in commit order; labels given are never revised."""
+    def label(self, words: Sequence[Timed], until: float | None = None) -> list[int]:
+        """Speaker of each word of one final, in commit order; labels given are never revised. `until`: the
+        stream time the session's audio had reached at the final (audio accepted beyond it is not used)."""
         if not words:
             return []
         o = self.options
+        with self._lock:  # the audio as it stands: the chunks are never changed, the deque may be
+            chunks, origin = list(self._chunks), self._origin
+            end = self.audio_end
+        if until is not None:
+            end = min(end, until)
+        first = origin + chunks[0][0] / SAMPLE_RATE if chunks else end
         spans = self.pieces(words)
         plans: list[tuple[int, int, bool, np.ndarray | None]] = []  # word range, starts a run, context audio
         last_end, run_start, checked = self._last_end, self._run_start, self._checked_until
@@ -203,9 +159,9 @@ class OnlineDiarizer:
                 run_start = ps
             clip = None
             if new_run or pe - checked >= o.recheck:
-                hi = min(self.audio_end, pe + o.lookahead)
-                lo = max(run_start, self._audio_start, min(ps, hi - o.context))
-                clip = self._clip(lo, max(hi, lo + 0.01))
+                hi = min(end, pe + o.lookahead)
+                lo = max(run_start, first, min(ps, hi - o.context))
+                clip = _clip(chunks, origin, lo, max(hi, lo + 0.01))
                 checked = pe
             plans.append((a, b, new_run, clip))
             last_end = pe
@@ -224,13 +180,8 @@ class OnlineDiarizer:
                 self._checked_until = words[b - 1].end
             self._run_speaker = speaker
             self._last_end = words[b - 1].end
-            labels.extend([speaker] * (b - a))
+            labels.extend([self.first_label + speaker] * (b - a))
         return labels
-
-    def _clip(self, lo: float, hi: float) -> np.ndarray:
-        i = max(int((lo - self._audio_start) * SAMPLE_RATE), 0)
-        j = max(int(np.ceil((hi - self._audio_start) * SAMPLE_RATE)), i)
-        return self._audio[i:j]
 
     def pieces(self, words: Sequence[Timed]) -> list[tuple[int, int]]:
         """Word index ranges [a, b): cut at pauses >= `pause`, then evenly into pieces of about `context` s
@@ -278,3 +229,11 @@ class OnlineDiarizer:
     def _new(self, embedding: np.ndarray, seconds: float) -> int:
         self.speakers.append(_Speaker(embedding * max(seconds, 1e-3), seconds))
         return len(self.speakers) - 1
+
+
+def _clip(chunks: Sequence[tuple[int, np.ndarray]], origin: float, lo: float, hi: float) -> np.ndarray:
+    """Stream time [lo, hi) from audio kept as (first sample, samples) chunks whose sample 0 is at `origin`."""
+    i = max(int((lo - origin) * SAMPLE_RATE), 0)
+    j = max(math.ceil((hi - origin) * SAMPLE_RATE), i)
+    parts = [audio[max(i - s, 0) : j - s] for s, audio in chunks if s < j and s + len(audio) > i]
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)

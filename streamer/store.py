@@ -1,23 +1,67 @@
 """Per-session transcripts: every final is written (and fsynced, server.fsync) before it is sent.
 
-The daemon uses a store only through `open` (a writer with `append` and `close`), `read`, `exists`,
-`stream_end` and `secret`, so that another backend (a shared one, for several daemons) can replace
-these files. Files are JSON lines, 0600 in a 0700 folder: one `session` line at each (re)start (the first
-holds the hash of the session's resume secret), the finals as sent, a `closed` line when a connection ends.
+The daemon uses a store only through the async `Store` interface: `open` (a writer with `append` and
+`close`), `read`, `exists`, `stream_end`, `secret`, and for several daemons sharing one store `resuming`
+(one resume of a session at a time, cluster-wide) and `start` (take-over requests from other nodes).
+`FileStore` serves it from local files (one daemon; `server.store = "file"`), `redis_store.RedisStore` from
+Redis (`server.store = "redis://..."`, any node can resume). Files are JSON lines, 0600 in a 0700 folder: one
+`session` line at each (re)start (the first holds the hash of the session's resume secret), the finals as
+sent, a `closed` line when a connection ends.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import os
 import threading
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import AsyncIterator, Awaitable, Callable, Iterator, Protocol
 
 from streamer.protocol import Final, final_from_dict, to_dict
+
+Release = Callable[[str], Awaitable[None]]  # asked by the store to end a live session (another node takes it over)
+
+
+class StoreUnavailable(OSError):
+    """The store cannot be reached now (a shared store that is down): try again later."""
+
+
+class ResumeConflict(Exception):
+    """Another connection (on another node) is resuming this session right now."""
+
+
+class Writer(Protocol):
+    async def append(self, final: Final) -> None:
+        """Stored (and acknowledged by the store) when this returns; OSError when it could not be."""
+
+    async def close(self, stream_time: float | None = None) -> None:
+        """`stream_time`: where this connection's audio ended, so a resume continues the clock. Never raises."""
+
+
+class Store(Protocol):
+    async def exists(self, session_id: str) -> bool: ...
+
+    async def secret(self, session_id: str) -> str | None: ...
+
+    async def read(self, session_id: str) -> list[Final]: ...
+
+    async def stream_end(self, session_id: str) -> float | None: ...
+
+    async def open(self, session_id: str, info: dict, secret: str | None = None) -> Writer:
+        """The session's writer; with a shared store this makes this node the session's one owner."""
+
+    def resuming(self, session_id: str):
+        """Async context around a resume: ResumeConflict when one is under way on another node."""
+
+    async def start(self, release: Release) -> None:
+        """Serve the store's background work (leases, take-over requests); `release(id)` ends a live session."""
+
+    async def stop(self) -> None: ...
 
 
 def secret_digest(secret: str) -> str:
@@ -139,3 +183,49 @@ class TranscriptWriter:
                     pass
             os.close(self._fd)
             self._fd = None
+
+
+class FileStore:
+    """The `Store` on local files (TranscriptStore), their I/O on worker threads. One daemon: ownership of a
+    live session is the registry's alone, so there is nothing to claim, lease or release."""
+
+    def __init__(self, data_dir: str | os.PathLike, fsync: bool = True):
+        self.files = TranscriptStore(data_dir, fsync)
+
+    async def exists(self, session_id: str) -> bool:
+        return await asyncio.to_thread(self.files.exists, session_id)
+
+    async def secret(self, session_id: str) -> str | None:
+        return await asyncio.to_thread(self.files.secret, session_id)
+
+    async def read(self, session_id: str) -> list[Final]:
+        return await asyncio.to_thread(self.files.read, session_id)
+
+    async def stream_end(self, session_id: str) -> float | None:
+        return await asyncio.to_thread(self.files.stream_end, session_id)
+
+    async def open(self, session_id: str, info: dict, secret: str | None = None) -> "FileWriter":
+        return FileWriter(await asyncio.to_thread(self.files.open, session_id, info, secret))
+
+    @asynccontextmanager
+    async def resuming(self, session_id: str) -> AsyncIterator[None]:
+        yield
+
+    async def start(self, release: Release) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
+
+
+class FileWriter:
+    """A TranscriptWriter's appends and close off the event loop (an fsync can take tens of milliseconds)."""
+
+    def __init__(self, writer: TranscriptWriter):
+        self.writer = writer
+
+    async def append(self, final: Final) -> None:
+        await asyncio.to_thread(self.writer.append, final)
+
+    async def close(self, stream_time: float | None = None) -> None:
+        await asyncio.to_thread(self.writer.close, stream_time)

@@ -138,7 +138,8 @@ class Transcriptions:
             raise ot.APIError(400, f"Invalid file: {exc}", param="file", code="invalid_value") from None
 
     async def _open(self, req: ot.TranscriptionRequest) -> Session:
-        start = Start(format=UPLOAD_FORMAT, mode=req.mode, language=req.language, keyterms=req.keyterms, context=req.prompt)
+        start = Start(format=UPLOAD_FORMAT, mode=req.mode, language=req.language, keyterms=req.keyterms, context=req.prompt,
+                      diarize=True if req.diarize else None)  # else the daemon's [speakers] setting
         try:
             session, _ = await self.registry.open(start, _never_taken_over)
         except StreamError as exc:
@@ -146,7 +147,10 @@ class Transcriptions:
                 raise ot.busy(RETRY_AFTER) from None
             if exc.code == "bad_mode":
                 raise ot.APIError(400, exc.message, param="model", code="model_not_found") from None
-            raise ot.APIError(500, exc.message, code=exc.code) from None
+            if exc.code == "bad_speakers":
+                raise ot.APIError(400, exc.message, param="response_format", code="unsupported_value") from None
+            status = 503 if exc.code == "storage_unavailable" else 500  # a shared store that is down: try again later
+            raise ot.APIError(status, exc.message, code=exc.code) from None
         return session
 
     async def _run(

@@ -562,3 +562,80 @@ def test_the_right_token_is_used_for_the_session_and_its_resume(token_daemon, pa
     page.wait_for_function("() => window.captions.state === 'live'", timeout=30000)
     assert page.evaluate("window.captions.sessionId") == session
     _stop(page)
+
+
+# -- speaker labels on the page, against a scripted server ----------------------------------------------
+def _labelled(segment: int, start: float, spoken: str, speakers: list[int], endpoint: bool) -> dict:
+    words = [{"word": w, "start": start + 0.3 * i, "end": start + 0.3 * i + 0.25, "probability": 0.9, "fused": False,
+              "speaker": k} for i, (w, k) in enumerate(zip(spoken.split(), speakers))]
+    final = {"type": "final", "segment": segment, "text": spoken, "start": words[0]["start"], "end": words[-1]["end"],
+             "endpoint": endpoint, "speaker": speakers[0], "words": words}
+    return {**final, "speaker_change": True} if len(set(speakers)) > 1 else final
+
+
+SPEAKER_FINALS = [
+    _labelled(0, 0.5, "Good morning, everyone.", [0, 0, 0], True),
+    _labelled(1, 2.0, "Thanks, Anna. Shall we", [1, 1, 1, 1], False),
+    _labelled(2, 3.2, "start? Yes, the budget first.", [1, 0, 0, 0, 0], True),  # the speaker changes inside
+    _labelled(3, 5.5, "Agreed.", [2], True),
+]
+
+
+class SpeakerServer(ScriptedServer):
+    """Answers a start with ready, the four labelled finals once audio flows, and `end` on stop."""
+
+    async def _listen(self, request):
+        from aiohttp import WSMsgType, web
+
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        start = json.loads((await ws.receive()).data)
+        self.starts.append(start)
+        await ws.send_json({"type": "ready", "session_id": "spk-1", "protocol": 1, "sample_rate": 16000, "mode": "asr",
+                            "model": "scripted", "resumed": False, "stream_time": 0.0})
+        await self._audio(ws, 0.3, start.get("sample_rate", 16000))
+        for final in SPEAKER_FINALS:
+            await ws.send_json(final)
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT and json.loads(msg.data).get("type") == "stop":
+                await ws.send_json({"type": "end", "session_id": "spk-1", "finals": 4, "audio_seconds": 6.0})
+                await ws.close(code=1000)
+                break
+        return ws
+
+
+def test_page_shows_a_label_and_a_colour_per_speaker(page, record_property):
+    OUT_DIR.mkdir(exist_ok=True)
+    with SpeakerServer() as server:
+        page.goto(f"{server.http_url}/?mode=asr&speakers=1")
+        page.wait_for_function("() => window.captions && window.captions.state === 'idle'", timeout=15000)
+        assert page.get_attribute("#speakers", "aria-pressed") == "true"
+        page.click("#start")
+        page.wait_for_function("() => window.captions.finals.length === 4", timeout=30000)
+        assert server.starts[0]["diarize"] is True
+
+        lines = page.locator("#captions p.line")
+        assert lines.all_inner_texts() == [
+            "Speaker 1 Good morning, everyone.", "Speaker 2 Thanks, Anna. Shall we start?", "Speaker 1 Yes, the budget first.",
+            "Speaker 3 Agreed.",
+        ]
+        assert page.locator("#captions .final").count() == 4 and page.locator("#captions .final-part").count() == 1
+        edge = [lines.nth(i).evaluate("e => getComputedStyle(e).borderLeftColor") for i in range(4)]
+        label = [page.locator("#captions .who").nth(i).evaluate("e => getComputedStyle(e).backgroundColor") for i in range(4)]
+        assert edge[0] == edge[2] == label[0] == label[2] and len({edge[0], edge[1], edge[3]}) == 3, edge
+        shot = OUT_DIR / "browser-speakers.png"
+        page.screenshot(path=str(shot))
+        record_property("screenshot_speakers", str(shot))
+
+        page.click("#stop")
+        page.wait_for_function("() => window.captions.state === 'stopped'", timeout=15000)
+        assert page.evaluate("window.captions.txt()") == (
+            "Speaker 1: Good morning, everyone.\nSpeaker 2: Thanks, Anna. Shall we start?\n"
+            "Speaker 1: Yes, the budget first.\nSpeaker 3: Agreed.\n"
+        )
+        vtt = page.evaluate("window.captions.vtt()")
+        assert "<v Speaker 2>Thanks, Anna. Shall we start?\n" in vtt and "<v Speaker 3>Agreed.\n" in vtt
+        assert "\nSpeaker 1: Yes, the budget first.\n" in page.evaluate("window.captions.srt()")
+        assert [f["speaker"] for f in page.evaluate("window.captions.finals")] == [0, 1, 1, 2]
+        assert not server.problems, server.problems
+        assert not [e for e in page.errors if "favicon" not in e], page.errors

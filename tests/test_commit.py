@@ -1,7 +1,7 @@
 """Commit policy: pure logic, no model."""
 
 from core.types import Mode, Word
-from streamer.commit import POLICIES, EndpointOnly, LocalAgreement, Lookahead, common_prefix, make_policy, normalize, strip_committed
+from streamer.commit import POLICIES, AgreementOrLookahead, EndpointOnly, LocalAgreement, Lookahead, common_prefix, make_policy, normalize, strip_committed
 from streamer.config import StreamingOptions
 
 
@@ -73,8 +73,8 @@ def test_commit_stops_short_of_the_window_end():
 
 
 def test_policies_by_name_and_mode():
-    assert isinstance(make_policy(StreamingOptions(commit="auto"), Mode.ASR), LocalAgreement)
-    assert isinstance(make_policy(StreamingOptions(commit="auto"), Mode.UADF), EndpointOnly)
+    assert isinstance(make_policy(StreamingOptions(), Mode.ASR), AgreementOrLookahead)  # one default in every mode
+    assert isinstance(make_policy(StreamingOptions(), Mode.UADF), AgreementOrLookahead)
     assert isinstance(make_policy(StreamingOptions(commit="agreement"), Mode.UADF), LocalAgreement)
     endpoint = make_policy(StreamingOptions(commit="endpoint"), Mode.ASR)
     assert endpoint.update(words("one two three"), 10.0) == [] and not endpoint.commit_window(10.0, 0.0)

@@ -99,7 +99,7 @@ def wav(seconds: float) -> bytes:
         ({}, ("a.mp3", b"not audio at all" * 100), openai.BadRequestError, "Invalid file"),
         ({}, ("big.wav", b"\0" * 1_200_000), openai.APIStatusError, "larger than the limit of 1000000 bytes"),  # limit set by the fixture
         ({}, ("long.flac", wav(25.0)), openai.BadRequestError, "longer than the limit of 20 s"),
-        ({"response_format": "diarized_json"}, ("a.wav", wav(1.0)), openai.BadRequestError, "response_format"),
+        ({"response_format": "diarized_xml"}, ("a.wav", wav(1.0)), openai.BadRequestError, "response_format"),
         ({"model": "uadf"}, ("a.wav", wav(1.0)), openai.BadRequestError, "needs an LLM"),  # no LLM on this daemon
         ({"language": "de"}, ("a.wav", wav(1.0)), openai.BadRequestError, "only English"),
     ],

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from conftest import manifest, wer
 from streamer.audio import SAMPLE_RATE, load_audio
@@ -27,10 +28,11 @@ def test_transcribe_command_prints_finals():
     assert "RTF" in out.stderr
 
 
-def test_long_stream_keeps_the_window_bounded(engine):
-    """Minutes of speech: every decoded window stays within the trim bound, and the text keeps coming."""
+@pytest.fixture(scope="module")
+def long_run(engine):
+    """Minutes of continuous read speech (speech-long/dev-concat) through the default asr pipeline, once for
+    the tests below: its result, the processor, and the length of every window decoded."""
     entry = next(e for e in manifest("speech-long") if e["id"] == "dev-concat")
-    audio = load_audio(entry["path"])
     processor = engine.new_processor("asr")
     windows: list[float] = []
     original = engine.transcribe
@@ -41,13 +43,34 @@ def test_long_stream_keeps_the_window_bounded(engine):
 
     engine.transcribe = spy
     try:
-        result = run_stream(engine, processor, audio)
+        result = run_stream(engine, processor, load_audio(entry["path"]))
     finally:
         del engine.transcribe
+    return entry, processor, windows, result
+
+
+def test_long_stream_keeps_the_window_bounded(engine, long_run):
+    """Minutes of speech: every decoded window stays within the trim bound, and the text keeps coming."""
+    entry, processor, windows, result = long_run
     limit = engine.config.streaming.max_window * 1.5 + engine.config.streaming.step + 0.5
     assert max(windows) <= limit, max(windows)
     assert wer([entry["text"]], [result.text]) < 0.2
     assert len(processor.buffer) / SAMPLE_RATE <= limit
+
+
+def test_default_policy_bounds_every_word_and_never_revises(engine, long_run):
+    """The default commit policy on minutes of continuous speech (stream time, not wall time): every word is
+    final within max(commit_delay, commit_after) + one step of its end, pause or not; finals are numbered
+    without gaps and their words are never emitted again (the transcript is the finals joined)."""
+    _, _, _, result = long_run
+    options = engine.config.streaming
+    bound = max(options.commit_delay, options.commit_after) + options.step + 0.1
+    assert result.word_waits and max(result.word_waits) <= bound, sorted(result.word_waits)[-5:]
+    assert [f.segment for f in result.finals] == list(range(len(result.finals)))
+    starts = [w.start for f in result.finals for w in f.words]
+    assert starts == sorted(starts)  # no word committed twice or out of order
+    assert any(not f.endpoint for f in result.finals)  # words become final inside utterances, not only at pauses
+    assert len(result.text.split()) > 200
 
 
 def test_finalize_commits_everything_pending(engine):
@@ -91,19 +114,18 @@ def test_processor_is_model_free():
     assert p.next_request() is None and p.stream_time == 1.0
 
 
-def test_endpoint_commit_policy_finals_only_at_endpoints(engine):
-    """`streaming.commit = "endpoint"` (the policy of the fusion modes): partials as usual, and
-    every final closes an utterance; the default asr policy commits agreed words before that."""
+def test_endpoint_commit_policy_finals_only_at_endpoints(engine, long_run):
+    """`streaming.commit = "endpoint"`: partials as usual, and every final closes an utterance."""
     from dataclasses import replace
 
-    entry = next(e for e in manifest("speech-long") if e["id"] == "dev-concat")
-    audio = load_audio(entry["path"])[: 60 * SAMPLE_RATE]
+    entry, _, _, default = long_run
+    seconds = 30
+    audio = load_audio(entry["path"])[: seconds * SAMPLE_RATE]
     options = replace(engine.config.streaming, commit="endpoint")
     endpoint = run_stream(engine, StreamingProcessor(options), audio)
-    agreement = run_stream(engine, engine.new_processor("asr"), audio)
     assert endpoint.partials and endpoint.finals and all(f.endpoint for f in endpoint.finals)
-    assert any(not f.endpoint for f in agreement.finals)
-    assert len(endpoint.text.split()) >= 0.9 * len(agreement.text.split()) > 80
+    words = [w for f in default.finals for w in f.words if w.end <= seconds - 1]
+    assert len(endpoint.text.split()) >= 0.9 * len(words) > 40
 
 
 def test_sample_buffer_matches_a_plain_array():
@@ -123,17 +145,38 @@ def test_sample_buffer_matches_a_plain_array():
         assert len(buffer) == len(plain) and np.array_equal(buffer.head(n), plain[:n])
 
 
-def test_default_policy_bounds_every_word_and_never_revises(engine):
-    """The default commit policy on a minute of continuous speech (stream time, not wall time): every word is
-    final within commit_delay + one step of its end, pause or not; finals are numbered without gaps and
-    their words are never emitted again (the transcript is the finals joined)."""
-    entry = next(e for e in manifest("speech-long") if e["id"] == "dev-concat")
-    audio = load_audio(entry["path"])[: 60 * SAMPLE_RATE]
-    options = engine.config.streaming
-    result = run_stream(engine, engine.new_processor("asr"), audio)
-    bound = options.commit_delay + options.step + 0.1
-    assert result.word_waits and max(result.word_waits) <= bound, sorted(result.word_waits)[-5:]
-    assert [f.segment for f in result.finals] == list(range(len(result.finals)))
-    starts = [w.start for f in result.finals for w in f.words]
-    assert starts == sorted(starts)  # no word committed twice or out of order
-    assert len(result.text.split()) > 100  # a minute of read speech
+def test_a_flush_behind_the_decision_points_commits_everything(engine):
+    """A daemon still behind its decision points at `stop` (a busy decoder, a max_lag it never reaches): the
+    pending points decode as usual, then the finalize covers all the audio received. (Taken at the oldest
+    pending point, it once closed the utterance there and left the rest as a partial, lost at `end`.)"""
+    import asyncio
+    from dataclasses import replace
+
+    from streamer.drive import StreamDriver
+
+    entry = next(e for e in manifest("speech-dev") if e["id"] == "40dc021d")
+    audio = load_audio(entry["path"])
+    processor = engine.new_processor("asr")
+    processor.options = replace(processor.options, max_lag=60.0)
+    finals = []
+
+    async def decode(request):
+        return engine.transcribe([request])[0]
+
+    async def emit(event):
+        if hasattr(event, "endpoint"):
+            finals.append(event)
+
+    async def behind_then_stop():
+        driver = StreamDriver(processor, decode, emit)
+        for i in range(0, len(audio) * 3 // 4, 1600):  # three quarters of the clip decoded as it comes
+            processor.insert_audio(audio[i : i + 1600])
+            await driver.pump()
+        for i in range(len(audio) * 3 // 4, len(audio), 1600):  # the rest arrives while the decoder is busy
+            processor.insert_audio(audio[i : i + 1600])
+        await driver.flush()
+
+    asyncio.run(behind_then_stop())
+    text = " ".join(f.text for f in finals if f.text)
+    assert finals[-1].endpoint and not processor.uncommitted and not processor.finalize_requested
+    assert wer([entry["text"]], [text]) < 0.1, text

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from streamer.audio import SAMPLE_RATE, load_audio
-from streamer.speakers import DiarizerOptions, Ge2eEncoder, OnlineDiarizer
+from streamer.ge2e import Ge2eEncoder
+from streamer.speakers import DiarizerOptions, OnlineDiarizer
 
 DEV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "speech-dev"
 
@@ -208,3 +209,63 @@ def test_encoder_embeddings_are_unit_vectors_and_tell_voices_apart(encoder):
     e = encoder.embed([lj1[: 3 * SAMPLE_RATE], lj3[: 3 * SAMPLE_RATE], jfk[: 3 * SAMPLE_RATE], lj1[:4000]])
     assert e.shape == (4, 256) and np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
     assert e[0] @ e[1] > e[0] @ e[2] + 0.15
+
+
+# -- the audio a session's diarizer keeps (streamer/speaker_labels.py feeds it from the event loop) ----------
+def test_audio_in_small_chunks_labels_as_in_one_piece():
+    audio, finals, truth = script((1, 3.2), (2, 2.4), (1, 2.4))
+    whole = flat(run(OnlineDiarizer(voices(0.1)), audio, finals))
+    chunked = OnlineDiarizer(voices(0.1))
+    labels, fed = [], 0
+    for words in finals:  # 0.1 s frames, as a live client sends them: contexts cross chunk edges
+        upto = min(int((words[-1].end + 0.8) * SAMPLE_RATE), len(audio))
+        for i in range(fed, upto, 1600):
+            chunked.accept(audio[i : min(i + 1600, upto)])
+        fed = max(fed, upto)
+        labels += chunked.label(words)
+    assert labels == whole == [{1: 0, 2: 1}[v] for v in truth]
+
+
+def test_until_makes_an_upload_label_as_a_live_stream():
+    # an upload gives the diarizer all its audio first; each final may only use what a live stream had. Here
+    # finals come without audio after them (lookahead 0): voice 2's first words are too short a context to
+    # start a speaker, so a live stream labels them 0; the audio after them would have made them 1
+    audio, finals, _ = script((1, 2.4), (2, 2.4), pause=0.3)
+    live = flat(run(OnlineDiarizer(voices(0.0)), audio, finals, lookahead=0.0))
+    assert live == [0] * 10 + [1] * 2
+    upload = OnlineDiarizer(voices(0.0))
+    upload.accept(audio)
+    assert flat([upload.label(words, until=words[-1].end) for words in finals]) == live
+    everything = OnlineDiarizer(voices(0.0))
+    everything.accept(audio)
+    assert flat([everything.label(words) for words in finals]) == [0] * 6 + [1] * 6
+
+
+def test_only_the_history_is_kept():
+    diarizer = OnlineDiarizer(voices(), DiarizerOptions(history=5.0), start_time=2.0)
+    for _ in range(200):  # 20 s in 0.1 s chunks
+        diarizer.accept(np.full(1600, 0.01, np.float32))
+    kept = sum(len(a) for _, a in diarizer._chunks) / SAMPLE_RATE
+    assert 5.0 <= kept < 5.1 and diarizer.audio_end == pytest.approx(22.0)
+
+
+def test_a_resumed_diarizer_keeps_its_speakers_and_a_restarted_one_numbers_after_the_old_labels():
+    audio, finals, _ = script((1, 2.4), (2, 2.4))
+    diarizer = OnlineDiarizer(voices(0.0))
+    assert set(flat(run(diarizer, audio, finals))) == {0, 1}
+    # the connection drops; the stream goes on at `offset` with voice 2 then voice 1
+    offset = len(audio) / SAMPLE_RATE
+    diarizer.restart_audio(offset)
+    assert diarizer.audio_end == offset and not diarizer._chunks
+    audio2, finals2, _ = script((2, 2.4), (1, 2.4))
+    moved = [[W(w.word, w.start + offset, w.end + offset) for w in f] for f in finals2]
+    out, fed = [], 0
+    for words in moved:
+        upto = min(int((words[-1].end - offset + 0.8) * SAMPLE_RATE), len(audio2))
+        diarizer.accept(audio2[fed:upto])
+        fed = max(fed, upto)
+        out += diarizer.label(words)
+    assert out == [1] * 6 + [0] * 6
+    # a daemon restarted: the voices are new to it, numbered after the labels the session had
+    fresh = flat(run(OnlineDiarizer(voices(0.0), first_label=2), audio, finals))
+    assert fresh == [2] * 6 + [3] * 6

@@ -71,7 +71,8 @@ def test_sdk_query_maps_to_session_options():
     assert (o.endpointing_ms, o.utterance_end_ms) == (300, 1000)
     assert o.keyterms == ["UADF", "Gemma", "Whisper"]
     assert o.extra == {"team": "blue"} and o.mode is None and o.model == "nova-3"
-    assert any("nova-3" in w for w in o.warnings) and any(w.startswith("diarize") for w in o.warnings)
+    assert any("nova-3" in w for w in o.warnings) and any(w.startswith("no_delay") for w in o.warnings)
+    assert o.diarize is True  # mapped: speaker labels on words
     assert not any("token" in w for w in o.warnings)
 
 
@@ -172,6 +173,18 @@ def test_finalize_marks_from_finalize_not_speech_final():
     assert msg["is_final"] and msg["from_finalize"] and not msg["speech_final"]
     (later,) = r.render(Final(segment=1, text="Next.", start=2.0, end=2.3, endpoint=True, words=words("Next.", 2.0)))
     assert later["speech_final"] and not later["from_finalize"]
+    assert r.finalize_done() == []  # no Finalize pending
+
+
+def test_finalize_with_nothing_pending_is_answered_by_an_empty_final():
+    """The utterance ended at a pause before the Finalize came: Deepgram still answers it, empty and `from_finalize`."""
+    r = dg.Renderer(options(), "req", "tiny.en")
+    r.render(Final(segment=0, text="Done.", start=1.0, end=1.4, endpoint=True, words=words("Done.", 1.0)))
+    r.finalize_requested()
+    (msg,) = validated(r.finalize_done())
+    assert msg["is_final"] and msg["from_finalize"] and not msg["speech_final"]
+    assert msg["channel"]["alternatives"][0]["transcript"] == "" and msg["start"] == pytest.approx(1.4, abs=0.01)
+    assert r.finalize_done() == []
 
 
 def test_endpointing_false_never_sets_speech_final():

@@ -149,7 +149,7 @@ def test_wrong_key_gets_openais_401(client, wav):
 @pytest.mark.parametrize(
     "kwargs, param",
     [
-        ({"response_format": "diarized_json"}, "response_format"),
+        ({"response_format": "diarized_xml"}, "response_format"),
         ({"language": "fr"}, "language"),
         ({"stream": True, "response_format": "srt"}, "stream"),
         ({"timestamp_granularities": ["word"]}, "timestamp_granularities"),

@@ -35,7 +35,9 @@ from pyannote.metrics.diarization import DiarizationErrorRate
 from whisper_normalizer.english import EnglishTextNormalizer
 
 from streamer.audio import SAMPLE_RATE, load_audio
-from streamer.speakers import DiarizerOptions, Ge2eEncoder, OnlineDiarizer, SpeakerEncoder
+from streamer.config import load_config
+from streamer.ge2e import Ge2eEncoder
+from streamer.speakers import DiarizerOptions, OnlineDiarizer, SpeakerEncoder
 from tools.meeting_streams import parse_seeds
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -142,12 +144,11 @@ class CommittedFinal:
     audio_end: float
 
 
-def run_asr(path: str, cache: Path, reuse: bool, commit: str = "auto") -> tuple[list[CommittedFinal], float]:
+def run_asr(path: str, cache: Path, reuse: bool, commit: str = "hybrid") -> tuple[list[CommittedFinal], float]:
     """Finals of the streaming pipeline (asr mode, `streaming.commit` as given) and its CPU seconds; cached."""
     if reuse and cache.exists():
         data = json.loads(cache.read_text())
         return [CommittedFinal([TimedWord(**w) for w in f["words"]], f["audio_end"]) for f in data["finals"]], data["cpu"]
-    from streamer.config import load_config
     from streamer.engine import Engine
     from streamer.pipeline import run_stream
     from streamer.protocol import Final
@@ -242,13 +243,13 @@ def score_stream(stream: Stream, finals: list[CommittedFinal], labels: list[list
 
 
 def evaluate(streams: list[Stream], options: DiarizerOptions, out: Path, reuse_asr: bool,
-             encoder: SpeakerEncoder | None = None, commit: str = "auto") -> tuple[list[StreamScore], dict]:
+             encoder: SpeakerEncoder | None = None, commit: str = "hybrid") -> tuple[list[StreamScore], dict]:
     encoder = encoder or Ge2eEncoder()
     metrics = (DiarizationErrorRate(collar=COLLAR, skip_overlap=False), DiarizationErrorRate(collar=COLLAR, skip_overlap=False))
     scores = []
     for stream in streams:
         audio = load_audio(stream.audio_path)
-        name = stream.id if commit == "auto" else f"{stream.id}.{commit}"
+        name = stream.id if commit == "hybrid" else f"{stream.id}.{commit}"
         finals, asr_cpu = run_asr(stream.audio_path, out / "asr" / f"{name}.json", reuse_asr, commit)
         labels, per_final = label_stream(audio, finals, OnlineDiarizer(encoder, options))
         score = score_stream(stream, finals, labels, metrics, asr_cpu, sum(per_final), len(audio) / SAMPLE_RATE)
@@ -302,18 +303,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--only-call", action="store_true")
     parser.add_argument("--out", default="bench-out/diarization")
     parser.add_argument("--reuse-asr", action="store_true", help="label the cached finals instead of decoding again")
-    parser.add_argument("--threshold", type=float, default=DiarizerOptions.threshold)
-    parser.add_argument("--max-speakers", type=int, default=DiarizerOptions.max_speakers)
+    parser.add_argument("--config", help="config file: [speakers] gives the defaults of --threshold and --max-speakers")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
+    parser.add_argument("--threshold", type=float, help="default: speakers.threshold")
+    parser.add_argument("--max-speakers", type=int, help="default: speakers.max_speakers")
     tunable = ("threshold", "context", "lookahead", "pause", "min_context", "recheck")
     for name in tunable[1:]:
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(DiarizerOptions, name))
-    parser.add_argument("--commit", default="auto", choices=["auto", "agreement", "endpoint"],
-                        help="streaming.commit: agreement finals are a word or a few; endpoint finals whole utterances "
-                             "(as in the fusion modes)")
+    parser.add_argument("--commit", default="hybrid", choices=["hybrid", "agreement", "endpoint", "lookahead"],
+                        help="streaming.commit for the asr finals the labels are put on")
     parser.add_argument("--torch-threads", type=int, default=1,
                         help="torch intra-op threads (the daemon runs torch with fusion.threads = 1)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.torch_threads)
+    speakers = load_config(args.config, args.set).speakers
+    args.threshold = speakers.threshold if args.threshold is None else args.threshold
+    args.max_speakers = speakers.max_speakers if args.max_speakers is None else args.max_speakers
 
     streams = [] if args.only_call else meeting_streams(Path(args.meetings), parse_seeds(args.seeds) if args.seeds else None)
     if args.call or args.only_call:

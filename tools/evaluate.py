@@ -42,6 +42,7 @@ def _group_report(rows: list[dict]) -> dict:
     tokens = sum(r["tokens"] for r in rows)
     audio = sum(r["seconds"] for r in rows)
     delays = [d for r in rows for d in r["word_delays"]]
+    waits = [d for r in rows for d in r["word_waits"]]
     return {
         "utterances": len(rows),
         "ref_words": words,
@@ -50,9 +51,14 @@ def _group_report(rows: list[dict]) -> dict:
         "fused_words": sum(r["fused_words"] for r in rows),
         "fused_tokens_decoded": sum(r["fused_tokens"] for r in rows),
         "rtf": sum(r["decode_seconds"] for r in rows) / audio if audio else 0.0,
-        "word_delay": {k: float(np.percentile(delays, q)) if delays else None for k, q in (("p50", 50), ("p90", 90), ("max", 100))},
+        "word_delay": _percentiles(delays),
+        "word_wait": _percentiles(waits),
         **_bias_report(rows),
     }
+
+
+def _percentiles(values: list[float]) -> dict[str, float | None]:
+    return {k: float(np.percentile(values, q)) if values else None for k, q in (("p50", 50), ("p90", 90), ("max", 100))}
 
 
 def _bias_report(rows: list[dict]) -> dict:
@@ -94,6 +100,7 @@ def evaluate(engine, manifests: list[str], mode: Mode | str, condition: str | No
                 "fused_tokens": result.stats.fused_tokens,
                 "fused_words": sum(1 for f in result.finals for w in f.words if w.fused),
                 "word_delays": [round(d, 3) for d in result.word_delays],
+                "word_waits": [round(d, 3) for d in result.word_waits],
                 "text": result.text,
                 "reference": entry["text"],
                 **({"bias": dataclasses.asdict(score(entry["text"], result.text, entry["keyterms"]))} if "keyterms" in entry else {}),

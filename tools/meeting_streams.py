@@ -89,6 +89,7 @@ class StreamOptions:
     short_turns: float = 0.25  # share of pieces cut at the first pause (short turns)
     two_piece_turns: float = 0.2  # share of turns that run on into the clip's next piece
     random_turns: float = 0.3  # share of turns given to a random speaker (the others: the most pieces left)
+    cast: tuple[str, ...] = ()  # these speakers (main ones if in MAIN, else guests) instead of drawn ones
 
 
 def load_clips() -> list[dict]:
@@ -140,7 +141,10 @@ def build_stream(seed: int, clips: list[dict], opts: StreamOptions = StreamOptio
     for row in clips:
         by_speaker.setdefault(row["speaker"], []).append(row)
     guests = sorted(s for s in by_speaker if s not in MAIN)
-    chosen = rng.sample(MAIN, rng.randint(*opts.main_speakers)) + rng.sample(guests, rng.randint(*opts.guests))
+    if opts.cast:
+        chosen = list(opts.cast)
+    else:
+        chosen = rng.sample(MAIN, rng.randint(*opts.main_speakers)) + rng.sample(guests, rng.randint(*opts.guests))
     queues: dict[str, list[Piece]] = {}
     for speaker in chosen:
         rows = by_speaker[speaker][:]

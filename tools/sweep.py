@@ -1,9 +1,10 @@
 """`python -m tools.sweep`: WER against per-word final delay for streaming settings (the commit policy's knobs).
 
 Each setting (`--setting "label:section.key=value,..."`) runs `uadf-stream eval`'s in-process pipeline over
-the manifests with one loaded engine; per set it records WER and the word delay (word end -> its final, in
-stream time plus the window's decode time; see streamer/pipeline.py). Writes sweep.json and a plot of
-WER against delay per set (docs/bench). Deterministic apart from the decode-time part of the delay.
+the manifests with one loaded engine; per set it records WER, the word wait (word end -> its final in stream
+time: what the policy costs, the same on any machine) and the word delay (the wait plus the window's decode
+time on this machine; see streamer/pipeline.py). Writes sweep.json and a plot of WER against the wait per
+set (docs/bench). Deterministic apart from the decode-time part of the delay.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def sweep(engine: Engine, manifests: list[str], mode: Mode, settings: list[str],
             apply(engine.config, section, key, value)
         report = evaluate(engine, manifests, mode, limit=limit)
         row = {"label": label, "mode": str(mode), "setting": text,
-               "sets": {k: {m: v[m] for m in ("wer", "word_delay", "rtf", "ref_words")} for k, v in (report["sets"] | {"all": report["all"]}).items()},
+               "sets": {k: {m: v[m] for m in ("wer", "word_delay", "word_wait", "rtf", "ref_words")} for k, v in (report["sets"] | {"all": report["all"]}).items()},
                "rows": [{k: r[k] for k in ("set", "id", "errors", "ref_words", "text")} for r in report["rows"]]}
         log.info("%s: %s", label, json.dumps(row["sets"]["all"]))
         out.append(row)
@@ -62,14 +63,14 @@ def plot(rows: list[dict], path: Path) -> None:
         for mode in sorted({r["mode"] for r in rows}):
             mine = [r for r in rows if r["mode"] == mode and name in r["sets"]]
             for q, marker in (("p50", "o"), ("p90", "^")):
-                xs = [r["sets"][name]["word_delay"][q] for r in mine]
+                xs = [r["sets"][name].get("word_wait", r["sets"][name]["word_delay"])[q] for r in mine]
                 ys = [100 * r["sets"][name]["wer"] for r in mine]
                 ax.plot(xs, ys, marker=marker, linestyle="-" if q == "p50" else ":", label=f"{mode} {q}")
                 if q == "p50":
                     for r, x, y in zip(mine, xs, ys):
                         ax.annotate(r["label"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_title(name)
-        ax.set_xlabel("word -> final delay (s)")
+        ax.set_xlabel("word end -> its final, stream time (s)")
         ax.set_ylabel("WER %")
         ax.grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)

@@ -14,10 +14,12 @@
   const CUE_MAX_CHARS = 84;           // subtitles: two lines of 42
   const CUE_LINE_CHARS = 42;
   const CUE_MAX_SECONDS = 6;
+  const SPEAKER_COLOURS = 8;          // speaker k is drawn in colour k mod 8 (style.css .spk0 ... .spk7)
 
   const $ = (id) => document.getElementById(id);
   const ui = {
-    start: $("start"), stop: $("stop"), mode: $("mode"), keyterms: $("keyterms"), big: $("bigmode"), exitBig: $("exitbig"),
+    start: $("start"), stop: $("stop"), mode: $("mode"), keyterms: $("keyterms"), speakers: $("speakers"), big: $("bigmode"),
+    exitBig: $("exitbig"),
     showFused: $("showfused"), clear: $("clear"), dlTxt: $("dl-txt"), dlSrt: $("dl-srt"),
     dlVtt: $("dl-vtt"), state: $("state"), session: $("session"), info: $("info"), error: $("error"),
     bigState: $("bigstate"), detail: $("detail"), captions: $("captions"), placeholder: $("placeholder"), levelbar: $("levelbar"),
@@ -36,9 +38,10 @@
     freshNext: false,    // next connect starts a new session instead of resuming
     restartNow: false,   // we closed the socket to start a new session: reconnect at once
     mode: "asr",
+    diarize: false,      // ask the server for speaker labels (`diarize` in start)
     model: "",
     sampleRate: 0,
-    finals: [],          // all finals shown, in order: {text, start, end, endpoint, words, session}
+    finals: [],          // all finals shown, in order: {text, start, end, endpoint, words, speaker, session}
     segOffset: 0,        // finals index of segment 0 of the current server session
     timeOffset: 0,       // seconds added to the current session's stream times
     maxEnd: 0,           // latest end time shown so far (on the page's time line)
@@ -115,6 +118,7 @@
     const parts = [];
     if (S.model) parts.push("model " + S.model);
     if (S.mode) parts.push("mode " + S.mode);
+    if (S.diarize) parts.push("speaker labels");
     if (S.sampleRate) parts.push(S.sampleRate + " Hz");
     parts.push(S.finals.length + " finals");
     if (S.dropped) parts.push(S.dropped + " audio frames dropped");
@@ -128,7 +132,8 @@
   }
 
   // --------------------------------------------------------------- rendering
-  const view = { line: null, newLine: true, partialEl: el("span", "partial") };
+  // `speaker`: who the last labelled line belongs to (a line gets a label where the speaker changes)
+  const view = { line: null, newLine: true, speaker: null, partialEl: el("span", "partial") };
   view.partialEl.setAttribute("aria-hidden", "true"); // screen readers get the finals only
 
   function nearBottom() {
@@ -154,6 +159,33 @@
     return view.line;
   }
 
+  const hasFinal = (line) => !!line.querySelector(".final, .final-part");
+  const speakerName = (k) => "Speaker " + (k + 1); // labels count from 0, names from 1 (as the exports)
+  const isSpeaker = (k) => typeof k === "number" && k >= 0 && Number.isInteger(k);
+
+  // A line for `speaker`'s words: a new one where the speaker changes; its colour, and its label where the
+  // speaker differs from the previous labelled line's.
+  function speakerLine(speaker) {
+    let line = ensureLine();
+    if (!isSpeaker(speaker)) return line;
+    if (hasFinal(line) && line.dataset.speaker !== String(speaker)) {
+      view.newLine = true;
+      line = ensureLine();
+    }
+    if (line.dataset.speaker == null) {
+      line.dataset.speaker = String(speaker);
+      line.classList.add("spk" + (speaker % SPEAKER_COLOURS));
+      if (speaker !== view.speaker) {
+        const who = el("span", "who", speakerName(speaker));
+        who.setAttribute("aria-label", speakerName(speaker) + ":");
+        line.insertBefore(document.createTextNode(" "), line.firstChild); // copied text reads "Speaker 1 Good ..."
+        line.insertBefore(who, line.firstChild);
+      }
+      view.speaker = speaker;
+    }
+    return line;
+  }
+
   // Pair the words of a final with the tokens to display. Returns [{text, word|null}].
   function tokensOf(f) {
     const words = Array.isArray(f.words) ? f.words.filter((w) => w && norm(w.word)) : [];
@@ -174,10 +206,23 @@
     return m + ":" + (s < 10 ? "0" : "") + s.toFixed(1);
   }
 
-  function renderFinal(f, idx) {
-    const span = el("span", "final");
+  // A final's tokens in runs of one speaker: [{speaker, toks}] (one run where speakers are not labelled).
+  function speakerRuns(f) {
+    const runs = [];
+    for (const tok of tokensOf(f)) {
+      const k = tok.word && isSpeaker(tok.word.speaker) ? tok.word.speaker : f.speaker;
+      const last = runs[runs.length - 1];
+      if (last && last.speaker === k) last.toks.push(tok);
+      else runs.push({ speaker: k, toks: [tok] });
+    }
+    return runs;
+  }
+
+  // One speaker's part of a final (`part` > 0: where the speaker changed inside it, on a line of its own).
+  function renderFinal(f, idx, toks, part) {
+    const span = el("span", part ? "final-part" : "final");
     span.dataset.seg = String(idx);
-    const toks = tokensOf(f);
+    if (isSpeaker(toks.speaker)) span.dataset.speaker = String(toks.speaker);
     const fusedWords = [];
     toks.forEach((tok, i) => {
       if (i) span.appendChild(document.createTextNode(" "));
@@ -200,7 +245,7 @@
       span.appendChild(ws);
     });
     // Words could not be matched to the text: keep the fusion information at segment level.
-    if (!fusedWords.length && Array.isArray(f.words) && toks.length === 1 && !toks[0].word) {
+    if (!part && !fusedWords.length && Array.isArray(f.words) && toks.length === 1 && !toks[0].word) {
       const fw = f.words.filter((w) => w && w.fused).map((w) => norm(w.word));
       if (fw.length) {
         span.classList.add("fused");
@@ -212,11 +257,17 @@
 
   function appendFinalView(f, idx) {
     mutate(() => {
-      const line = ensureLine();
-      const span = renderFinal(f, idx);
-      const before = view.partialEl.parentNode === line ? view.partialEl : null;
-      if (line.querySelector(".final")) line.insertBefore(document.createTextNode(" "), before);
-      line.insertBefore(span, before);
+      const runs = speakerRuns(f);
+      if (!runs.length) runs.push({ speaker: f.speaker, toks: [] }); // an endpoint without words: an empty span
+      runs.forEach((run, part) => {
+        const line = speakerLine(run.speaker);
+        const toks = run.toks;
+        toks.speaker = run.speaker;
+        const span = renderFinal(f, idx, toks, part);
+        const before = view.partialEl.parentNode === line ? view.partialEl : null;
+        if (hasFinal(line)) line.insertBefore(document.createTextNode(" "), before);
+        line.insertBefore(span, before);
+      });
       if (f.endpoint) view.newLine = true;
       placePartial();
     });
@@ -229,7 +280,7 @@
       const line = p.parentNode;
       if (line) {
         p.remove();
-        if (!line.querySelector(".final")) {
+        if (!hasFinal(line)) {
           line.remove();
           view.line = ui.captions.querySelector("p.line:last-of-type");
           view.newLine = true;
@@ -238,7 +289,7 @@
       return;
     }
     const line = ensureLine();
-    p.textContent = (line.querySelector(".final") ? " " : "") + text;
+    p.textContent = (hasFinal(line) ? " " : "") + text;
     if (p.parentNode !== line || line.lastChild !== p) line.appendChild(p);
   }
 
@@ -250,6 +301,7 @@
     ui.captions.textContent = "";
     view.line = null;
     view.newLine = true;
+    view.speaker = null;
     if (!S.finals.length && !S.partial) ui.captions.appendChild(ui.placeholder);
     S.finals.forEach((f, i) => appendFinalView(f, i));
     renderPartial();
@@ -293,6 +345,7 @@
       };
       const terms = keytermList();
       if (terms.length) msg.keyterms = terms;
+      if (S.diarize) msg.diarize = true;
       if (resuming) {
         msg.session_id = S.sessionId;
         msg.resume_token = S.resumeToken;
@@ -370,6 +423,7 @@
           end: num(m.end, num(m.start, 0)),
           endpoint: !!m.endpoint,
           words: Array.isArray(m.words) ? m.words : [],
+          speaker: isSpeaker(m.speaker) ? m.speaker : null,
           offset: S.timeOffset,
           mode: S.mode,
           session: S.sessionId,
@@ -657,15 +711,31 @@
       return;
     }
     if (mode === S.mode) return;
-    // Live switch: finish the current session (its finals are flushed), then start a new one.
     S.mode = mode;
+    switchSession("to " + mode);
+  }
+
+  // Live switch: finish the current session (its finals are flushed), then start a new one with the new settings.
+  function switchSession(detail) {
     if (S.ws && S.ready && S.ws.readyState === WebSocket.OPEN) {
       S.switching = true;
       send({ type: "stop" });
-      setState("switching", "to " + mode);
+      setState("switching", detail);
     } else {
       S.freshNext = true;
     }
+  }
+
+  function setSpeakers(on, save) {
+    S.diarize = on;
+    ui.speakers.setAttribute("aria-pressed", String(on));
+    if (save !== false) savePref("speakers", on ? "1" : "0");
+    updateInfo();
+  }
+
+  function toggleSpeakers() {
+    setSpeakers(!S.diarize);
+    if (S.running) switchSession(S.diarize ? "to speaker labels" : "to no speaker labels");
   }
 
   function setBig(on) {
@@ -738,18 +808,24 @@
     return pad(h, 2) + ":" + pad(m, 2) + ":" + pad(s, 2) + sep + pad(ms % 1000, 3);
   }
 
+  // Plain text: a line per utterance, and per speaker's turn where speakers are labelled ("Speaker 1: ...").
   function transcriptText() {
     const lines = [];
     let cur = [];
+    let who = null;
+    const close = () => {
+      if (cur.length) lines.push((isSpeaker(who) ? speakerName(who) + ": " : "") + cur.join(" "));
+      cur = [];
+    };
     for (const f of S.finals) {
-      const t = norm(f.text);
-      if (t) cur.push(t);
-      if (f.endpoint && cur.length) {
-        lines.push(cur.join(" "));
-        cur = [];
+      for (const run of speakerRuns(f)) {
+        if (cur.length && run.speaker !== who) close();
+        who = run.speaker;
+        cur.push(run.toks.map((t) => t.text).join(" "));
       }
+      if (f.endpoint) close();
     }
-    if (cur.length) lines.push(cur.join(" "));
+    close();
     return lines.join("\n") + (lines.length ? "\n" : "");
   }
 
@@ -772,7 +848,8 @@
       cur = null;
     };
     for (const f of S.finals) {
-      const toks = tokensOf(f);
+      const toks = [];
+      for (const run of speakerRuns(f)) run.toks.forEach((tok) => toks.push({ text: tok.text, word: tok.word, speaker: run.speaker }));
       toks.forEach((tok, i) => {
         const w = tok.word;
         let t0 = f.start, t1 = f.end;
@@ -782,9 +859,9 @@
         t1 += f.offset;
         if (cur) {
           const len = cur.toks.join(" ").length + 1 + tok.text.length;
-          if (len > CUE_MAX_CHARS || t1 - cur.start > CUE_MAX_SECONDS) close();
+          if (len > CUE_MAX_CHARS || t1 - cur.start > CUE_MAX_SECONDS || tok.speaker !== cur.speaker) close();
         }
-        if (!cur) cur = { start: t0, end: t1, toks: [] };
+        if (!cur) cur = { start: t0, end: t1, toks: [], speaker: tok.speaker };
         cur.toks.push(tok.text);
         cur.end = Math.max(cur.end, t1);
         const last = i === toks.length - 1;
@@ -804,16 +881,19 @@
     return cues;
   }
 
+  // SubRip has no speaker markup: a labelled cue starts with the speaker's name; WebVTT has voice spans.
   function toSrt() {
+    const who = (c) => (isSpeaker(c.speaker) ? speakerName(c.speaker) + ": " : "");
     return buildCues()
-      .map((c, i) => (i + 1) + "\n" + stamp(c.start, ",") + " --> " + stamp(c.end, ",") + "\n" + c.text + "\n")
+      .map((c, i) => (i + 1) + "\n" + stamp(c.start, ",") + " --> " + stamp(c.end, ",") + "\n" + who(c) + c.text + "\n")
       .join("\n");
   }
 
   function toVtt() {
     const esc = (s) => s.replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+    const voice = (c) => (isSpeaker(c.speaker) ? "<v " + speakerName(c.speaker) + ">" : "");
     const body = buildCues()
-      .map((c, i) => (i + 1) + "\n" + stamp(c.start, ".") + " --> " + stamp(c.end, ".") + "\n" + esc(c.text) + "\n")
+      .map((c, i) => (i + 1) + "\n" + stamp(c.start, ".") + " --> " + stamp(c.end, ".") + "\n" + voice(c) + esc(c.text) + "\n")
       .join("\n");
     return "WEBVTT\n\n" + body;
   }
@@ -836,6 +916,7 @@
   ui.stop.addEventListener("click", stop);
   ui.mode.addEventListener("change", switchMode);
   ui.keyterms.addEventListener("change", sendKeyterms);
+  ui.speakers.addEventListener("click", toggleSpeakers);
   ui.big.addEventListener("click", () => setBig(!document.body.classList.contains("big")));
   ui.exitBig.addEventListener("click", () => setBig(false));
   ui.showFused.addEventListener("click", () => setShowFused(!document.body.classList.contains("show-fused")));
@@ -863,6 +944,7 @@
   const bigWanted = params.get("caption") || loadPref("big");
   if (bigWanted === "1") setBig(true);
   if (params.get("fused") === "1") setShowFused(true);
+  setSpeakers((params.get("speakers") || loadPref("speakers")) === "1", false);
   S.mode = ui.mode.value;
   setState("idle");
   updateInfo();
@@ -876,7 +958,12 @@
     get resumeToken() { return S.resumeToken; },
     get error() { return S.lastError; },
     get sampleRate() { return S.sampleRate; },
-    get finals() { return S.finals.map((f) => ({ text: f.text, start: f.start + f.offset, end: f.end + f.offset, endpoint: f.endpoint })); },
+    get finals() {
+      return S.finals.map((f) => ({
+        text: f.text, start: f.start + f.offset, end: f.end + f.offset, endpoint: f.endpoint, speaker: f.speaker,
+        speakers: f.words.map((w) => (w && isSpeaker(w.speaker) ? w.speaker : null)),
+      }));
+    },
     get partial() { return S.partial ? S.partial.text : ""; },
     text: () => S.finals.map((f) => norm(f.text)).filter(Boolean).join(" "),
     txt: transcriptText,

@@ -29,8 +29,7 @@ CHANNEL_INDEX = [0, 1]  # [channel, channels]: one transcript of the mixed-down 
 # Accepted and without effect on the transcript: (parameter, why) for the warning.
 IGNORED = {
     "detect_entities": "entities are not detected",
-    "diarize": "speakers are not labelled",
-    "diarize_model": "speakers are not labelled",
+    "diarize_model": "the daemon's own diarizer labels speakers (diarize=true)",
     "dictation": "spoken punctuation is not converted",
     "filler_words": "filler words follow the Whisper model",
     "language_hint": "only English is served",
@@ -86,6 +85,7 @@ class Options:
     punctuate: bool = False
     smart_format: bool = False
     keyterms: list[str] = field(default_factory=list)
+    diarize: bool | None = None  # `speaker` on words; None: not asked (the daemon's [speakers] setting)
     extra: dict[str, str] = field(default_factory=dict)  # echoed in every Results' metadata
     warnings: list[str] = field(default_factory=list)
 
@@ -201,6 +201,7 @@ def parse_query(items: Iterable[tuple[str, str]]) -> Options:
         punctuate=_bool("punctuate", single.pop("punctuate", "false")),
         smart_format=_bool("smart_format", single.pop("smart_format", "false")),
         keyterms=keyterms,
+        diarize=_bool("diarize", single.pop("diarize")) if "diarize" in single else None,
         extra=extra,
     )
     warnings += [f"{key} is not a Deepgram live parameter; ignored" for key in single]
@@ -287,11 +288,14 @@ class Renderer:
         self.request_id = request_id
         self.model_name = model_name
         self.model_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"uadf-stream/{model_name}"))
+        self.diarizer_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, "uadf-stream/resemblyzer-ge2e-online"))
+        self._diarized = False  # a word with a speaker was sent: Results name the diarizer (metadata.diarize_info)
         self.created = created or datetime.now(timezone.utc)
         self._audio = hashlib.sha256()
         self._finalize_pending = False
         self._in_speech = False
         self._last_word_end: float | None = None
+        self._last_final_end = 0.0
 
     def observe_audio(self, data: bytes) -> None:
         """Each binary frame as received, for Metadata's sha256."""
@@ -300,6 +304,14 @@ class Renderer:
     def finalize_requested(self) -> None:
         """The client sent Finalize: the utterance end it causes is `from_finalize`, not `speech_final`."""
         self._finalize_pending = True
+
+    def finalize_done(self) -> list[dict[str, Any]]:
+        """After a Finalize's decode: nothing if its endpoint was rendered, else an empty `from_finalize` final."""
+        if not self._finalize_pending:
+            return []
+        self._finalize_pending = False
+        at = self._last_final_end
+        return [self._results(at, at, "", [], True, False, True)]
 
     def configure(self, message: Configure) -> dict[str, Any]:
         """Apply a Configure (formatting features) and answer it. Keyterm updates are refused."""
@@ -355,11 +367,14 @@ class Renderer:
                 "end": round(w.end, 3),
                 "confidence": round(w.probability, 4),
                 **({"punctuated_word": w.word.strip()} if self.options.formatted else {}),
+                **({"speaker": w.speaker} if w.speaker is not None else {}),
             }
             for w in final.words
         ]
+        self._diarized = self._diarized or final.speaker is not None
         if words:
             self._last_word_end = words[-1]["end"]
+        self._last_final_end = final.end
         from_finalize = final.endpoint and self._finalize_pending
         speech_final = final.endpoint and not from_finalize and self.options.endpointing_ms is not None
         out.append(self._results(final.start, final.end, final.text, words, True, speech_final, from_finalize))
@@ -394,6 +409,8 @@ class Renderer:
     ) -> dict[str, Any]:
         confidence = sum(w["confidence"] for w in words) / len(words) if words else 0.0
         metadata: dict[str, Any] = {"request_id": self.request_id, "model_info": self._model_info(), "model_uuid": self.model_uuid}
+        if self._diarized:
+            metadata["diarize_info"] = {"model_uuid": self.diarizer_uuid, "arch": "ge2e-online"}
         if self.options.extra:
             metadata["extra"] = self.options.extra
         return {

@@ -12,6 +12,7 @@ import logging
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from streamer.errors import StreamError
 from streamer.protocol import Audio, Error, Finalize, Ready, ServerMessage, Start, Stop
@@ -20,7 +21,14 @@ from streamer.wire import deepgram as dg
 from streamer.wire.auth import credentials, token_matches
 from streamer.wire.transcode import Transcoder
 
+if TYPE_CHECKING:
+    from streamer.session import Session
+
 log = logging.getLogger(__name__)
+
+
+class FinalizeRequest:
+    """Deepgram's Finalize, handled by the adapter (it waits for the decode to answer it)."""
 
 
 @dataclass
@@ -64,6 +72,7 @@ class DeepgramAdapter:
             mode=self.options.mode,
             keyterms=list(self.options.keyterms),
             endpoint_silence=None if endpointing is None else endpointing / 1000,
+            diarize=self.options.diarize,
         )
 
     def parse(self, data: str, started: bool) -> Parsed:
@@ -76,13 +85,31 @@ class DeepgramAdapter:
         if isinstance(message, dg.Configure):  # answered when the writer gets there: later Results follow it
             return Reply(lambda: [json.dumps(self.renderer.configure(message))])
         if isinstance(message, Finalize):
-            # the endpoint it brings is `from_finalize`; marked in order, after the Results already queued
-            return [Reply(self._mark_finalize), message]
+            return FinalizeRequest()
         return message
+
+    async def handle(self, session: "Session", message: "FinalizeRequest") -> bool:
+        """Finalize: the pending audio is decoded to finals, the endpoint it brings marked `from_finalize` (in
+        order, after the Results already queued); when nothing was pending, Deepgram still answers with an empty
+        final `from_finalize` Results, so a client waiting for it is not left hanging."""
+        try:
+            session.limits.finalize()  # each forces a decode: bounded like protocol v1's finalize
+        except StreamError as exc:
+            if exc.fatal:
+                raise
+            session.send_error(exc)
+            return False
+        session.outbox.put(Reply(self._mark_finalize))
+        await session.commit()
+        session.outbox.put(Reply(self._finalize_done))
+        return False
 
     def _mark_finalize(self) -> list[str]:
         self.renderer.finalize_requested()
         return []
+
+    def _finalize_done(self) -> list[str]:
+        return [json.dumps(m, ensure_ascii=False) for m in self.renderer.finalize_done()]
 
     def _error(self, variant: str, description: str, data: str) -> Reply:
         frame = {"type": "Error", "variant": variant, "description": description, "message": data[:1000]}

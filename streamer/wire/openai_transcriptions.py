@@ -13,20 +13,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.types import Mode
-from streamer.formats import cues, to_srt, to_vtt
+from streamer.formats import Cue, cues, to_srt, to_vtt
 from streamer.protocol import Final
 
 PATH = "/v1/audio/transcriptions"
 MODELS_PATH = "/v1/models"
-RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
+RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json", "diarized_json")
 GRANULARITIES = ("segment", "word")
-CONTENT_TYPES = {"json": "application/json", "verbose_json": "application/json", "text": "text/plain",
-                 "srt": "text/plain", "vtt": "text/plain"}  # OpenAI answers srt and vtt as text/plain too
+CONTENT_TYPES = {"json": "application/json", "verbose_json": "application/json", "diarized_json": "application/json",
+                 "text": "text/plain", "srt": "text/plain", "vtt": "text/plain"}  # OpenAI answers srt and vtt as text/plain too
+DIARIZE_MODEL = "gpt-4o-transcribe-diarize"  # OpenAI's diarizing model: asking for it turns speaker labels on
 # Accepted and without effect: field -> why (the warning).
 IGNORED = {
     "chunking_strategy": "audio is cut at the daemon's own VAD endpoints",
-    "known_speaker_names": "speakers are not labelled",
-    "known_speaker_references": "speakers are not labelled",
+    "known_speaker_names": "known speakers are not matched: speakers are named A, B, ... in order of appearance",
+    "known_speaker_references": "known speakers are not matched: speakers are named A, B, ... in order of appearance",
     "languages": "only English is served",
 }
 
@@ -90,6 +91,7 @@ class TranscriptionRequest:
     stream: bool = False
     logprobs: bool = False  # include[]=logprobs: word probabilities as logprobs
     keyterms: list[str] = field(default_factory=list)  # keywords[]
+    diarize: bool = False  # model gpt-4o-transcribe-diarize or response_format diarized_json: speaker labels
     warnings: list[str] = field(default_factory=list)
 
 
@@ -164,6 +166,7 @@ def parse_fields(fields: Iterable[tuple[str, str]]) -> TranscriptionRequest:
         stream=stream == "true",
         logprobs="logprobs" in include,
         keyterms=keyterms,
+        diarize=model == DIARIZE_MODEL or response_format == "diarized_json",
         warnings=warnings,
     )
 
@@ -187,21 +190,45 @@ def _logprobs(finals: list[Final]) -> list[dict[str, Any]]:
     ]
 
 
-def _segment(index: int, start: float, end: float, text: str, finals: list[Final]) -> dict[str, Any]:
-    words = [w for f in finals if start <= f.start and f.end <= end for w in f.words]
-    data = text.encode()
+def speaker_letter(label: int | None) -> str:
+    """OpenAI's speaker names: A, B, ..., Z, AA, AB, ... in order of appearance ("unknown" for an unlabelled word)."""
+    if label is None:
+        return "unknown"
+    name = ""
+    label += 1
+    while label:
+        label, rest = divmod(label - 1, 26)
+        name = chr(ord("A") + rest) + name
+    return name
+
+
+def _speaker(label: int | None) -> dict[str, str]:
+    """`speaker` for verbose_json where speakers are labelled (an extra field: OpenAI's Whisper shape has none)."""
+    return {} if label is None else {"speaker": speaker_letter(label)}
+
+
+def _segment(index: int, cue: Cue) -> dict[str, Any]:
+    data = cue.text.encode()
+    words = cue.words
     return {
         "id": index,
-        "seek": int(round(start * 100)),  # Whisper counts seek in 10 ms frames
-        "start": round(start, 3),
-        "end": round(end, 3),
-        "text": " " + text,  # Whisper's segments start with the space that separates them
+        "seek": int(round(cue.start * 100)),  # Whisper counts seek in 10 ms frames
+        "start": round(cue.start, 3),
+        "end": round(cue.end, 3),
+        "text": " " + cue.text,  # Whisper's segments start with the space that separates them
         "tokens": [],
         "temperature": 0.0,
         "avg_logprob": round(sum(math.log(max(w.probability, 1e-12)) for w in words) / len(words), 6) if words else 0.0,
         "compression_ratio": round(len(data) / len(zlib.compress(data)), 6) if data else 0.0,
         "no_speech_prob": 0.0,
+        **_speaker(cue.speaker),
     }
+
+
+def _diarized_segment(index: int, cue: Cue) -> dict[str, Any]:
+    """A segment of `diarized_json` (OpenAI's `TranscriptionDiarizedSegment`): one speaker's part of an utterance."""
+    return {"type": "transcript.text.segment", "id": f"seg_{index}", "start": round(cue.start, 3), "end": round(cue.end, 3),
+            "text": cue.text, "speaker": speaker_letter(cue.speaker)}
 
 
 def _word(word: str) -> str:
@@ -224,11 +251,16 @@ def render(request: TranscriptionRequest, finals: list[Final], duration: float) 
         if request.logprobs:
             body["logprobs"] = _logprobs(finals)
         return json.dumps(body, ensure_ascii=False), CONTENT_TYPES[fmt]
+    if fmt == "diarized_json":
+        body = {"task": "transcribe", "duration": round(duration, 3), "text": text,
+                "segments": [_diarized_segment(i, c) for i, c in enumerate(cues(finals))], "usage": _usage(duration)}
+        return json.dumps(body, ensure_ascii=False), CONTENT_TYPES[fmt]
     body = {"task": "transcribe", "language": "english", "duration": round(duration, 3), "text": text}
     if "segment" in request.granularities:
-        body["segments"] = [_segment(i, a, b, t, finals) for i, (a, b, t) in enumerate(cues(finals))]
+        body["segments"] = [_segment(i, c) for i, c in enumerate(cues(finals))]
     if "word" in request.granularities:
-        body["words"] = [{"word": _word(w.word), "start": round(w.start, 3), "end": round(w.end, 3)} for f in finals for w in f.words if _word(w.word)]
+        body["words"] = [{"word": _word(w.word), "start": round(w.start, 3), "end": round(w.end, 3), **_speaker(w.speaker)}
+                         for f in finals for w in f.words if _word(w.word)]
     body["usage"] = _usage(duration)
     return json.dumps(body, ensure_ascii=False), CONTENT_TYPES[fmt]
 
