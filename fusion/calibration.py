@@ -49,6 +49,8 @@ class Calibration:
     span_asr_tau: float = 1.0  # on span log-odds between candidates (tools/decisions.py)
     span_llm_tau: float = 1.0
     gate: float = 0.5
+    keyterm_boost: float = 0.0  # nats added to a keyterm spelling's ASR span score (tools/decisions.py)
+    keyterm_min_prob: float = 0.05  # a keyterm is proposed where the ASR gives its first token this much
     llm: str = ""
     details: dict = field(default_factory=dict)
 

@@ -84,34 +84,37 @@ def continue_with_asr(
     encoder: np.ndarray,
     prompt: list[int],
     prefix: list[int],
-    candidates: list[int],
+    candidates: list[tuple[int, ...]],
     limit: int,
     tau: float,
     eot: int,
 ) -> list[tuple[list[int], list[float], bool]]:
-    """Greedy ASR continuation (at most `limit` tokens) of prefix + [candidate], one batch: its
-    tokens, their calibrated log-probs (then the end's, when the decoder ended within the limit),
-    and whether it ended. `encoder` may be cut to its audio frames."""
+    """Greedy ASR continuation (at most `limit` tokens) of prefix + candidate (a token sequence forced
+    whole), one batch: the continuation's tokens, the calibrated log-probs of the candidate's tokens after
+    its first (teacher-forced) and of the continuation's (then the end's, when the decoder ended within
+    the limit), and whether it ended. `encoder` may be cut to its audio frames."""
     batch = ctranslate2.StorageView.from_array(np.ascontiguousarray(np.repeat(encoder, len(candidates), 0)))
-    prompts = [prompt + prefix + [c] for c in candidates]
+    prompts = [prompt + prefix + list(c) for c in candidates]
+    longest = max(len(c) for c in candidates)
     # CTranslate2's max_length counts the prompt (and runs short of it in practice): be generous,
-    # the continuation is cut to `limit` here. Sequences include the forced prefix.
+    # the continuation is cut to `limit` here. Sequences include the forced prefix; forced prefixes
+    # of different lengths batch together, and their positions come back teacher-forced.
     results = whisper.generate(
         batch,
         prompts,
         beam_size=1,
-        max_length=len(prompt) + 2 * (len(prefix) + 1 + limit) + 8,
+        max_length=len(prompt) + 2 * (len(prefix) + longest + limit) + 8,
         suppress_blank=False,
         return_logits_vocab=True,
     )
-    start = len(prefix) + 1
     out = []
-    for r in results:
+    for c, r in zip(candidates, results):
+        start = len(prefix) + len(c)
         cont = r.sequences_ids[0][start:]
         ended = len(cont) < limit
-        chosen = cont[:limit] + ([eot] if ended else [])
-        steps = r.logits[0][start : start + len(chosen)]
-        lps = [float(log_softmax(np.array(v, dtype=np.float32).reshape(-1), tau)[t]) for v, t in zip(steps, chosen)]
+        scored = list(c[1:]) + cont[:limit] + ([eot] if ended else [])
+        steps = r.logits[0][len(prefix) + 1 : len(prefix) + 1 + len(scored)]
+        lps = [float(log_softmax(np.array(v, dtype=np.float32).reshape(-1), tau)[t]) for v, t in zip(steps, scored)]
         out.append((cont[:limit], lps, ended))
     return out
 
@@ -119,13 +122,14 @@ def continue_with_asr(
 END = "\x00end"  # the word after a sequence that ended
 
 
-def _norm(word: str) -> str:
+def norm_word(word: str) -> str:
+    """A word as compared between spans and with keyterms: lower case, letters and digits only."""
     return "".join(ch for ch in word.lower() if ch.isalnum()) or word.strip()
 
 
 def same_words(a: list[str], b: list[str]) -> bool:
     """Equal after dropping case and punctuation: the choice would not change the transcript."""
-    return [_norm(w) for w in a] == [_norm(w) for w in b]
+    return [norm_word(w) for w in a] == [norm_word(w) for w in b]
 
 
 def rejoin(a: list[str], a_ended: bool, b: list[str], b_ended: bool) -> tuple[int, int] | None:
@@ -133,8 +137,8 @@ def rejoin(a: list[str], a_ended: bool, b: list[str], b_ended: bool) -> tuple[in
     of both), as the index of the first agreeing word in each: (2, 3) for "in liabilities
     understated" against "in my abilities understated". None when they do not rejoin in view.
     An index equal to the sequence's length means its end."""
-    a_keys = [_norm(w) for w in a] + ([END] if a_ended else [])
-    b_keys = [_norm(w) for w in b] + ([END] if b_ended else [])
+    a_keys = [norm_word(w) for w in a] + ([END] if a_ended else [])
+    b_keys = [norm_word(w) for w in b] + ([END] if b_ended else [])
     best = None
     for x in range(1, len(a_keys)):
         for y in range(1, len(b_keys)):

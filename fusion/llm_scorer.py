@@ -60,8 +60,11 @@ class LLMScorer:
         elif common < len(state.ids):
             # Roll back to common - 1 tokens and re-feed the last common one: only the logits
             # after the last token are kept, so its successor distribution must be recomputed.
-            state.cache.crop(-(len(state.ids) - common + 1))
-            state.ids = state.ids[: common - 1]
+            try:
+                state.cache.crop(-(len(state.ids) - common + 1))
+                state.ids = state.ids[: common - 1]
+            except RuntimeError:  # a sliding-window layer past its window cannot roll back: feed it all again
+                state.cache, state.ids = DynamicCache(config=self.llm.model.config), []
         new = ids[len(state.ids):]
         out = self.llm.model(
             input_ids=torch.tensor([new], device=self.llm.device),

@@ -9,8 +9,9 @@ import logging
 import sys
 from importlib.metadata import entry_points
 
-from core.types import Mode
+from core.types import MeetingContext, Mode
 from streamer.config import Config, ConfigError, load_config
+from streamer.errors import StreamError
 
 COMMANDS = "uadf_stream.commands"  # entry-point group of the subcommands that live in tools/
 
@@ -64,15 +65,20 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     from streamer.engine import Engine
     from streamer.formats import speaker_name, turns
     from streamer.pipeline import run_stream
-    from streamer.protocol import Final, to_json
+    from streamer.protocol import Final, parse_meeting, to_json
     from streamer.speaker_labels import open_speakers
 
+    try:  # the limits of protocol v1's start
+        keyterms, notes = parse_meeting({"keyterms": args.keyterm, "context": args.context})
+    except StreamError as exc:
+        raise SystemExit(f"{exc.code}: {exc.message}") from None
+    meeting = MeetingContext(tuple(keyterms), notes)
     config = build_config(args, SHORTCUTS)
     engine = Engine(config)
 
     for path in args.audio:
         audio = load_audio(path)
-        processor = engine.new_processor(args.mode)
+        processor = engine.new_processor(args.mode, meeting=meeting)
         speakers = open_speakers(None, None, config.speakers)
         if speakers is not None:
             speakers.accept(audio)  # each final sees the audio up to where the stream was when it came
@@ -113,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_common(p)
     p.add_argument("audio", nargs="+")
     p.add_argument("--jsonl", action="store_true", help="print every message as JSON lines")
+    p.add_argument("--keyterm", action="append", default=[], help="a word or phrase to favour (repeatable, at most 100)")
+    p.add_argument("--context", default="", help="the meeting's notes for the fusion LLM (at most 2,000 words)")
     p.set_defaults(func=cmd_transcribe)
 
     # The tools' modules import torch and more (seconds of CPU): `serve` and `transcribe` load none of them.

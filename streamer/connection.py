@@ -13,10 +13,11 @@ import time
 
 from aiohttp import WSMsgType, web
 
+from core.types import MeetingContext
 from streamer.config import ServerOptions
 from streamer.errors import CLOSE_NORMAL, CLOSE_POLICY, StreamError
 from streamer.metrics import Metrics
-from streamer.protocol import Audio, End, Error, Finalize, KeepAlive, Start, Stop
+from streamer.protocol import Audio, Context, End, Error, Finalize, KeepAlive, Start, Stop
 from streamer.registry import SessionRegistry, drain
 from streamer.session import Session
 from streamer.wire import Reply, WireAdapter
@@ -205,6 +206,12 @@ class Connection:
         self.session.send_error(StreamError("already_started", "this session has started already"))
         return False
 
+    async def _on_context(self, message: Context) -> bool:
+        """New keyterms and notes for the rest of the session: Whisper's prompt from the next window on, the
+        LLM's prefix from its next decode."""
+        self.session.processor.set_meeting(MeetingContext(tuple(message.keyterms), message.context))
+        return False
+
     async def _on_stop(self, message: Stop) -> bool:
         """Flush while still reading the socket: aiohttp answers pings only inside receive(), and a flush
         behind a busy decoder can outlast the client's ping timeout (20 s in websockets), which then drops
@@ -237,7 +244,8 @@ class Connection:
             self.metrics.errors.labels(message.error).inc()
 
     HANDLERS = {
-        Audio: _on_audio, Finalize: _on_finalize, KeepAlive: _on_keepalive, Start: _on_start, Stop: _on_stop, Reply: _on_reply,
+        Audio: _on_audio, Context: _on_context, Finalize: _on_finalize, KeepAlive: _on_keepalive, Start: _on_start, Stop: _on_stop,
+        Reply: _on_reply,
     }
 
     # -- sending -----------------------------------------------------------------------------------

@@ -31,9 +31,8 @@ class Start:
     resume_from: int = 0
     language: str | None = None
     resume_token: str | None = field(default=None, repr=False)  # the session's resume secret (from its `ready`)
-    # Set by the other wire APIs (streamer/wire/), not by protocol v1 (yet): the session accepts them.
-    keyterms: list[str] = field(default_factory=list)  # words to favour (Deepgram `keyterm`); not used in decoding yet
-    context: str | None = None  # text before the audio (OpenAI `prompt`); not used in decoding yet
+    keyterms: list[str] = field(default_factory=list)  # the meeting's words to favour (names, products, jargon)
+    context: str | None = None  # the meeting's notes (agenda, glossary), for the fusion LLM
     endpoint_silence: float | None = None  # seconds of silence that end an utterance (None: streaming.endpoint_silence)
     # Speaker labels (None: the daemon's [speakers] settings)
     diarize: bool | None = None
@@ -52,10 +51,26 @@ class Start:
                 out[key] = str(getattr(self, key))
         if self.resume_from:
             out["resume_from"] = self.resume_from
+        if self.keyterms:
+            out["keyterms"] = list(self.keyterms)
+        if self.context:
+            out["context"] = self.context
         for key in ("diarize", "max_speakers", "speaker_threshold"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
+
+
+@dataclass
+class Context:
+    """Mid-stream: replaces the session's keyterms and notes (both; a field left out is emptied)."""
+
+    type: ClassVar[str] = "context"
+    keyterms: list[str] = field(default_factory=list)
+    context: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "context", "keyterms": list(self.keyterms), "context": self.context}
 
 
 @dataclass
@@ -85,7 +100,7 @@ class Audio:
     data: bytes
 
 
-ClientMessage = Start | Finalize | KeepAlive | Stop | Audio
+ClientMessage = Start | Context | Finalize | KeepAlive | Stop | Audio
 _SIMPLE = {"finalize": Finalize, "keepalive": KeepAlive, "stop": Stop}
 
 
@@ -98,6 +113,43 @@ def _field(obj: dict, key: str, kind: type | tuple, required: bool = False, code
     if isinstance(value, bool) or not isinstance(value, kind):
         raise StreamError(code, f"{key!r} has the wrong type: {type(value).__name__}")
     return value
+
+
+# What a client may tell about its meeting (Deepgram's `keyterm` allows 100 terms): bounded, so that Whisper's
+# prompt, the keyterm trie and the LLM's prefix stay small.
+MAX_KEYTERMS = 100
+MAX_KEYTERM_CHARS = 50  # a word or a short phrase
+MAX_CONTEXT_WORDS = 2000
+MAX_CONTEXT_CHARS = 20000
+
+
+def parse_meeting(obj: dict) -> tuple[list[str], str]:
+    """(keyterms, context) of a `start` or `context` message, validated: `bad_keyterms` or `bad_context`."""
+    keyterms = obj.get("keyterms")
+    keyterms = [] if keyterms is None else keyterms  # null: none
+    if not isinstance(keyterms, list):
+        raise StreamError("bad_keyterms", f"'keyterms' must be a list of strings, got {type(keyterms).__name__}")
+    if len(keyterms) > MAX_KEYTERMS:
+        raise StreamError("bad_keyterms", f"at most {MAX_KEYTERMS} keyterms, got {len(keyterms)}")
+    terms = []
+    for k, term in enumerate(keyterms):
+        if not isinstance(term, str) or not term.strip():
+            raise StreamError("bad_keyterms", f"keyterm {k} must be a non-empty string")
+        term = " ".join(term.split())
+        if len(term) > MAX_KEYTERM_CHARS:
+            raise StreamError("bad_keyterms", f"keyterm {k} has {len(term)} characters; at most {MAX_KEYTERM_CHARS}")
+        terms.append(term)
+    context = obj.get("context")
+    context = "" if context is None else context
+    if not isinstance(context, str):
+        raise StreamError("bad_context", f"'context' must be a string, got {type(context).__name__}")
+    words = len(context.split())
+    if words > MAX_CONTEXT_WORDS or len(context) > MAX_CONTEXT_CHARS:
+        raise StreamError(
+            "bad_context", f"'context' has {words} words, {len(context)} characters; at most {MAX_CONTEXT_WORDS} words, "
+            f"{MAX_CONTEXT_CHARS} characters"
+        )
+    return list(dict.fromkeys(terms)), context.strip()
 
 
 def parse_client_message(text: str) -> ClientMessage:
@@ -113,6 +165,9 @@ def parse_client_message(text: str) -> ClientMessage:
         raise StreamError("bad_message", "message needs a string 'type'")
     if kind in _SIMPLE:
         return _SIMPLE[kind]()
+    if kind == "context":
+        keyterms, context = parse_meeting(obj)
+        return Context(keyterms=keyterms, context=context)
     if kind != "start":
         raise StreamError("unknown_type", f"unknown message type {kind[:40]!r}")
     rate = _field(obj, "sample_rate", int, True, "bad_sample_rate")
@@ -133,10 +188,12 @@ def parse_client_message(text: str) -> ClientMessage:
     language = _field(obj, "language", str)
     if language not in (None, "", "en"):
         raise StreamError("bad_message", f"language {language[:20]!r} is not served (only 'en')")
+    keyterms, context = parse_meeting(obj)
     diarize, max_speakers, threshold = _speaker_fields(obj)
     return Start(
         format=fmt, mode=Mode(mode) if mode else None, session_id=session_id, resume_from=resume_from, language=language,
-        resume_token=resume_token, diarize=diarize, max_speakers=max_speakers, speaker_threshold=threshold,
+        resume_token=resume_token, keyterms=keyterms, context=context or None, diarize=diarize, max_speakers=max_speakers,
+        speaker_threshold=threshold,
     )
 
 

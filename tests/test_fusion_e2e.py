@@ -13,6 +13,7 @@ from core.types import Mode
 from streamer.audio import load_audio
 from streamer.config import load_config
 from streamer.engine import Engine
+from tools.data import load_manifest
 from tools.evaluate import evaluate
 
 LIMIT = 6  # first clips of the noisy set (pink noise 5 and 0 dB): where fusion has something to do
@@ -89,3 +90,34 @@ def test_forced_prefix_is_kept_and_not_fused(engine, fusion):
     res = fusion.decode(view, backend.prompt_tokens(""), fusion.new_context(), Mode.UADF, 200, prefix)
     assert res.tokens[: len(prefix)] == prefix and len(res.tokens) > len(prefix) + 5
     assert not any(res.fused[: len(prefix)])
+
+
+def test_keyterm_candidates_spell_what_the_prompt_cannot(engine, fusion):
+    """Real models: with "Maintz" among 100 keyterms in its prompt tiny.en still writes "mains"; the keyterm
+    candidate (forced whole, scored teacher-forced by the ASR and by the LLM with the meeting prefix) spells
+    it, given a boost."""
+    from dataclasses import replace
+
+    from core.types import MeetingContext
+    from tools.data import ROOT
+
+    manifest("speech-dev")  # the shared data must be there
+    backend = engine.backend
+    entry = next(e for e in load_manifest(ROOT / "eval/biasing/speech-dev/n100.jsonl") if e["id"] == "ljspeech_LJ001-0024")
+    enc, _ = backend.encode([load_audio(entry["path"])])
+    view = ctranslate2.StorageView.from_array(np.ascontiguousarray(enc))
+    keyterms = tuple(entry["keyterms"])
+    prompt = backend.prompt_tokens("", keyterms)
+    tok = backend.tokenizer
+    saved = fusion.calibration
+    try:
+        fusion.calibration = replace(saved, keyterm_boost=0.0, keyterm_min_prob=0.01)
+        plain = fusion.decode(view, prompt, fusion.new_context(MeetingContext(keyterms)), Mode.UADF, 200)
+        fusion.calibration = replace(saved, keyterm_boost=2.0, keyterm_min_prob=0.01)
+        biased = fusion.decode(view, prompt, fusion.new_context(MeetingContext(keyterms)), Mode.UADF, 200)
+    finally:
+        fusion.calibration = saved
+    assert " mains " in tok.decode(plain.tokens) and "Maintz" not in tok.decode(plain.tokens)
+    text = tok.decode(biased.tokens)
+    assert "Maintz" in text and biased.llm_calls >= 1
+    assert biased.fused[biased.tokens.index(tok.encode(" Maintz")[0])]

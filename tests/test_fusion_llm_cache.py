@@ -96,3 +96,17 @@ def test_meeting_prefix_is_fed_once_and_kept_when_the_transcript_is_trimmed(scor
     plain = FusionContext(scorer=scorer)
     plain.commit(CONTEXT)
     assert plain.llm_ids(plain.prefix_text(" can")) == scorer.context_ids(plain.prefix_text(" can"))
+
+
+def test_a_long_meeting_is_bounded_and_never_breaks_the_cache(scorer):
+    """500 keyterms and 2,000 words of notes: the prefix is cut to MAX_PREFIX_TOKENS, and rolling a context
+    longer than Gemma 3's sliding window back (which its cache cannot crop) re-feeds it instead of failing."""
+    from core.types import MeetingContext
+    from fusion.decoder import MAX_PREFIX_TOKENS, PREFIX_END
+
+    ctx = FusionContext(scorer=scorer, meeting=MeetingContext(tuple(f"term{k}" for k in range(500)), "word " * 2000))
+    assert len(ctx.llm_ids("")) == len(scorer.start_ids) + MAX_PREFIX_TOKENS + len(scorer.tokenize(PREFIX_END))
+    long = "the quick brown fox jumps over the lazy dog " * 60
+    scorer.sync(ctx.state, ctx.llm_ids(long + "and"))
+    scorer.sync(ctx.state, ctx.llm_ids(long + "but"))
+    assert ctx.state.ids == ctx.llm_ids(long + "but") and ctx.state.last_logits is not None

@@ -40,7 +40,7 @@ from tools.data import DATA, ROOT, load_manifest
 from tools.data import normalize as normalize_text
 
 OUT = ROOT / "eval" / "biasing"
-SETS = ("speech-dev", "speech-dev-noisy", "speech-dev-hard")
+SETS = ("speech-dev", "speech-dev-noisy", "speech-dev-hard", "speech-meeting")  # read, noisy, noisy/reverb, conversational
 DISTRACTOR_COUNTS = (0, 100, 500)
 COMMON_WORDS = 5000
 DISTRACTOR_RANKS = (5000, 50000)

@@ -122,6 +122,16 @@ def evaluate(engine, manifests: list[str], mode: Mode | str, condition: str | No
     }
 
 
+def calibration_source(config) -> dict:
+    """Which calibration a fused run used and the manifests it was fitted on, so that a report can refuse
+    to score a set with a calibration fitted on it (tools/crossval_report.py)."""
+    from fusion.factory import DEFAULT_CALIBRATION
+
+    path = Path(config.fusion.calibration).expanduser() if config.fusion.calibration else DEFAULT_CALIBRATION
+    details = json.loads(path.read_text()).get("details", {}) if path.exists() else {}
+    return {"path": str(path), "fitted_on": [Path(m).parent.name for m in details.get("manifests", [])]}
+
+
 def format_report(report: dict) -> str:
     lines = [
         f"mode {report['mode']}; word delay = word end -> its final, stream time + decode time (s)",
@@ -152,6 +162,9 @@ def run(args: argparse.Namespace, config) -> int:
     engine = Engine(config)
     mode = args.mode or engine.default_mode
     report = evaluate(engine, args.manifest, mode, args.condition, args.limit, args.context == "manifest")
+    report |= {"context": args.context, "manifests": list(args.manifest)}
+    if Mode(mode).fused:
+        report["calibration"] = calibration_source(config)
     print(format_report(report))
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,8 @@
 
   const $ = (id) => document.getElementById(id);
   const ui = {
-    start: $("start"), stop: $("stop"), mode: $("mode"), speakers: $("speakers"), big: $("bigmode"), exitBig: $("exitbig"),
+    start: $("start"), stop: $("stop"), mode: $("mode"), keyterms: $("keyterms"), speakers: $("speakers"), big: $("bigmode"),
+    exitBig: $("exitbig"),
     showFused: $("showfused"), clear: $("clear"), dlTxt: $("dl-txt"), dlSrt: $("dl-srt"),
     dlVtt: $("dl-vtt"), state: $("state"), session: $("session"), info: $("info"), error: $("error"),
     bigState: $("bigstate"), detail: $("detail"), captions: $("captions"), placeholder: $("placeholder"), levelbar: $("levelbar"),
@@ -342,6 +343,8 @@
       const msg = {
         type: "start", sample_rate: S.sampleRate, encoding: "pcm_s16le", channels: 1, mode: S.mode,
       };
+      const terms = keytermList();
+      if (terms.length) msg.keyterms = terms;
       if (S.diarize) msg.diarize = true;
       if (resuming) {
         msg.session_id = S.sessionId;
@@ -687,6 +690,18 @@
     }
   }
 
+  // The keyterm box: comma-separated words or phrases, sent in `start` and, when edited while live, in a
+  // `context` message (docs/protocol.md); the server checks the limits and answers bad_keyterms.
+  function keytermList() {
+    return [...new Set(ui.keyterms.value.split(",").map((t) => t.trim().replace(/\s+/g, " ")).filter(Boolean))];
+  }
+
+  function sendKeyterms() {
+    if (S.ws && S.ready && S.ws.readyState === WebSocket.OPEN) {
+      S.ws.send(JSON.stringify({ type: "context", keyterms: keytermList() }));
+    }
+  }
+
   function switchMode() {
     const mode = ui.mode.value;
     savePref("mode", mode);
@@ -900,6 +915,7 @@
   ui.start.addEventListener("click", start);
   ui.stop.addEventListener("click", stop);
   ui.mode.addEventListener("change", switchMode);
+  ui.keyterms.addEventListener("change", sendKeyterms);
   ui.speakers.addEventListener("click", toggleSpeakers);
   ui.big.addEventListener("click", () => setBig(!document.body.classList.contains("big")));
   ui.exitBig.addEventListener("click", () => setBig(false));
