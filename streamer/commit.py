@@ -44,8 +44,9 @@ def strip_committed(hypothesis: Sequence[Word], committed: Sequence[Word], commi
     The window still holds the audio of `committed` (words final since the buffer was last trimmed).
     When the hypothesis repeats them word for word they are cut by count. When it has changed its
     mind about them, the last committed words are looked for near `committed_end` (longest run
-    first, as whisper_streaming's n-gram check does) and the hypothesis is cut after them; failing
-    that, by time.
+    first, as whisper_streaming's n-gram check does) and the hypothesis is cut after them, less any word
+    that lies mostly inside the committed audio (a one-word match on "the" can sit a word early: "the suit
+    to the" committed, then "the suit's image" re-decoded over the same audio); failing that, by time.
     """
     if not committed:
         return list(hypothesis)
@@ -56,7 +57,7 @@ def strip_committed(hypothesis: Sequence[Word], committed: Sequence[Word], commi
     for k in range(len(tail), 0, -1):
         for j in range(len(hypothesis), k - 1, -1):
             if keys[j - k : j] == tail[-k:] and abs(hypothesis[j - 1].end - committed_end) <= NEAR:
-                return list(hypothesis[j:])
+                return [w for w in hypothesis[j:] if (w.start + w.end) / 2 >= committed_end - 0.1]
     return [w for w in hypothesis if w.start >= committed_end - 0.1]
 
 

@@ -44,6 +44,15 @@ def test_strip_committed_finds_rewritten_commit_by_ngram():
     assert [w.word.strip() for w in rest] == ["Paris,"]
 
 
+def test_strip_committed_never_repeats_committed_audio_after_an_early_match():
+    """A one-word match sits a word early: the words re-decoded over committed audio are not emitted again."""
+    committed = [Word(" the", 58.368, 58.488, 0.9), Word(" suit", 58.488, 58.628, 0.5), Word(" to", 58.628, 58.808, 0.5),
+                 Word(" the", 58.808, 58.868, 0.5)]
+    hyp = [Word(" in", 57.9, 58.1, 0.9), Word(" the", 58.368, 58.488, 0.9), Word(" suit's", 58.488, 58.748, 0.5),
+           Word(" image", 58.748, 59.168, 0.5), Word(" assets", 59.628, 59.988, 0.9)]
+    assert [w.word.strip() for w in strip_committed(hyp, committed, committed[-1].end)] == ["image", "assets"]
+
+
 def test_strip_committed_falls_back_to_time():
     committed = words("alpha beta", 0.0)
     hyp = words("gamma delta epsilon", 0.0)

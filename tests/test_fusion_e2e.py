@@ -111,8 +111,7 @@ def test_keyterm_candidates_spell_what_the_prompt_cannot(engine, fusion):
     tok = backend.tokenizer
     saved = fusion.calibration
     try:
-        fusion.calibration = replace(saved, keyterm_boost=0.0, keyterm_min_prob=0.01)
-        plain = fusion.decode(view, prompt, fusion.new_context(MeetingContext(keyterms)), Mode.UADF, 200)
+        plain = fusion.decode(view, prompt, fusion.new_context(MeetingContext()), Mode.UADF, 200)  # keyterms in the prompt only
         fusion.calibration = replace(saved, keyterm_boost=2.0, keyterm_min_prob=0.01)
         biased = fusion.decode(view, prompt, fusion.new_context(MeetingContext(keyterms)), Mode.UADF, 200)
     finally:

@@ -67,8 +67,9 @@ def test_default_policy_bounds_every_word_and_never_revises(engine, long_run):
     bound = max(options.commit_delay, options.commit_after) + options.step + 0.1
     assert result.word_waits and max(result.word_waits) <= bound, sorted(result.word_waits)[-5:]
     assert [f.segment for f in result.finals] == list(range(len(result.finals)))
-    starts = [w.start for f in result.finals for w in f.words]
-    assert starts == sorted(starts)  # no word committed twice or out of order
+    words = [w for f in result.finals for w in f.words]
+    # no word committed twice or out of order: each lies mostly after the audio of the words before it
+    assert all((b.start + b.end) / 2 >= a.end - 0.1 for a, b in zip(words, words[1:]))
     assert any(not f.endpoint for f in result.finals)  # words become final inside utterances, not only at pauses
     assert len(result.text.split()) > 200
 
