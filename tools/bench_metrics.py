@@ -8,11 +8,11 @@ Latencies are wall seconds since streaming began minus stream seconds / speed.
 
 from __future__ import annotations
 
-import difflib
 import re
 from dataclasses import dataclass, field
 
 import numpy as np
+from rapidfuzz.distance import Levenshtein
 
 UTTERANCE_GAP = 0.8  # seconds between reference words that start a new utterance
 SHIFT = 2  # a partial word may sit this many places off its final position and still count as shown
@@ -58,12 +58,14 @@ def tokens(text: str) -> list[str]:
 
 
 def align(hyp: list[str], ref: list[str]) -> dict[int, int]:
-    """Map hyp word index -> ref word index for equal and substituted words (edit-distance alignment)."""
+    """Map hyp word index -> ref word index for equal and substituted words: a minimum-edit (Levenshtein)
+    alignment. (difflib's longest-block matching paired a stream's first half with the second copy of a
+    reference that says the same text twice, as speech-long/dev-concat does: words "79 s late".)"""
     mapping: dict[int, int] = {}
-    for op, i1, i2, j1, j2 in difflib.SequenceMatcher(None, hyp, ref, autojunk=False).get_opcodes():
-        if op in ("equal", "replace"):
-            for k in range(min(i2 - i1, j2 - j1)):
-                mapping[i1 + k] = j1 + k
+    for op in Levenshtein.opcodes(hyp, ref):
+        if op.tag in ("equal", "replace"):
+            for k in range(min(op.src_end - op.src_start, op.dest_end - op.dest_start)):
+                mapping[op.src_start + k] = op.dest_start + k
     return mapping
 
 
