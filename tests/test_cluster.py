@@ -431,6 +431,8 @@ async def test_redis_restart_loses_no_acknowledged_final(cluster, streams):
 async def test_a_node_killed_and_another_drained_their_sessions_resume_on_the_last(cluster, streams):
     """One stream a node (least connections); kill -9 of one node and SIGTERM of another: their clients
     reconnect through HAProxy and resume on the node left, every acknowledged final exactly once."""
+    # least connections spreads three new streams over three nodes only once the earlier tests' sessions are gone
+    await asyncio.to_thread(wait_for, lambda: all(cluster.sessions_on(i) == 0 for i in range(3)), 60, "idle nodes")
     clients = [Client(cluster.ws_url, audio) for audio, _ in streams]
     tasks = [asyncio.create_task(c.run()) for c in clients]
     await asyncio.gather(*(c.first_final.wait() for c in clients))
