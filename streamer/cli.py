@@ -128,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     if words and words[0] in sub.choices:
         tools = []
     else:
-        tools = [e for e in entry_points(group=COMMANDS) if not words or e.name == words[0]] or list(entry_points(group=COMMANDS))
+        available = list(entry_points(group=COMMANDS))
+        tools = [e for e in available if words and e.name == words[0]] or available
     for entry in sorted(tools, key=lambda e: e.name):
         module = importlib.import_module(entry.value)
         p = sub.add_parser(entry.name, help=(module.__doc__ or "").strip().splitlines()[0])

@@ -138,7 +138,7 @@ class StreamingProcessor:
         """The window due at decision point `at` (default: the end of the audio received), or None."""
         self._clock = self.samples_in if at is None else at
         now = self.vad.time_at(self._clock)  # the end of the VAD frames complete at that point
-        finalizing = self.finalize_requested and self._clock >= self._finalize_at
+        finalizing = self.finalize_requested and self._at_finalize_point
         pending_from = max(self._committed_end(), self.flushed_until)
         speech_start = self.vad.first_speech_start(pending_from, now)
         if speech_start is None or self.vad.speech_seconds(pending_from, now) < MIN_SPEECH:
@@ -241,9 +241,14 @@ class StreamingProcessor:
             events.append(Partial(segment=self.segment, text=partial, start=start, end=end))
         return events
 
+    @property
+    def _at_finalize_point(self) -> bool:
+        """The decision point being decided holds all the audio a pending finalize covers."""
+        return self._clock >= self._finalize_at
+
     def _finalize_done(self) -> None:
         """An endpoint window was decoded: a pending finalize is done if the window holds the audio it covers."""
-        if self._clock >= self._finalize_at:
+        if self._at_finalize_point:
             self.finalize_requested = False
 
     def _speech_ignored(self, request: WindowRequest) -> bool:
