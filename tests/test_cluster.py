@@ -446,7 +446,7 @@ async def test_a_node_killed_and_another_drained_their_sessions_resume_on_the_la
     # not ready at once (live sessions go on), and HAProxy takes it out of the pool (waits off the clients' loop)
     await asyncio.to_thread(wait_for, lambda: _status(drained, "/readyz") == 503, 5, "/readyz 503")
     assert await asyncio.to_thread(_status, drained, "/healthz") == 200
-    states = await asyncio.to_thread(wait_for, lambda: (s := cluster.lb_states()) and s[f"node{nodes[1] + 1}"].startswith("DOWN") and s, 10, "the drained node DOWN")
+    states = await asyncio.to_thread(wait_for, lambda: (s := cluster.lb_states()) and all(s[f"node{nodes[i] + 1}"].startswith("DOWN") for i in (0, 1)) and s, 10, "the killed and the drained node DOWN")
     assert states[f"node{nodes[0] + 1}"].startswith("DOWN") and states[f"node{nodes[2] + 1}"] == "UP", states
     assert await asyncio.to_thread(drained.process.wait, 60) == 0
     await asyncio.gather(*tasks)
