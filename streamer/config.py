@@ -47,6 +47,7 @@ class StreamingOptions:
     no_speech_threshold: float = 0.6
     logprob_threshold: float = -1.0
     unsure_word_probability: float = 0.5
+    min_word_probability: float = 0.1
     compression_ratio_threshold: float = 2.4
 
     def __post_init__(self) -> None:

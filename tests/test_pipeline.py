@@ -115,6 +115,25 @@ def test_processor_is_model_free():
     assert p.next_request() is None and p.stream_time == 1.0
 
 
+@pytest.mark.parametrize(
+    "words, no_speech, logprob, rejected",
+    [
+        ([("You", 0.03)], 0.82, -1.27, True),  # a tone's "You", Whisper hears no speech: its own rule drops it
+        ([("You", 0.04)], 0.55, -0.9, True),  # the same guess where no_speech_prob happens to be lower
+        ([("you", 0.15)], 0.84, -0.61, True),  # a short unsure guess where Whisper hears no speech
+        ([("And", 0.2)], 0.58, -0.7, False),  # an unsure onset of real speech, Whisper hearing speech
+        ([("yes", 0.9), ("please", 0.8)], 0.7, -0.3, False),  # confident short words
+    ],
+)
+def test_hallucination_gate(words, no_speech, logprob, rejected):
+    """The processor's one gate on hypotheses (figures logged on tones and on speech-dev-noisy onsets)."""
+    from core.types import Hypothesis, Word
+    from streamer.config import StreamingOptions
+
+    hyp = Hypothesis([Word(w, 0.0, 0.5, p) for w, p in words], " ".join(w for w, _ in words), logprob, no_speech, 1.0)
+    assert StreamingProcessor(StreamingOptions())._rejected(hyp) is rejected
+
+
 def test_endpoint_commit_policy_finals_only_at_endpoints(engine, long_run):
     """`streaming.commit = "endpoint"`: partials as usual, and every final closes an utterance."""
     from dataclasses import replace
