@@ -73,7 +73,8 @@ def test_sdk_live_client_streams_like_protocol_v1(compat_daemon):
 
 
 def test_keepalive_configure_on_the_shared_path_and_wrong_keys(compat_daemon):
-    """On `/v1/listen` (shared with protocol v1) with the SDK's access-token auth: KeepAlive, Configure answered,
+    """On `/v1/listen` (shared with protocol v1) with the SDK's access-token auth: KeepAlive, Configure answered
+    (keyterms taken within the limits, refused past them),
     an empty stream closed normally; a wrong key is refused with Deepgram's 401 before the upgrade."""
     client = DeepgramClient(access_token=COMPAT_TOKEN, environment=environment(compat_daemon, prefix=""))
     with client.listen.v1.connect(model="nova-3", encoding="linear16", sample_rate=SAMPLE_RATE) as conn:
@@ -81,11 +82,12 @@ def test_keepalive_configure_on_the_shared_path_and_wrong_keys(compat_daemon):
         conn.send_keep_alive()
         conn.send_configure(ListenV1Configure(features={"punctuate": True}))
         conn.send_configure(ListenV1Configure(keyterms=["UADF"]))
+        conn.send_configure(ListenV1Configure(keyterms=[f"term {i}" for i in range(101)]))
         conn.send_close_stream()
         received = list(conn)
-    assert [m.type for m in received] == ["ConfigureSuccess", "ConfigureFailure", "Metadata"]
-    assert received[1].code == "CONFIGURE_KEYTERMS_NOT_SUPPORTED" and received[2].duration == 0.1
-    assert "model 'nova-3'" in received[2].warnings[0]
+    assert [m.type for m in received] == ["ConfigureSuccess", "ConfigureSuccess", "ConfigureFailure", "Metadata"]
+    assert received[2].code == "INVALID_KEYTERMS" and "at most 100" in received[2].description
+    assert received[3].duration == 0.1 and "model 'nova-3'" in received[3].warnings[0]
 
     async def wrong_key() -> None:
         async with AsyncDeepgramClient(api_key="wrong", environment=environment(compat_daemon)).listen.v1.connect(

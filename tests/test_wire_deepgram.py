@@ -232,9 +232,22 @@ def test_client_messages():
     cfg = dg.parse_client_message('{"type": "Configure", "features": {"punctuate": true}}')
     r = dg.Renderer(options(), "req", "tiny.en")
     assert validated([r.configure(cfg)])[0]["type"] == "ConfigureSuccess" and r.options.punctuate
-    failure = r.configure(dg.parse_client_message('{"type": "Configure", "keyterms": ["a"]}'))
-    assert validated([failure])[0]["code"] == "CONFIGURE_KEYTERMS_NOT_SUPPORTED"
+    assert validated([r.configure_failure("at most 100 keyterms")])[0]["code"] == "INVALID_KEYTERMS"
     assert dg.is_close_frame(b"")
+
+
+def test_configure_keyterms_become_the_sessions():
+    """A Configure's keyterms reach the session as protocol v1's `context` message (validated alike), then the
+    answer; past the limits, only a ConfigureFailure."""
+    from streamer.protocol import Context
+    from streamer.wire.deepgram_adapter import DeepgramAdapter
+
+    adapter = DeepgramAdapter(options(), dg.Renderer(options(), "req", "tiny.en"), 100_000)
+    context, reply = adapter.parse('{"type": "Configure", "keyterms": ["Whittemore", " Whittemore ", "UADF"]}', True)
+    assert context == Context(keyterms=["Whittemore", "UADF"], context="")
+    assert [json.loads(f)["type"] for f in reply.render()] == ["ConfigureSuccess"]
+    refused = adapter.parse(json.dumps({"type": "Configure", "keyterms": ["x" * 51]}), True)
+    assert refused.error == "bad_keyterms" and json.loads(refused.render()[0])["code"] == "INVALID_KEYTERMS"
 
 
 @pytest.mark.parametrize("text", ["nope", "[]", '{"type": "keepalive"}', '{"type": "Configure", "keyterms": "a"}', "{" * 10000])

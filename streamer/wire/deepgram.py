@@ -314,18 +314,15 @@ class Renderer:
         return [self._results(at, at, "", [], True, False, True)]
 
     def configure(self, message: Configure) -> dict[str, Any]:
-        """Apply a Configure (formatting features) and answer it. Keyterm updates are refused."""
-        if message.keyterms is not None:
-            return {
-                "type": "ConfigureFailure",
-                "request_id": self.request_id,
-                "code": "CONFIGURE_KEYTERMS_NOT_SUPPORTED",
-                "description": "keyterms are fixed when the stream opens (the keyterm query parameter)",
-            }
+        """Apply a Configure's formatting features (its keyterms go to the session) and answer it."""
         for name in ("punctuate", "smart_format"):
             if name in message.features:
                 setattr(self.options, name, message.features[name])
         return {"type": "ConfigureSuccess", "request_id": self.request_id}
+
+    def configure_failure(self, description: str) -> dict[str, Any]:
+        """A Configure refused (keyterms past the daemon's limits): the stream goes on with what it had."""
+        return {"type": "ConfigureFailure", "request_id": self.request_id, "code": "INVALID_KEYTERMS", "description": description}
 
     def render(self, message: ServerMessage) -> list[dict[str, Any]]:
         if isinstance(message, Partial):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from streamer.errors import StreamError
-from streamer.protocol import Audio, Error, Finalize, Ready, ServerMessage, Start, Stop
+from streamer.protocol import Audio, Context, Error, Finalize, Ready, ServerMessage, Start, Stop, parse_meeting
 from streamer.wire import Parsed, Reply
 from streamer.wire import deepgram as dg
 from streamer.wire.auth import credentials, token_matches
@@ -82,11 +82,23 @@ class DeepgramAdapter:
             message = dg.parse_client_message(data)
         except dg.SchemaError as err:
             return Reply.frames(json.dumps(err.message), error="bad_message")
-        if isinstance(message, dg.Configure):  # answered when the writer gets there: later Results follow it
-            return Reply(lambda: [json.dumps(self.renderer.configure(message))])
+        if isinstance(message, dg.Configure):
+            return self._configure(message)
         if isinstance(message, Finalize):
             return FinalizeRequest()
         return message
+
+    def _configure(self, message: dg.Configure) -> Parsed:
+        """New keyterms replace the session's (protocol v1's `context` message, validated alike: Whisper's prompt
+        and the fusion LLM take them from the next window on); the answer goes when the writer gets there, so
+        later Results follow it."""
+        if message.keyterms is None:
+            return Reply(lambda: [json.dumps(self.renderer.configure(message))])
+        try:
+            keyterms, _ = parse_meeting({"keyterms": message.keyterms})
+        except StreamError as exc:
+            return Reply.frames(json.dumps(self.renderer.configure_failure(exc.message)), error=exc.code)
+        return [Context(keyterms=keyterms), Reply(lambda: [json.dumps(self.renderer.configure(message))])]
 
     async def handle(self, session: "Session", message: "FinalizeRequest") -> bool:
         """Finalize: the pending audio is decoded to finals, the endpoint it brings marked `from_finalize` (in
