@@ -6,6 +6,7 @@ import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,13 @@ class AsrOptions:
     prompt_tokens: int = 48  # previous text in Whisper's prompt, in tokens: one length for every long-running stream batches them
 
 
+class FusedWindows(StrEnum):
+    """Which windows a fusion mode decodes fused; the others are plain ASR."""
+
+    ENDPOINT = "endpoint"  # the window that closes an utterance (the default: see README, Fusion)
+    COMMITTING = "committing"  # also every running window that commits words (calibration observes these)
+
+
 @dataclass
 class StreamingOptions:
     """`[streaming]`: when a stream is decoded and what becomes final (see config.toml for each key)."""
@@ -40,6 +48,7 @@ class StreamingOptions:
     commit_delay: float = 1.5  # lookahead: a word is final once this much audio after it was decoded
     commit_after: float = 3.0  # no commits from running windows before the utterance has this many seconds of audio
     force_committed: bool = False  # committed words still in a window are forced as its decoder prefix, not re-decoded
+    fused_windows: FusedWindows = FusedWindows.ENDPOINT
     max_lag: float = 0.5  # a decoder behind by more than this many seconds of decision points skips to the newest
     prompt_words: int = 40
     vad_threshold: float = 0.5
@@ -53,6 +62,9 @@ class StreamingOptions:
     def __post_init__(self) -> None:
         if self.commit not in POLICIES:
             raise ValueError(f"streaming.commit must be one of {sorted(POLICIES)}, got {self.commit!r}")
+        if self.fused_windows not in set(FusedWindows):
+            raise ValueError(f"streaming.fused_windows must be one of {[w.value for w in FusedWindows]}, got {self.fused_windows!r}")
+        self.fused_windows = FusedWindows(self.fused_windows)
 
 
 @dataclass

@@ -134,6 +134,30 @@ def test_hallucination_gate(words, no_speech, logprob, rejected):
     assert StreamingProcessor(StreamingOptions())._rejected(hyp) is rejected
 
 
+@pytest.mark.parametrize("fused_windows", ["endpoint", "committing"])
+def test_fusion_modes_fuse_the_endpoint_window_or_every_committing_one(fused_windows):
+    """In a fusion mode the endpoint window is fused; running windows are plain ASR, unless
+    `fused_windows = "committing"` (what calibration observes) also fuses those that commit words."""
+    from core.types import Hypothesis, Mode
+    from streamer.config import StreamingOptions
+
+    entry = next(e for e in manifest("speech-dev") if e["id"] == "ljspeech_LJ001-0001")  # 10 s without a long pause
+    audio = np.concatenate([load_audio(entry["path"]), np.zeros(SAMPLE_RATE, np.float32)])
+    p = StreamingProcessor(StreamingOptions(fused_windows=fused_windows), Mode.UADF)
+    seen = set()
+    for i in range(0, len(audio), SAMPLE_RATE // 10):
+        p.insert_audio(audio[i : i + SAMPLE_RATE // 10])
+        while request := p.next_request():
+            seen.add((request.final, request.commits, request.mode))
+            p.accept_hypothesis(Hypothesis([], "", 0.0, 0.0, 1.0), request)
+    fused = {(final, commits) for final, commits, mode in seen if mode is Mode.UADF}
+    plain = {(final, commits) for final, commits, mode in seen if mode is Mode.ASR}
+    if fused_windows == "endpoint":
+        assert fused == {(True, True)} and plain == {(False, False), (False, True)}, seen
+    else:
+        assert fused == {(True, True), (False, True)} and plain == {(False, False)}, seen
+
+
 def test_endpoint_commit_policy_finals_only_at_endpoints(engine, long_run):
     """`streaming.commit = "endpoint"`: partials as usual, and every final closes an utterance."""
     from dataclasses import replace

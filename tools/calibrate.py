@@ -4,7 +4,8 @@ ASR: greedy tiny.en steps, a token counts as correct when its word is a hit in t
 alignment with the normalized reference. LLM: next-token prediction over the ASR hypotheses of
 the clips the ASR got right (cased, punctuated text like what the LLM sees at run time).
 Spans and gate: the decoder's comparisons at every step the lowest gate would open, observed in the
-streaming pipeline's windows that commit words (the commit policy as configured; ASR path kept) and
+streaming pipeline's windows that commit words (the commit policy as configured; ASR path kept; `--windows
+endpoint`: the endpoint windows only, where a stream fuses) and
 labelled against the references (tools/decisions.py); span temperatures fitted on them, then the gate
 with the most net fixes that regresses no set or condition.
 """
@@ -28,6 +29,7 @@ from fusion.candidates import text_logits
 from fusion.decoder import Comparison, FusionDecoder, ModeDecoder
 from fusion.llm_scorer import LLMScorer
 from streamer.audio import load_audio
+from streamer.config import FusedWindows
 from streamer.engine import Engine
 from streamer.greedy import GreedyDecoder
 from streamer.pipeline import transcribe_file
@@ -49,6 +51,10 @@ TOP = 256  # logits kept per step for the temperature fit
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--manifest", action="append", required=True, help="manifest.jsonl (repeatable); entries with "
                         "`keyterms` (eval/biasing/<set>/n<N>.jsonl) are also streamed with them, to fit the keyterm settings")
+    parser.add_argument("--limit", type=int, default=0, help="first N entries of each manifest (0: all)")
+    parser.add_argument("--windows", choices=[w.value for w in FusedWindows], default=FusedWindows.COMMITTING.value,
+                        help="windows whose comparisons are recorded: every window that commits words (default: about ten "
+                        "times the comparisons of the endpoint windows alone, of the same kind) or the endpoint windows")
     parser.add_argument("--out", default=None, help="calibration JSON (default: fusion.calibration of config)")
     parser.add_argument("--decisions", help="also write the recorded decisions (and token temperatures) here (JSONL)")
     parser.add_argument("--from-decisions", help="fit from decisions written by --decisions instead of recording them")
@@ -209,7 +215,8 @@ def run(args: argparse.Namespace, config) -> int:
     if not options.llm:
         raise SystemExit("calibrate needs an LLM: --llm or fusion.llm")
     out = Path(args.out or options.calibration or str(DEFAULT_CALIBRATION))
-    sets = {Path(m).parent.name: load_manifest(m) for m in args.manifest}
+    sets = {Path(m).parent.name: load_manifest(m, args.limit) for m in args.manifest}
+    config = replace(config, streaming=replace(config.streaming, fused_windows=FusedWindows(args.windows)))
     gates = sorted(float(g) for g in args.gates.split(","))
     boosts = sorted(float(b) for b in args.keyterm_boosts.split(","))
     min_probs = sorted(float(p) for p in args.keyterm_min_probs.split(","))
@@ -239,7 +246,7 @@ def run(args: argparse.Namespace, config) -> int:
     calibration = Calibration(
         asr_tau=temperatures["asr_tau"], llm_tau=temperatures["llm_tau"], llm=options.llm,
         **{k: v for k, v in fitted.items() if k != "details"},
-        details={"manifests": args.manifest, **{k: v for k, v in temperatures.items() if k not in ("asr_tau", "llm_tau")},
+        details={"manifests": args.manifest, "limit": args.limit, "windows": args.windows, **{k: v for k, v in temperatures.items() if k not in ("asr_tau", "llm_tau")},
                  **fitted["details"]},
     )
     calibration.save(out)
