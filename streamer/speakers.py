@@ -1,8 +1,9 @@
 """Who is speaking: speaker embeddings of committed speech, clustered online per session.
 
-The stage runs after a final is committed, on the audio around its words; the decoder never waits for it. One
-`SpeakerEncoder` is loaded per daemon and shared (streamer/ge2e.py, the only part that needs torch); each session
-gets an `OnlineDiarizer`. A label, once given, is never changed: later speech only moves the speakers'
+The session's audio is embedded as it arrives, in contexts that end on a grid of stream time; a final is
+labelled from those already made (a lookup), so labels add nothing to its latency. One `SpeakerEncoder` is
+loaded per daemon and shared (streamer/ge2e.py, the only part that needs torch); each session gets an
+`OnlineDiarizer`. A label, once given, is never changed: later speech only moves the speakers'
 centroids, which decides where new speech goes. streamer/speaker_labels.py runs it for the daemon's sessions.
 """
 
@@ -95,7 +96,7 @@ class _Speaker:
 
 @dataclass(frozen=True)
 class _Window:
-    """An embedded context: stream time [lo, hi) of one grid point, and how much speech it held."""
+    """An embedded context and how many seconds of speech it held (`min_context` decides on it)."""
 
     embedding: np.ndarray
     speech: float
@@ -109,10 +110,11 @@ class OnlineDiarizer:
     worker does, as audio comes) and call `label` with each final's words. Finals are short in agreement mode
     (often one word), so a piece is judged by up to `context` seconds of audio around it: back to the start of
     its run of speech (never across a pause, where the speaker may change) and `lookahead` ahead. Contexts end
-    on a `grid` of stream time and start either `context` before it or where speech resumed after a pause
-    (`candidates`), so they can be embedded before the words are known; a final takes the longest one that
-    stays inside its run, a lookup. A run keeps its speaker while the audio still matches it, even if another
-    matches better; otherwise the best match at `threshold` or above, else a new speaker.
+    on a `grid` of stream time and start either `context` before it or where speech resumed after a pause, so
+    they can be embedded before the words are known; a final takes the longest one that stays inside its run,
+    a lookup. A run keeps its speaker while the audio still matches it, even if another matches better (a young
+    speaker's run moves to a known speaker that matches it better: `confirm`); otherwise the best match at
+    `threshold` or above, else a new speaker.
 
     `accept` may run on another thread than `prepare` and `label` (the daemon's event loop and its speaker
     worker): the audio is kept as the chunks it came in, never copied or changed in place, behind a lock; so
@@ -129,7 +131,7 @@ class OnlineDiarizer:
         self._samples = 0  # samples received since the origin
         self._lock = threading.Lock()
         self._windows: dict[tuple[int, int], _Window] = {}  # (grid point, first sample) -> embedded context
-        self._prepared = -1  # last grid point embedded
+        self._prepared = self._last_point(start_time)  # last grid point embedded
         self._generation = 0  # audio restarts (a resume): a `prepare` of the old audio stores nothing
         self._labelled_until = start_time  # `until` of the last final: `prepare` goes at most `history` past it
         self._last_end: float | None = None  # end of the last labelled word
@@ -154,7 +156,7 @@ class OnlineDiarizer:
         with self._lock:
             self._chunks.clear()
             self._windows.clear()
-            self._origin, self._samples, self._prepared = start_time, 0, -1
+            self._origin, self._samples, self._prepared = start_time, 0, self._last_point(start_time)
             self._generation += 1
             self._labelled_until = start_time
 
@@ -240,10 +242,6 @@ class OnlineDiarizer:
             labels.extend([self.first_label + speaker] * (b - a))
         self._labelled_until = max(self._labelled_until, end)
         return labels
-
-    def candidates(self, k: int) -> list[tuple[float, float]]:
-        """The contexts of grid point `k`, as stream times [lo, hi) (for tests and tools)."""
-        return [(lo, hi) for _, lo, hi in self._candidates(self._audio(), k)]
 
     def _candidates(self, audio: tuple[list, float, float], k: int) -> list[tuple[tuple[int, int], float, float]]:
         """Contexts ending at grid point `k`: the last `context` seconds, and from each point where speech

@@ -307,7 +307,7 @@ def test_a_resumed_diarizer_keeps_its_speakers_and_a_restarted_one_numbers_after
     # the connection drops; the stream goes on at `offset` with voice 2 then voice 1
     offset = len(audio) / SAMPLE_RATE
     diarizer.restart_audio(offset)
-    assert diarizer.audio_end == offset and not diarizer._chunks
+    assert diarizer.audio_end == offset and not diarizer._chunks and not diarizer.unprepared  # nothing before `offset` to embed
     audio2, finals2, _ = script((2, 2.4), (1, 2.4))
     moved = [[W(w.word, w.start + offset, w.end + offset) for w in f] for f in finals2]
     out, fed = [], 0
