@@ -24,14 +24,15 @@ from streamer.audio import SAMPLE_RATE
 
 FRAME = 160  # 10 ms
 QUIET_DB = 40.0  # a 10 ms frame this far below the loudest of its piece is a pause, not speech
+TURN_DB = 25.0  # a context may also start after a pause this far below the loudest (a noisy room's pauses stay within 40 dB)
 
 
-def voiced(audio: np.ndarray) -> np.ndarray:
+def voiced(audio: np.ndarray, quiet_db: float = QUIET_DB) -> np.ndarray:
     """Which 10 ms frames hold speech, by energy against the piece's loudest frame. Resemblyzer trims pauses
     (webrtcvad) before embedding; a context here often holds a pause, or the silence after a turn."""
     n = len(audio) // FRAME
     energy = np.square(audio[: n * FRAME].reshape(n, FRAME), dtype=np.float64).mean(axis=1)
-    return energy > (energy.max(initial=0.0) * 10 ** (-QUIET_DB / 10) if n else 0.0) + 1e-12
+    return energy > (energy.max(initial=0.0) * 10 ** (-quiet_db / 10) if n else 0.0) + 1e-12
 
 
 class Timed(Protocol):
@@ -245,21 +246,23 @@ class OnlineDiarizer:
 
     def _candidates(self, audio: tuple[list, float, float], k: int) -> list[tuple[tuple[int, int], float, float]]:
         """Contexts ending at grid point `k`: the last `context` seconds, and from each point where speech
-        resumed after a pause of at least `pause` inside them (a run's start, seen in the audio). The same
-        audio gives the same contexts, whether embedded ahead or at a final."""
+        resumed after a pause of at least `pause` inside them (`QUIET_DB` below the loudest, or `TURN_DB` for a
+        noisy recording): a run's start, seen in the audio. The same audio gives the same contexts, whether embedded ahead or at a final."""
         o = self.options
         chunks, origin, first = audio
         hi = k * o.grid
         lo = max(hi - o.context, first)
         starts = [lo]
         scan = max(lo - o.pause, first)
-        frames = voiced(_clip(chunks, origin, scan, hi))
+        clip = _clip(chunks, origin, scan, hi)
         need = round(o.pause * SAMPLE_RATE / FRAME)
-        if len(frames) > need:
-            silent = np.concatenate([[0], np.cumsum(~frames)])
-            i = np.arange(need, len(frames))
-            resumed = i[frames[need:] & (silent[i] - silent[i - need] == need)]
-            starts += [scan + j * FRAME / SAMPLE_RATE for j in resumed]
+        for quiet_db in (QUIET_DB, TURN_DB):
+            frames = voiced(clip, quiet_db)
+            if len(frames) > need:
+                silent = np.concatenate([[0], np.cumsum(~frames)])
+                i = np.arange(need, len(frames))
+                resumed = i[frames[need:] & (silent[i] - silent[i - need] == need)]
+                starts += [scan + j * FRAME / SAMPLE_RATE for j in resumed]
         starts = sorted({s for s in starts if lo <= s <= hi - 0.2})
         return [((k, round((s - origin) * SAMPLE_RATE)), s, hi) for s in starts]
 

@@ -260,6 +260,9 @@ def test_encoder_embeddings_are_unit_vectors_and_tell_voices_apart(encoder):
     e = encoder.embed([lj1[: 3 * SAMPLE_RATE], lj3[: 3 * SAMPLE_RATE], jfk[: 3 * SAMPLE_RATE], lj1[:4000]])
     assert e.shape == (4, 256) and np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
     assert e[0] @ e[1] > e[0] @ e[2] + 0.15
+    # pieces shorter than one partial run in one packed pass, each to its own length: as if alone
+    short = [lj1[:4000], jfk[: SAMPLE_RATE], lj3[:20000]]
+    assert np.allclose(encoder.embed(short), np.concatenate([encoder.embed([p]) for p in short]), atol=1e-5)
 
 
 # -- the audio a session's diarizer keeps (streamer/speaker_labels.py feeds it from the event loop) ----------
