@@ -81,7 +81,8 @@ class DiarizerOptions:
     confirm: float = 4.0  # a speaker with less speech is young: its run moves to a known speaker it comes to match
     slack: float = 0.2  # a run's context may start this much before its first word (where speech resumed)
     grid: float = 0.5  # contexts end on this grid of stream time: embedded as the audio arrives, before any final
-    history: float = 30.0  # seconds of audio kept for context (a final's words are at most this old)
+    history: float = 30.0  # seconds of audio kept for context (a final's words are at most this old); also how far
+    # `prepare` runs ahead of the last final (an upload gives all its audio at once)
 
 
 @dataclass
