@@ -25,8 +25,8 @@ class _Ge2eNetwork(torch.nn.Module):
         self.lstm = torch.nn.LSTM(40, 256, 3, batch_first=True)
         self.linear = torch.nn.Linear(256, 256)
 
-    def forward(self, mels: torch.Tensor) -> torch.Tensor:
-        _, (hidden, _) = self.lstm(mels)
+    def forward(self, mels: torch.Tensor | torch.nn.utils.rnn.PackedSequence) -> torch.Tensor:
+        _, (hidden, _) = self.lstm(mels)  # packed: each sequence's last state at its own length
         raw = torch.relu(self.linear(hidden[-1]))
         return raw / raw.norm(dim=1, keepdim=True).clamp_min(1e-9)
 
@@ -37,7 +37,8 @@ class Ge2eEncoder:
     Front end: pauses cut out (`voiced`), volume raised to -30 dBFS (never lowered), linear (not log) 40-band mel power spectrogram with
     25 ms Hann windows every 10 ms, reflect-padded (librosa's melspectrogram of the version the model was trained
     with; the slaney filterbank comes from faster-whisper, which computes librosa's). A piece is cut into 1.6 s
-    partials every 0.8 s; their embeddings are averaged. A piece shorter than one partial runs as it is.
+    partials every 0.8 s; their embeddings are averaged. A piece shorter than one partial runs as it is (all such
+    pieces of a call in one packed pass: the contexts of a grid point differ in length).
 
     Run it with one torch intra-op thread (`torch.set_num_threads(1)` in the calling thread): with two threads
     the same embedding costs 4-6x the CPU on a 2-core machine."""
@@ -83,6 +84,7 @@ class Ge2eEncoder:
         with self._lock, torch.inference_mode():
             if full:
                 sums.index_add_(0, torch.tensor(owners), self.network(torch.stack(full)))
-            for i, mel in short:
-                sums[i] = self.network(mel[None])[0]
+            if short:  # pieces of different lengths in one pass
+                packed = torch.nn.utils.rnn.pack_sequence([mel for _, mel in short], enforce_sorted=False)
+                sums[torch.tensor([i for i, _ in short])] = self.network(packed)
         return torch.nn.functional.normalize(sums, dim=1).numpy()

@@ -3,9 +3,10 @@ each session's labeller.
 
 Nothing here imports torch. The encoder (streamer/ge2e.py) is imported and loaded on the stage's worker thread,
 once per process, when the first session that asks for labels opens: a daemon whose sessions never ask loads
-nothing. Every label is computed on that thread, never on the event loop or the decode thread, with one torch
-thread. A final carries its labels, so it waits for them: well under a millisecond when its run needs no new
-embedding (about half the finals), the embedding's 10-40 ms of one core when it does (docs/speakers.md).
+nothing. Every embedding is computed on that thread, never on the event loop or the decode thread, with one
+torch thread, as the session's audio arrives (`OnlineDiarizer.prepare`). A final carries its labels, so it
+waits for them: a lookup among the embeddings made ahead, on the event loop (well under a millisecond); only
+when its context is not embedded yet (an upload's first final, a worker that lags) does it wait for the worker.
 """
 
 from __future__ import annotations
@@ -133,59 +134,86 @@ STAGE = SpeakerStage()  # one per process: the daemon's sessions, or an in-proce
 
 @dataclass
 class LabelStats:
-    """What labelling cost one session: worker CPU, and how long each final waited for its labels."""
+    """What labelling cost one session: worker CPU, how long each final waited for its labels, and how many
+    finals waited for the worker (a context not embedded ahead)."""
 
     audio_seconds: float = 0.0
     cpu_seconds: float = 0.0
     waits: list[float] = field(default_factory=list)
+    held: int = 0
 
     def summary(self) -> str:
         waits = sorted(self.waits) or [0.0]
         per_second = self.cpu_seconds / self.audio_seconds if self.audio_seconds else 0.0
         return (f"{len(self.waits)} finals labelled, CPU {self.cpu_seconds:.3f} s ({per_second:.4f} s per audio s), "
                 f"wait per final p50 {1000 * waits[len(waits) // 2]:.2f} ms, p90 {1000 * waits[int(len(waits) * 0.9)]:.2f} ms, "
-                f"max {1000 * waits[-1]:.1f} ms")
+                f"max {1000 * waits[-1]:.1f} ms, {self.held} held for an embedding")
 
 
 class SessionSpeakers:
-    """One session's labeller: `accept` every chunk its processor gets (on the event loop), `label` each final
-    (computed on the stage's worker), `close` when the connection ends."""
+    """One session's labeller: `accept` every chunk its processor gets (on the event loop; the worker embeds
+    it ahead), `label` each final (a lookup), `close` when the connection ends."""
 
     def __init__(self, stage: SpeakerStage, session_id: str | None, diarizer: OnlineDiarizer):
         self.stage = stage
         self.session_id = session_id
         self.diarizer = diarizer
         self.stats = LabelStats()
+        self._preparing = False  # an embedding of new audio is queued or running on the worker
 
     def accept(self, audio: np.ndarray) -> None:
         self.diarizer.accept(audio)
         self.stats.audio_seconds += len(audio) / SAMPLE_RATE
+        self._prepare_ahead()
+
+    def _prepare_ahead(self) -> None:
+        """Queue the embedding of the audio that has come; one at a time (a queued one takes all that came)."""
+        if not self._preparing and self.diarizer.unprepared:
+            self._preparing = True
+            self.stage.executor.submit(self._prepare)
+
+    def _prepare(self) -> None:
+        started = time.thread_time()
+        try:
+            self.diarizer.prepare()
+        except Exception:
+            log.exception("session %s: speaker embeddings failed", self.session_id)
+        finally:
+            self.stats.cpu_seconds += time.thread_time() - started
+            self._preparing = False
 
     async def label(self, final: Final, until: float) -> Final:
         """The final with its speakers (`until`: the stream time the session's audio had reached when it was
-        committed). A failure of the speaker stage is logged and the final goes on without labels."""
+        committed): a lookup here, or on the worker where a context was not embedded yet. A failure of the
+        speaker stage is logged and the final goes on without labels."""
         if not final.words:
             return final
         started = time.perf_counter()
         try:
-            speakers, cpu = await asyncio.get_running_loop().run_in_executor(self.stage.executor, self._label, final.words, until)
+            speakers = self.diarizer.label(final.words, until, compute=False)
+            if speakers is None:
+                self.stats.held += 1
+                speakers, cpu = await asyncio.get_running_loop().run_in_executor(self.stage.executor, self._label, final.words, until)
+                self.stats.cpu_seconds += cpu
         except Exception:
             log.exception("session %s: speaker labels failed; final %d goes without them", self.session_id, final.segment)
             return final
         self.stats.waits.append(time.perf_counter() - started)
-        self.stats.cpu_seconds += cpu
+        self._prepare_ahead()  # an upload's audio came at once: embed the next part while the decoder goes on
         return labelled(final, speakers)
 
     def label_now(self, final: Final, until: float) -> Final:
         """`label` for an in-process command (no event loop of its own to keep free): on the worker, waited for."""
         if not final.words:
             return final
-        speakers, cpu = self.stage.executor.submit(self._label, final.words, until).result()
+        speakers, cpu = self.stage.executor.submit(self._label, final.words, until, True).result()
         self.stats.cpu_seconds += cpu
         return labelled(final, speakers)
 
-    def _label(self, words: Sequence[Timed], until: float) -> tuple[list[int], float]:
+    def _label(self, words: Sequence[Timed], until: float, ahead: bool = False) -> tuple[list[int], float]:
         started = time.thread_time()
+        if ahead:
+            self.diarizer.prepare()
         speakers = self.diarizer.label(words, until)
         return speakers, time.thread_time() - started
 

@@ -144,6 +144,25 @@ def test_change_of_speaker_inside_one_final():
     assert diarizer.label(words) == [{1: 0, 2: 1}[v] for v in truth]
 
 
+def test_a_young_speaker_whose_run_comes_to_match_a_known_one_is_retired():
+    # voice 1 speaks 9.6 s; then one run (no pause) opens with 1.6 s of voice 3 (cosine 0.5 to voice 1: a new
+    # speaker) and goes on in voice 1. The young speaker keeps matching its run (its centroid holds the mixed
+    # contexts), so without `confirm` the voice is split; with it the run goes back to speaker 0
+    audio, finals, _ = script((1, 9.6))
+    t, words = len(audio) / SAMPLE_RATE, []
+    for voice, seconds in ((3, 1.6), (1, 3.2)):
+        words += [W("w", t + 0.4 * i, t + 0.4 * (i + 1)) for i in range(int(round(seconds / 0.4)))]
+        audio = np.concatenate([audio, np.full(int(seconds * SAMPLE_RATE), voice / 100, np.float32)])
+        t += seconds
+    audio = np.concatenate([audio, np.zeros(SAMPLE_RATE, np.float32)])
+    finals += [words[i : i + 2] for i in range(0, len(words), 2)]
+    split = OnlineDiarizer(voices(0.5, 0.5), DiarizerOptions(confirm=0.0))
+    assert flat(run(split, audio, finals))[-12:] == [1] * 12
+    diarizer = OnlineDiarizer(voices(0.5, 0.5), DiarizerOptions(confirm=4.0))
+    assert flat(run(diarizer, audio, finals))[-12:] == [1] * 4 + [0] * 8  # given labels stay
+    assert diarizer.speakers[1].retired
+
+
 def test_long_final_is_cut_into_context_sized_pieces():
     words = [W("w", 0.4 * i, 0.4 * (i + 1)) for i in range(15)]  # 6 s without a pause
     words[10:] = [W("w", w.start + 0.5, w.end + 0.5) for w in words[10:]]  # one pause after 4 s
@@ -204,11 +223,46 @@ def test_real_voices_same_speaker_twice_gets_one_label(encoder):
     assert set(flat(run(OnlineDiarizer(encoder), audio, finals))) == {0}
 
 
+class Counting:
+    """The real encoder, counting the contexts it embeds."""
+
+    def __init__(self, encoder: Ge2eEncoder):
+        self.encoder, self.dim, self.pieces = encoder, encoder.dim, 0
+
+    def embed(self, pieces):
+        self.pieces += len(pieces)
+        return self.encoder.embed(pieces)
+
+
+def test_a_final_is_labelled_from_embeddings_made_as_the_audio_came(encoder):
+    """No latency for labels: the audio comes in 0.1 s frames and the speaker worker embeds it as it comes
+    (`prepare`); at each final the label is a lookup, no embedding made for it (`compute=False` would say None)."""
+    audio, finals, truth = clips_as_stream(dev_clip("jfk"), dev_clip("ljspeech_LJ001-0001"), dev_clip("jfk")[: 4 * SAMPLE_RATE])
+    counting = Counting(encoder)
+    diarizer = OnlineDiarizer(counting)
+    labels, fed = [], 0
+    for words in finals:
+        upto = min(int((words[-1].end + 0.8) * SAMPLE_RATE), len(audio))
+        for i in range(fed, upto, 1600):
+            diarizer.accept(audio[i : min(i + 1600, upto)])
+            diarizer.prepare()
+        fed = max(fed, upto)
+        before = counting.pieces
+        got = diarizer.label(words, until=upto / SAMPLE_RATE, compute=False)
+        assert got is not None and counting.pieces == before, words
+        labels += got
+    assert diarizer.embedded_on_label == 0 and counting.pieces > 0
+    assert labels == [{0: 0, 1: 1, 2: 0}[v] for v in truth]
+
+
 def test_encoder_embeddings_are_unit_vectors_and_tell_voices_apart(encoder):
     lj1, lj3, jfk = dev_clip("ljspeech_LJ001-0001"), dev_clip("ljspeech_LJ001-0003"), dev_clip("jfk")
     e = encoder.embed([lj1[: 3 * SAMPLE_RATE], lj3[: 3 * SAMPLE_RATE], jfk[: 3 * SAMPLE_RATE], lj1[:4000]])
     assert e.shape == (4, 256) and np.allclose(np.linalg.norm(e, axis=1), 1.0, atol=1e-5)
     assert e[0] @ e[1] > e[0] @ e[2] + 0.15
+    # pieces shorter than one partial run in one packed pass, each to its own length: as if alone
+    short = [lj1[:4000], jfk[: SAMPLE_RATE], lj3[:20000]]
+    assert np.allclose(encoder.embed(short), np.concatenate([encoder.embed([p]) for p in short]), atol=1e-5)
 
 
 # -- the audio a session's diarizer keeps (streamer/speaker_labels.py feeds it from the event loop) ----------
@@ -256,7 +310,7 @@ def test_a_resumed_diarizer_keeps_its_speakers_and_a_restarted_one_numbers_after
     # the connection drops; the stream goes on at `offset` with voice 2 then voice 1
     offset = len(audio) / SAMPLE_RATE
     diarizer.restart_audio(offset)
-    assert diarizer.audio_end == offset and not diarizer._chunks
+    assert diarizer.audio_end == offset and not diarizer._chunks and not diarizer.unprepared  # nothing before `offset` to embed
     audio2, finals2, _ = script((2, 2.4), (1, 2.4))
     moved = [[W(w.word, w.start + offset, w.end + offset) for w in f] for f in finals2]
     out, fed = [], 0

@@ -176,14 +176,16 @@ _engines: dict = {}  # streaming.commit -> Engine
 
 
 def label_stream(audio: np.ndarray, finals: list[CommittedFinal], diarizer: OnlineDiarizer) -> tuple[list[list[int]], list[float]]:
-    """Label each final in commit order with the audio that had arrived by then, as a session would; the CPU
-    seconds of each final's labelling."""
+    """Label each final in commit order with the audio that had arrived by then, as a session would: the audio
+    is embedded ahead (`prepare`, the speaker worker's job as audio comes), then the final is labelled. The CPU
+    seconds of each final's share (embedding the audio since the last final, and labelling it)."""
     labels, cpu, fed = [], [], 0
     for final in finals:
         upto = min(int(round(final.audio_end * SAMPLE_RATE)), len(audio))
         t0 = time.process_time()
         diarizer.accept(audio[fed:upto])
-        labels.append(diarizer.label(final.words))
+        diarizer.prepare()
+        labels.append(diarizer.label(final.words, final.audio_end))
         cpu.append(time.process_time() - t0)
         fed = max(fed, upto)
     return labels, cpu
@@ -251,9 +253,11 @@ def evaluate(streams: list[Stream], options: DiarizerOptions, out: Path, reuse_a
         audio = load_audio(stream.audio_path)
         name = stream.id if commit == "hybrid" else f"{stream.id}.{commit}"
         finals, asr_cpu = run_asr(stream.audio_path, out / "asr" / f"{name}.json", reuse_asr, commit)
-        labels, per_final = label_stream(audio, finals, OnlineDiarizer(encoder, options))
+        diarizer = OnlineDiarizer(encoder, options)
+        labels, per_final = label_stream(audio, finals, diarizer)
         score = score_stream(stream, finals, labels, metrics, asr_cpu, sum(per_final), len(audio) / SAMPLE_RATE)
         score.extra["label_ms_p50"], score.extra["label_ms_max"] = 1000 * np.median(per_final), 1000 * max(per_final)
+        score.extra["embedded_at_final"] = diarizer.embedded_on_label
         scores.append(score)
     return scores, summarise(scores, metrics)
 
@@ -275,6 +279,8 @@ def summarise(scores: list[StreamScore], metrics: tuple[DiarizationErrorRate, Di
         "speaker_cpu_per_s": total("speaker_cpu") / seconds,
         "speaker_share_of_asr": total("speaker_cpu") / total("asr_cpu"),
         "label_ms_max": max(s.extra["label_ms_max"] for s in scores),
+        "finals": total("finals"),
+        "embedded_at_final": sum(s.extra["embedded_at_final"] for s in scores),
     }
 
 
@@ -291,7 +297,8 @@ def table(scores: list[StreamScore], summary: dict) -> str:
                 f"{m['false_alarm']:.1%} | {m['der_true_labels']:.1%} | **{m['wer']:.1%}** | **{m['cpwer']:.1%}** | "
                 f"{m['speaker_cpu_per_s']:.4f} |")
     rows.append(f"\nCPU per audio second: ASR {m['asr_cpu_per_s']:.3f} s, speaker labels {m['speaker_cpu_per_s']:.4f} s "
-                f"(+{m['speaker_share_of_asr']:.1%}); one final's labelling at most {m['label_ms_max']:.0f} ms CPU")
+                f"(+{m['speaker_share_of_asr']:.1%}); one final's share at most {m['label_ms_max']:.0f} ms CPU; "
+                f"contexts embedded at a final (not ahead): {m['embedded_at_final']} for {m['finals']} finals")
     return "\n".join(rows)
 
 
@@ -307,7 +314,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config key")
     parser.add_argument("--threshold", type=float, help="default: speakers.threshold")
     parser.add_argument("--max-speakers", type=int, help="default: speakers.max_speakers")
-    tunable = ("threshold", "context", "lookahead", "pause", "min_context", "recheck")
+    tunable = ("threshold", "context", "lookahead", "pause", "min_context", "recheck", "grid", "slack", "confirm")
     for name in tunable[1:]:
         parser.add_argument(f"--{name.replace('_', '-')}", type=float, default=getattr(DiarizerOptions, name))
     parser.add_argument("--commit", default="hybrid", choices=["hybrid", "agreement", "endpoint", "lookahead"],

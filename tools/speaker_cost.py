@@ -9,8 +9,8 @@ One daemon process (asr mode, no LLM) serves the same meeting-like streams (tool
 - Latency (`--live`): each stream over protocol v1 at real-time pace, without then with `diarize`; per word of
   each final, the time from sending the audio of the word's end to receiving its final.
 
-The daemon's own account of the speaker stage (its worker's CPU, how long each final waited for its labels)
-comes from its log.
+The daemon's own account of the speaker stage (its worker's CPU, how long each final waited for its labels, how
+many finals were held for an embedding not made ahead) comes from its log.
 
     python -m tools.meeting_streams --seeds 13-20
     python -m tools.speaker_cost --seeds 13-20            # uploads: a minute or two
@@ -36,7 +36,7 @@ from tools.daemon_process import ResourceMonitor, start_daemon, stop_daemon
 from tools.meeting_streams import parse_seeds
 
 FRAME = 0.1  # seconds of audio a frame, as live clients send it
-STATS = re.compile(r"speakers: (\d+) finals labelled, CPU ([\d.]+) s .*wait per final p50 ([\d.]+) ms, p90 [\d.]+ ms, max ([\d.]+) ms")
+STATS = re.compile(r"speakers: (\d+) finals labelled, CPU ([\d.]+) s .*wait per final p50 ([\d.]+) ms, p90 [\d.]+ ms, max ([\d.]+) ms, (\d+) held for an embedding")
 
 
 async def stream(url: str, audio: np.ndarray, diarize: bool, speed: float) -> list[float]:
@@ -107,8 +107,9 @@ def run(streams: list[Path], speed: float, live: bool, workdir: Path) -> dict:
     out["speaker_stage"] = {
         "finals": sum(int(f) for f, *_ in stage),
         "cpu_per_audio_s": sum(float(c) for _, c, *_ in stage) / seconds / (2 if live else 1),
-        "wait_p50_ms_per_session": [float(p) for *_, p, _ in stage],
-        "wait_max_ms": max((float(m) for *_, m in stage), default=0.0),
+        "wait_p50_ms_per_session": [float(p) for _, _, p, _, _ in stage],
+        "wait_max_ms": max((float(m) for _, _, _, m, _ in stage), default=0.0),
+        "held_per_session": [int(h) for *_, h in stage],  # finals that waited for an embedding (uploads, then live)
     }
     out["added_cpu"] = out["on"]["cpu_per_audio_s"] / out["off"]["cpu_per_audio_s"] - 1
     return out
@@ -135,7 +136,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"word->final latency p50/p90 at {args.speed:g}x real time: off {off['word_final_latency_p50']:.3f}/"
               f"{off['word_final_latency_p90']:.3f} s, on {on['word_final_latency_p50']:.3f}/{on['word_final_latency_p90']:.3f} s")
     print(f"a final's wait for its labels: p50 {result['speaker_stage']['wait_p50_ms_per_session']} ms per session, "
-          f"max {result['speaker_stage']['wait_max_ms']:.1f} ms over {result['speaker_stage']['finals']} finals")
+          f"max {result['speaker_stage']['wait_max_ms']:.1f} ms over {result['speaker_stage']['finals']} finals; "
+          f"held for an embedding, per session: {result['speaker_stage']['held_per_session']}")
 
 
 if __name__ == "__main__":
