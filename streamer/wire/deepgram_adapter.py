@@ -92,13 +92,14 @@ class DeepgramAdapter:
         """New keyterms replace the session's (protocol v1's `context` message, validated alike: Whisper's prompt
         and the fusion LLM take them from the next window on); the answer goes when the writer gets there, so
         later Results follow it."""
+        answer = Reply(lambda: [json.dumps(self.renderer.configure(message))])
         if message.keyterms is None:
-            return Reply(lambda: [json.dumps(self.renderer.configure(message))])
+            return answer
         try:
             keyterms, _ = parse_meeting({"keyterms": message.keyterms})
         except StreamError as exc:
             return Reply.frames(json.dumps(self.renderer.configure_failure(exc.message)), error=exc.code)
-        return [Context(keyterms=keyterms), Reply(lambda: [json.dumps(self.renderer.configure(message))])]
+        return [Context(keyterms=keyterms), answer]
 
     async def handle(self, session: "Session", message: "FinalizeRequest") -> bool:
         """Finalize: the pending audio is decoded to finals, the endpoint it brings marked `from_finalize` (in
