@@ -208,7 +208,7 @@ class StreamingProcessor:
         self.stats.fused_tokens += hyp.fused_tokens
         words = hyp.words
         rejected = self._rejected(hyp)
-        if words:
+        if words and log.isEnabledFor(logging.DEBUG):  # its arguments cost a join per hypothesis
             log.debug(
                 "window %.2f-%.2f %s final=%s: %r no_speech=%.2f logprob=%.2f word_p=%s rejected=%s", request.offset,
                 request.end, request.mode, request.final, join_words(words), hyp.no_speech_prob, hyp.avg_logprob,

@@ -311,12 +311,16 @@ def streams():
     return [stream_audio(ids) for ids in STREAMS]
 
 
-@pytest.fixture(scope="module")
-def alone(engine, streams) -> list[str]:
+def alone_texts(engine, streams) -> list[str]:
     """What the in-process pipeline makes of each stream alone (what a node makes of it: every decision point)."""
     from streamer.pipeline import run_stream
 
     return [run_stream(engine, engine.new_processor("asr"), audio).text for audio, _ in streams]
+
+
+@pytest.fixture(scope="module")
+def alone(engine, streams) -> list[str]:
+    return alone_texts(engine, streams)
 
 
 def cluster_wer(streams, texts: list[str]) -> float:
@@ -432,12 +436,9 @@ async def test_redis_restart_loses_no_acknowledged_final(cluster, streams):
 def twelve(engine):
     """12 streams of a speech-dev clip each (4.5-6 s), their references, and what the in-process pipeline
     (one stream at a time, every decision point decoded) makes of each."""
-    from streamer.pipeline import run_stream
-
     clips = [e["id"] for e in sorted(manifest("speech-dev"), key=lambda e: e["seconds"]) if e["seconds"] >= 4][:12]
     streams = [stream_audio([clip]) for clip in clips]
-    alone = [run_stream(engine, engine.new_processor("asr"), audio).text for audio, _ in streams]
-    return streams, [ref for _, ref in streams], alone
+    return streams, [ref for _, ref in streams], alone_texts(engine, streams)
 
 
 async def test_twelve_real_time_clients_spread_and_match_one_daemon(cluster, twelve):
