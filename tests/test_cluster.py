@@ -3,7 +3,7 @@ loopback. Clients stream speech-dev clips through HAProxy with the client core's
 killed (kill -9) or drained (SIGTERM), Redis is killed and restarted, two clients resume one session on two
 nodes at once. Every process is started here, bounded in time, and dies with the test run.
 
-The default run uses three ~25 s streams at twice real time (three daemons on two cores) and 12 real-time
+The default run uses three ~24 s streams (four of the 12 clips each) at twice real time (three daemons on two cores) and 12 real-time
 streams at once, and starts the daemons once: only its last test stops nodes (one killed, one drained). The
 nodes replay every decision point however far behind they fall (as in test_server's eval test), so a
 transcript does not depend on the load and the cluster's must equal the in-process pipeline's. The 12
@@ -47,11 +47,6 @@ DEPLOY = ROOT / "deploy"
 SPEED = 2.0  # three daemons decoding on two cores: twice real time keeps them up with three streams
 LEASE = 3.0
 DRAIN_DELAY = 2.5  # > HAProxy's fall 2 x inter 1 s: the node is out of the pool before its sessions end
-STREAMS = [  # three ~25 s streams of LJSpeech sentences (speech-dev), ~220 reference words in all
-    ["ljspeech_LJ001-0001", "ljspeech_LJ001-0005", "ljspeech_LJ001-0009"],
-    ["ljspeech_LJ001-0014", "ljspeech_LJ001-0017", "ljspeech_LJ001-0018"],
-    ["ljspeech_LJ001-0015", "ljspeech_LJ001-0023", "ljspeech_LJ001-0027"],
-]
 
 
 def _tool(name: str) -> str:
@@ -306,25 +301,11 @@ def assert_exactly_once(cluster: Cluster, client: Client) -> None:
     assert end["type"] == "end" and end["finals"] == len(finals), end
 
 
-@pytest.fixture(scope="module")
-def streams():
-    return [stream_audio(ids) for ids in STREAMS]
-
-
 def alone_texts(engine, streams) -> list[str]:
     """What the in-process pipeline makes of each stream alone (what a node makes of it: every decision point)."""
     from streamer.pipeline import run_stream
 
     return [run_stream(engine, engine.new_processor("asr"), audio).text for audio, _ in streams]
-
-
-@pytest.fixture(scope="module")
-def alone(engine, streams) -> list[str]:
-    return alone_texts(engine, streams)
-
-
-def cluster_wer(streams, texts: list[str]) -> float:
-    return wer([ref for _, ref in streams], texts)
 
 
 # -- tests (the one that stops nodes last) ------------------------------------------------------
@@ -346,7 +327,7 @@ async def test_a_full_node_leaves_the_pool_until_it_has_room(cluster):
 
 
 async def test_two_resumes_of_one_session_on_two_nodes_at_once_one_wins(cluster, streams):
-    audio, _ = streams[0]
+    audio = streams[0][0]
     async with open_ws(cluster.nodes[0].ws_url) as first:
         await first.send(start(mode="asr"))
         ready = await recv(first)
@@ -399,7 +380,7 @@ def _wav(audio: np.ndarray) -> bytes:
 
 
 async def test_redis_restart_loses_no_acknowledged_final(cluster, streams):
-    clients = [Client(cluster.ws_url, audio) for audio, _ in streams[:2]]
+    clients = [Client(cluster.ws_url, audio) for audio, *_ in streams[:2]]
     tasks = [asyncio.create_task(c.run()) for c in clients]
     await asyncio.gather(*(c.first_final.wait() for c in clients))
     cluster.kill_redis()
@@ -438,14 +419,22 @@ def twelve(engine):
     (one stream at a time, every decision point decoded) makes of each."""
     clips = [e["id"] for e in sorted(manifest("speech-dev"), key=lambda e: e["seconds"]) if e["seconds"] >= 4][:12]
     streams = [stream_audio([clip]) for clip in clips]
-    return streams, [ref for _, ref in streams], alone_texts(engine, streams)
+    return clips, streams, [ref for _, ref in streams], alone_texts(engine, streams)
+
+
+@pytest.fixture(scope="module")
+def streams(twelve):
+    """Three ~24 s streams of four of the twelve clips each (0.8 s apart), and the twelve's in-process texts
+    joined per stream: what each stream's clips get alone."""
+    clips, _, _, alone = twelve
+    return [(*stream_audio(clips[i : i + 4]), " ".join(alone[i : i + 4])) for i in range(0, 12, 4)]
 
 
 async def test_twelve_real_time_clients_spread_and_match_one_daemon(cluster, twelve):
     """12 real-time streams through HAProxy: least connections spreads them over the nodes, every final is
     stored once, and each transcript is what one stream alone gets (the nodes fall behind, they skip
     nothing)."""
-    streams, refs, alone = twelve
+    _, streams, refs, alone = twelve
     await asyncio.to_thread(wait_for, lambda: all(cluster.sessions_on(i) == 0 for i in range(3)), 60, "idle nodes")
     clients = [Client(cluster.ws_url, audio) for audio, _ in streams]
     await asyncio.gather(*(c.run(1.0) for c in clients))
@@ -464,12 +453,12 @@ async def test_twelve_real_time_clients_spread_and_match_one_daemon(cluster, twe
     assert abs(together - single) <= 0.01 and together < 0.15
 
 
-async def test_a_node_killed_and_another_drained_their_sessions_resume_on_the_last(cluster, streams, alone):
+async def test_a_node_killed_and_another_drained_their_sessions_resume_on_the_last(cluster, streams):
     """One stream a node (least connections); kill -9 of one node and SIGTERM of another: their clients
     reconnect through HAProxy and resume on the node left, every acknowledged final exactly once."""
     # least connections spreads three new streams over three nodes only once the earlier tests' sessions are gone
     await asyncio.to_thread(wait_for, lambda: all(cluster.sessions_on(i) == 0 for i in range(3)), 60, "idle nodes")
-    clients = [Client(cluster.ws_url, audio) for audio, _ in streams]
+    clients = [Client(cluster.ws_url, audio) for audio, *_ in streams]
     tasks = [asyncio.create_task(c.run()) for c in clients]
     await asyncio.gather(*(c.first_final.wait() for c in clients))
     nodes = [cluster.node_of(c.session.session_id) for c in clients]
@@ -492,7 +481,8 @@ async def test_a_node_killed_and_another_drained_their_sessions_resume_on_the_la
         assert len(c.finals) > before
     assert [c.session.readies >= 2 for c in clients] == [True, True, False] and clients[2].session.connections == 1
     assert {cluster.node_of(c.session.session_id) for c in clients} == {nodes[2]}
-    single, failed_over = cluster_wer(streams, alone), cluster_wer(streams, [c.text for c in clients])
+    refs, alone = [ref for _, ref, _ in streams], [text for *_, text in streams]
+    single, failed_over = wer(refs, alone), wer(refs, [c.text for c in clients])
     print(f"at {', '.join(f'{t:.1f}' for t in at)} s of audio: kill -9: {failover(clients[:1], killed_at)}; "
           f"WER {failed_over:.2%} (alone {single:.2%})")
     assert failed_over - single <= 0.02
@@ -579,7 +569,7 @@ async def test_redis_down_is_store_unavailable_at_once():
 # -- heavy: the 12 clients with a node killed ----------------------------------------------------
 @pytest.mark.heavy
 async def test_twelve_clients_survive_a_kill9(cluster, twelve):
-    streams, refs, alone = twelve
+    _, streams, refs, alone = twelve
     clients = [Client(cluster.ws_url, audio) for audio, _ in streams]
     tasks = [asyncio.create_task(c.run(1.0)) for c in clients]
     await asyncio.gather(*(c.first_final.wait() for c in clients))
