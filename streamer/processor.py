@@ -21,6 +21,7 @@ from core.types import SAMPLE_RATE, Hypothesis, MeetingContext, Mode, WindowRequ
 from streamer.audio import SampleBuffer
 from streamer.commit import make_policy, strip_committed
 from streamer.config import FusedWindows, StreamingOptions
+from streamer.keyterm_prompt import KeytermSelector
 from streamer.protocol import Final, Partial
 from streamer.vad import StreamingVad
 
@@ -64,7 +65,7 @@ class StreamingProcessor:
     ):
         """decoder_context: the mode's per-stream decoder state (fusion: the LLM context), told every
         committed final. start_time, first_segment and history (committed text) continue a resumed
-        session's stream; `meeting`'s keyterms go into Whisper's prompt."""
+        session's stream; `meeting`'s keyterms go into Whisper's prompt (those spelled close to words heard)."""
         self.options = options
         self.mode = mode
         self.decoder_context = decoder_context
@@ -75,6 +76,8 @@ class StreamingProcessor:
         self.committed_in_buffer: list[Word] = []
         self.context_words: list[str] = history.split()[-options.prompt_words :]  # committed, out of the buffer
         self.meeting = meeting
+        self._keyterms = KeytermSelector(meeting.keyterms)
+        self._prompt_keyterms: tuple[str, ...] = ()  # the keyterms the next window's prompt carries
         self.uncommitted: list[Word] = []
         self.segment = first_segment
         self.last_decode_end = start_time
@@ -120,6 +123,8 @@ class StreamingProcessor:
     def set_meeting(self, meeting: MeetingContext) -> None:
         """Replace the session's keyterms and notes (a mid-stream `context` message)."""
         self.meeting = meeting
+        self._keyterms = KeytermSelector(meeting.keyterms)
+        self._prompt_keyterms = ()
         if self.decoder_context is not None:
             self.decoder_context.set_meeting(meeting)
 
@@ -191,7 +196,7 @@ class StreamingProcessor:
             offset=self.buffer_start,
             end=end,
             prompt=prompt,
-            keyterms=self.meeting.keyterms,
+            keyterms=self._prompt_keyterms,
             mode=mode,
             context=self.decoder_context if mode.fused else None,
             prefix=join_words(self.committed_in_buffer) if mode.fused or self.options.force_committed else "",
@@ -217,6 +222,9 @@ class StreamingProcessor:
         if rejected:
             self.stats.rejected += 1
             words = []
+        if self.meeting.keyterms and words:
+            heard = self.context_words[-self.options.prompt_words :] + [w.word for w in self.committed_in_buffer + words]
+            self._prompt_keyterms = self._keyterms.select(heard)
         new = strip_committed(words, self.committed_in_buffer, self._committed_end())
         if not new and self.committed_in_buffer and self._speech_ignored(request):
             # Whisper sometimes transcribes the committed context and stops, skipping the new

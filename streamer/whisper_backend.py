@@ -36,7 +36,7 @@ os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
 TAIL_PAD = 0.5  # seconds of zeros after the window's audio
 MAX_SECONDS = 29.0  # longest window the encoder takes (30 s of frames, less the pad)
 MAX_PROMPT_TOKENS = 448 // 2 - 1  # Whisper's previous-text budget: half its 448-token context, less sot_prev
-KEYTERM_TOKENS = 160  # of that budget, at most this much for keyterms: committed text keeps the rest
+KEYTERM_TOKENS = 48  # of that budget, at most this much for keyterms (the closest to words heard first): committed text keeps the rest
 PREPEND_PUNCTUATION = "\"'“¿([{-"
 APPEND_PUNCTUATION = "\"'.。,，!！?？:：”)]}、"
 

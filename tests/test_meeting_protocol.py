@@ -81,12 +81,25 @@ def test_fusion_context_takes_a_new_meeting_at_the_next_decode_only():
     assert ctx._prefix_ids == [3]
 
 
-def test_new_keyterms_reach_the_next_window(engine):
-    processor = engine.new_processor(Mode.ASR, meeting=MeetingContext(("Maintz",)))
-    processor.insert_audio(speech("jfk")[: 16000 * 4])
-    processor.set_meeting(MeetingContext(("Gutenberg", "Schoeffer")))
+def test_the_prompt_carries_the_keyterms_heard_and_new_ones_replace_them(engine):
+    """Real model: a window's prompt carries the session's keyterms spelled close to words the stream has
+    (JFK's "fellow Americans" and "country" bring in "fellow Americans" and "countree", not "Gutenberg"); a
+    new meeting's keyterms replace them at the next window."""
+    terms = ("Gutenberg", "fellow Americans", "Schoeffer", "countree", "Maintz")
+    processor = engine.new_processor(Mode.ASR, meeting=MeetingContext(terms))
+    audio = speech("jfk")
+    prompts = []
+    for i in range(0, 16000 * 9, 1600):
+        processor.insert_audio(audio[i : i + 1600])
+        if (request := processor.next_request()) is not None:
+            prompts.append(request.keyterms)
+            processor.accept_hypothesis(engine.transcribe([request])[0], request)
+    assert prompts[0] == () and {"fellow Americans", "countree"} <= set(prompts[-1]), prompts
+    assert not {"Gutenberg", "Schoeffer", "Maintz"} & set(prompts[-1]), prompts
+    processor.set_meeting(MeetingContext(("Berlin",)))
+    processor.insert_audio(audio[16000 * 9 : 16000 * 10])
     request = processor.next_request()
-    assert request is not None and request.keyterms == ("Gutenberg", "Schoeffer")
+    assert request is not None and request.keyterms == ()
 
 
 def test_daemon_takes_keyterms_and_context_messages(daemon):
