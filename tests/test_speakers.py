@@ -163,6 +163,29 @@ def test_a_young_speaker_whose_run_comes_to_match_a_known_one_is_retired():
     assert diarizer.speakers[1].retired
 
 
+def test_a_turn_whose_pause_the_audio_does_not_show_is_labelled_from_a_context_made_ahead():
+    """The words show a pause (2.4 s to 3.0 s) where the audio holds room noise, not quiet: no context starts
+    there, so the second voice's first final takes the one prepared context that starts after the first
+    voice's last word, a lookup; nothing is embedded at a final."""
+    table = voices(0.0)
+    t = lambda s: int(s * SAMPLE_RATE)  # noqa: E731
+    audio = np.concatenate([np.zeros(t(0.8)), np.full(t(1.6), 0.01), np.full(t(0.6), 0.004), np.full(t(2.0), 0.02), np.zeros(t(1.0))]).astype(np.float32)
+    words = [W("w", 0.8 + 0.4 * i, 1.2 + 0.4 * i) for i in range(4)] + [W("w", 3.0 + 0.4 * i, 3.4 + 0.4 * i) for i in range(5)]
+    finals = [words[0:2], words[2:4], words[4:6], words[6:8], words[8:9]]
+    diarizer = OnlineDiarizer(table)
+    labels, fed = [], 0
+    for final in finals:
+        upto = min(t(final[-1].end + 0.8), len(audio))
+        for i in range(fed, upto, 1600):
+            diarizer.accept(audio[i : min(i + 1600, upto)])
+            diarizer.prepare()
+        fed = max(fed, upto)
+        got = diarizer.label(final, until=upto / SAMPLE_RATE, compute=False)
+        assert got is not None, final
+        labels += got
+    assert labels == [0] * 4 + [1] * 5 and diarizer.embedded_on_label == 0
+
+
 def test_long_final_is_cut_into_context_sized_pieces():
     words = [W("w", 0.4 * i, 0.4 * (i + 1)) for i in range(15)]  # 6 s without a pause
     words[10:] = [W("w", w.start + 0.5, w.end + 0.5) for w in words[10:]]  # one pause after 4 s
