@@ -52,7 +52,7 @@ class Daemon:
         self.engine = engine
         self.metrics = Metrics()
         self.store = open_store(self.options)
-        self.scheduler = DecodeScheduler(engine.transcribe, config.scheduler, self.metrics, config.streaming.step)
+        self.scheduler = DecodeScheduler(engine.transcribe, config.scheduler, self.metrics, config.streaming.step, config.asr.workers)
         self.registry = SessionRegistry(engine, self.scheduler, self.store, self.options, self.metrics)
         self.access = AccessPolicy(self.options, self.metrics)
         self.pending = Pending(self.options.max_pending)

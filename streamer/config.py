@@ -22,7 +22,8 @@ class AsrOptions:
     model: str = "embedded"
     device: str = "auto"
     compute_type: str = "auto"
-    cpu_threads: int = 0
+    cpu_threads: int = 0  # per replica; 0: all cores, shared out among the workers
+    workers: int = 2  # model replicas decoding batches at once (see config.toml)
     language: str = "en"
     prompt_tokens: int = 48  # previous text in Whisper's prompt, in tokens: one length for every long-running stream batches them
 

@@ -56,10 +56,13 @@ class DecodeScheduler:
         options: SchedulerOptions,
         metrics: Metrics | None = None,
         step: float = StreamingOptions.step,
+        workers: int = 1,
     ):
-        """`transcribe`: a batch of windows -> their hypotheses (Engine.transcribe), run on the decode thread.
-        `step`: the processor's partial step, the shortest partial interval."""
+        """`transcribe`: a batch of windows -> their hypotheses (Engine.transcribe), run on a decode thread.
+        `step`: the processor's partial step, the shortest partial interval. `workers`: batches decoded at once
+        (the backend's model replicas), each on a decode thread of its own."""
         self.transcribe = transcribe
+        self.workers = max(workers, 1)
         self.options = options
         self.metrics = metrics
         self.step = step
@@ -67,16 +70,17 @@ class DecodeScheduler:
         if metrics:
             metrics.partial_interval.set(step)
         self._queue: asyncio.Queue[tuple[WindowRequest, asyncio.Future]] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="decode")
-        self._task: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="decode")
+        self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._serve(), name="decode-scheduler")
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._serve(), name=f"decode-scheduler-{i}") for i in range(self.workers)]
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._executor.shutdown(wait=True, cancel_futures=True)
 
     @property

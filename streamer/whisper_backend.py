@@ -65,14 +65,18 @@ def max_length(seconds: float, prompt_len: int) -> int:
 
 
 class WhisperBackend:
-    """One loaded Whisper model shared by all sessions; calls are serialised (the scheduler's thread)."""
+    """One loaded Whisper model shared by all sessions: `asr.workers` replicas (CTranslate2 inter_threads), as
+    many batches decoded at once (the scheduler's decode threads), each on its share of the cores."""
 
     def __init__(self, options: AsrOptions):
         self.options = options
         self.device, self.compute_type = resolve_device(options.device, options.compute_type)
         path = resolve_model_path(options.model)
+        workers = max(options.workers, 1)
+        threads = options.cpu_threads or (max((os.cpu_count() or 1) // workers, 1) if workers > 1 else 0)
         self.whisper_model = WhisperModel(
-            path, device=self.device, compute_type=self.compute_type, cpu_threads=options.cpu_threads, local_files_only=True
+            path, device=self.device, compute_type=self.compute_type, cpu_threads=threads, num_workers=workers,
+            local_files_only=True,
         )
         self.model: ctranslate2.models.Whisper = self.whisper_model.model
         if not self.model.is_multilingual and options.language not in ("en", ""):
@@ -85,7 +89,7 @@ class WhisperBackend:
         )
         self.model_name = "tiny.en" if options.model == "embedded" else os.path.basename(options.model.rstrip("/"))
         self.silence = self._encode_frames(self._features(np.zeros(30 * SAMPLE_RATE, np.float32)))
-        self._lock = threading.Lock()
+        self._lock = threading.BoundedSemaphore(workers)  # one batch a replica
 
     # -- encoding -----------------------------------------------------------------------------
     def _features(self, audio: np.ndarray) -> np.ndarray:

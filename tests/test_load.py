@@ -206,7 +206,7 @@ def test_overload_sheds_partial_decodes_never_finals(tmp_path):
     partial decodes, and every stream still gets all its finals, on disk too, and its end."""
     d = start_daemon(
         tmp_path, "--set", "server.max_rate=0", "--set", "scheduler.max_batch=1", "--set", "asr.device=cpu",
-        "--set", "asr.cpu_threads=1",
+        "--set", "asr.cpu_threads=1", "--set", "asr.workers=1",
     )
     try:
         streams = [speech_loop(20, 5 * i) for i in range(3)]

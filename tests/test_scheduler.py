@@ -72,3 +72,37 @@ def test_shedding_bounds_partials_but_not_commits():
     scheduler.partial_interval = 6.0  # what _adapt reaches while windows wait after every batch
     assert not scheduler.admits_partial(1.2) and scheduler.admits_partial(6.0)
     assert not scheduler.admits_partial(0.9, commits=True) and scheduler.admits_partial(1.0, commits=True)
+
+
+class SlowBackend(RecordingBackend):
+    """A decode that holds its thread for a while (as the model does, without the GIL): how many at once?"""
+
+    def __init__(self):
+        super().__init__()
+        self.running = self.most = 0
+        self.guard = threading.Lock()
+
+    def transcribe(self, requests):
+        with self.guard:
+            self.running += 1
+            self.most = max(self.most, self.running)
+        threading.Event().wait(0.2)
+        with self.guard:
+            self.running -= 1
+        return super().transcribe(requests)
+
+
+def test_workers_decode_that_many_batches_at_once():
+    async def go(workers: int) -> SlowBackend:
+        backend = SlowBackend()
+        scheduler = DecodeScheduler(backend.transcribe, SchedulerOptions(max_batch=2, max_wait_ms=0), workers=workers)
+        scheduler.start()
+        try:
+            hyps = await asyncio.gather(*(scheduler.submit(request(n)) for n in "abcdef"))
+        finally:
+            await scheduler.stop()
+        assert sorted(h.text for h in hyps) == list("abcdef") and len(backend.threads) == workers
+        return backend
+
+    assert asyncio.run(go(1)).most == 1
+    assert asyncio.run(go(2)).most == 2

@@ -188,7 +188,9 @@ def test_eval_pipeline_gives_the_finals_a_websocket_client_gets(tmp_path, engine
     word for word, on three dev clips (asr mode). The daemon replays every decision point (a max_lag no shared
     CI machine reaches) and sheds no window (the partial interval capped at one step), so neither a slow
     machine nor the client's pace makes it skip one: the client sends as fast as it can (the daemon then lags
-    most), and the cluster's 12 real-time clients (test_cluster) are held to the same pipeline."""
+    most), and the cluster's 12 real-time clients (test_cluster) are held to the same pipeline. The daemon
+    decodes on two model replicas (`asr.workers`, a core and a decode thread each), the pipeline one window at
+    a time: the same finals."""
     from streamer.pipeline import transcribe_file
 
     entries = [e for e in manifest("speech-dev") if e["id"] in ("jfk", "01jc020j", "40dc021d")]
