@@ -223,7 +223,7 @@ class StreamingProcessor:
             self.stats.rejected += 1
             words = []
         if self.meeting.keyterms and words:
-            heard = self.context_words[-self.options.prompt_words :] + [w.word for w in self.committed_in_buffer + words]
+            heard = self.context_words + [w.word for w in self.committed_in_buffer + words]  # context_words: the prompt's
             self._prompt_keyterms = self._keyterms.select(heard)
         new = strip_committed(words, self.committed_in_buffer, self._committed_end())
         if not new and self.committed_in_buffer and self._speech_ignored(request):

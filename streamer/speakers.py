@@ -136,7 +136,7 @@ class OnlineDiarizer:
         self._prepared = self._last_point(start_time)  # last grid point embedded
         self._generation = 0  # audio restarts (a resume): a `prepare` of the old audio stores nothing
         self._labelled_until = start_time  # `until` of the last final: `prepare` goes at most `history` past it
-        self._last_end: float | None = None  # end of the last labelled word
+        self._last_end = -math.inf  # end of the last labelled word
         self._run_start = start_time
         self._run_after = -math.inf  # end of the last word of the run before this one: its contexts start after it
         self._run_speaker: int | None = None
@@ -208,9 +208,9 @@ class OnlineDiarizer:
         last_end, run_start, after, checked = self._last_end, self._run_start, self._run_after, self._checked_until
         for a, b in self.pieces(words):
             ps, pe = words[a].start, words[b - 1].end
-            new_run = last_end is None or ps - last_end >= o.pause
+            new_run = ps - last_end >= o.pause  # always for the first words (-inf)
             if new_run:
-                run_start, after = ps, -math.inf if last_end is None else last_end
+                run_start, after = ps, last_end
             context = None
             if new_run or pe - checked >= o.recheck:
                 context = self._context(audio, min(end, pe + o.lookahead), run_start, after)
@@ -231,7 +231,7 @@ class OnlineDiarizer:
         for a, b, new_run, context in plans:
             if new_run:
                 self._run_start, self._run_speaker = words[a].start, None
-                self._run_after = -math.inf if self._last_end is None else self._last_end
+                self._run_after = self._last_end
             if context is None:  # too little new speech since the run's last check: same speaker
                 speaker = self._run_speaker
             else:
