@@ -169,13 +169,17 @@ class SessionRegistry:
         try:
             await session.flush()
         finally:
-            if self.sessions.get(session.id) is session:
-                del self.sessions[session.id]
-                self._closers.pop(session.id, None)
-                self._keep_limits(session)
-            self.metrics.sessions.set(len(self.sessions))
-            if not session.closed:
+            ending = not session.closed
+            try:
+                # closed while still listed: a resume that comes meanwhile takes it over, so waits for the close
                 await session.close()
+            finally:
+                if self.sessions.get(session.id) is session:
+                    del self.sessions[session.id]
+                    self._closers.pop(session.id, None)
+                    self._keep_limits(session)
+                self.metrics.sessions.set(len(self.sessions))
+            if ending:
                 log.info("session %s ended: %d finals, %.1f s of audio", session.id, session.finals, session.audio_seconds)
 
     def _keep_limits(self, session: Session) -> None:

@@ -140,6 +140,7 @@ class Session:
         self.failure: asyncio.Future[StreamError] = loop.create_future()  # set when the session cannot go on
         self._task = loop.create_task(self._decode_loop(), name=f"decode-{session_id}")
         self.closed = False
+        self._closing: asyncio.Future | None = None  # the one close, that a second `close` waits for
         self.stopping = False  # the daemon is shutting down: audio that still arrives is not taken
 
     @staticmethod
@@ -274,11 +275,19 @@ class Session:
         self.outbox.put(Error(code=error.code, message=error.message))
 
     async def close(self) -> None:
-        if self.closed:
-            return
-        self.closed = True
+        """Stop decoding, close the transcript (its stream end written) and keep the speakers for a resume. A
+        second call (a resume taking the session over while its connection ends it) returns when the first is done,
+        so a resume never reads the store, or opens the speakers, before the old connection has left them."""
+        if self._closing is None:
+            self.closed = True
+            self._closing = asyncio.ensure_future(self._close())
+        await asyncio.shield(self._closing)
+
+    async def _close(self) -> None:
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
-        await self.writer.close(stream_time=self.start_time + self.audio_seconds)
-        if self.speakers is not None:
-            self.speakers.close()
+        try:
+            await self.writer.close(stream_time=self.start_time + self.audio_seconds)
+        finally:
+            if self.speakers is not None:
+                self.speakers.close()

@@ -140,6 +140,7 @@ class OnlineDiarizer:
         self._run_start = start_time
         self._run_after = -math.inf  # end of the last word of the run before this one: its contexts start after it
         self._run_speaker: int | None = None
+        self._run_born = False  # a new speaker started inside this run, after its first piece
         self._checked_until = start_time  # end of the last piece that was judged
 
     def accept(self, audio: np.ndarray) -> None:
@@ -231,6 +232,7 @@ class OnlineDiarizer:
         for a, b, new_run, context in plans:
             if new_run:
                 self._run_start, self._run_speaker = words[a].start, None
+                self._run_born = False
                 self._run_after = self._last_end
             if context is None:  # too little new speech since the run's last check: same speaker
                 speaker = self._run_speaker
@@ -348,7 +350,10 @@ class OnlineDiarizer:
                     best = j
         elif sims and (max(sims) >= o.threshold or len(sims) >= o.max_speakers):
             best = int(np.argmax(sims))
+        elif run is not None and self._run_born:
+            best = run  # one new voice per run: a second would be the young one's speech coming out unlike its first context
         else:
+            self._run_born = run is not None
             return self._new(embedding, seconds)
         sp = self.speakers[best]
         sp.total = (sp.total if sp.seconds else 0) + embedding * seconds

@@ -563,6 +563,42 @@ async def test_resume_while_the_old_connection_is_open_takes_it_over(daemon):
     assert wer([reference("jfk")], [" ".join(f["text"] for f in everything)]) < 0.3
 
 
+async def test_a_resume_while_the_old_connection_ends_waits_for_its_close(engine, tmp_path):
+    """A client that reconnects at once: its old session is still closing (the transcript's stream end being
+    written on a thread) when the resume comes. The resume waits for that close, so it goes on from where the
+    audio ended and keeps the session's speakers (it used to start new ones, 1 run in 3 of the speaker test)."""
+    from streamer.app import open_store
+    from streamer.config import ServerOptions
+    from streamer.metrics import Metrics
+    from streamer.protocol import parse_client_message
+    from streamer.registry import SessionRegistry
+    from streamer.scheduler import DecodeScheduler
+
+    options = ServerOptions(data_dir=str(tmp_path), fsync=False)
+    metrics = Metrics()
+    scheduler = DecodeScheduler(engine.transcribe, engine.config.scheduler, metrics, engine.config.streaming.step)
+    registry = SessionRegistry(engine, scheduler, open_store(options), options, metrics)
+    start = {"type": "start", "sample_rate": 16000, "encoding": "pcm_s16le", "channels": 1, "diarize": True}
+    no_connection = lambda: asyncio.sleep(0)  # noqa: E731
+    old, _ = await registry.open(parse_client_message(json.dumps(start)), no_connection)
+    old.feed(np.zeros(16000 * 2, np.int16).tobytes())  # 2 s of silence: no finals, a stream end of 2.0
+    close_transcript = old.writer.close
+
+    async def slow_close(**kwargs):
+        await asyncio.sleep(0.3)
+        await close_transcript(**kwargs)
+
+    old.writer.close = slow_close
+    ending = asyncio.create_task(registry.end(old))  # the connection dropped
+    await asyncio.sleep(0.1)
+    assert old.closed and not ending.done()
+    new, previous = await registry.open(parse_client_message(json.dumps({**start, "session_id": old.id, "resume_token": old.secret})), no_connection)
+    assert ending.done() and previous == []
+    assert new.start_time == pytest.approx(2.0)  # the old connection's stream end, written before the resume read it
+    assert new.speakers.diarizer is old.speakers.diarizer  # the session's speakers go on
+    await registry.end(new)
+
+
 async def test_transcript_endpoint_formats(daemon):
     async with session(daemon.ws_url) as (ws, ready):
         sid = ready["session_id"]

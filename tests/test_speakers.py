@@ -163,6 +163,23 @@ def test_a_young_speaker_whose_run_comes_to_match_a_known_one_is_retired():
     assert diarizer.speakers[1].retired
 
 
+def test_a_run_starts_at_most_one_new_speaker_after_its_first_words():
+    """One run (no pause): voice 1 for 9.6 s, then a second voice whose 2 s contexts come out unlike each other
+    (registers 3 and 4 at cosine 0.5, as the contexts of a noisy recording's pauses do). Its first context starts
+    a speaker inside the run; the next, unlike that young speaker, keeps it instead of starting a third (JFK's
+    turn in test_speaker_daemon came out as three speakers when the final boundaries fell so)."""
+    e = np.eye(8)
+    table = VoiceTable({1: e[0], 3: e[1], 4: 0.5 * e[1] + np.sqrt(0.75) * e[2]})
+    audio, words, t = [np.zeros(int(0.8 * SAMPLE_RATE), np.float32)], [], 0.8
+    for voice, seconds in ((1, 9.6), (3, 2.4), (4, 2.4), (3, 2.4)):
+        words += [W("w", t + 0.4 * i, t + 0.4 * (i + 1)) for i in range(int(round(seconds / 0.4)))]
+        audio.append(np.full(int(seconds * SAMPLE_RATE), voice / 100, np.float32))
+        t += seconds
+    audio.append(np.zeros(SAMPLE_RATE, np.float32))
+    labels = flat(run(OnlineDiarizer(table), np.concatenate(audio), [words[i : i + 2] for i in range(0, len(words), 2)]))
+    assert labels == [0] * 24 + [1] * 18
+
+
 def test_a_turn_whose_pause_the_audio_does_not_show_is_labelled_from_a_context_made_ahead():
     """The words show a pause (2.4 s to 3.0 s) where the audio holds room noise, not quiet: no context starts
     there, so the second voice's first final takes the one prepared context that starts after the first
