@@ -122,4 +122,9 @@ class SampleBuffer:
 
     def head(self, n: int) -> np.ndarray:
         """A copy of the first n samples."""
-        return self._data[self._start : self._start + min(max(n, 0), len(self))].copy()
+        return self.samples(0, n)
+
+    def samples(self, i: int, j: int) -> np.ndarray:
+        """A copy of samples i to j (clipped to what the buffer holds)."""
+        i, j = min(max(i, 0), len(self)), min(max(j, 0), len(self))
+        return self._data[self._start + i : self._start + max(i, j)].copy()

@@ -6,7 +6,6 @@ thread the first time a session asks for speaker labels, so a daemon whose sessi
 
 from __future__ import annotations
 
-import threading
 from typing import Sequence
 
 import numpy as np
@@ -14,7 +13,8 @@ import torch
 from faster_whisper.feature_extractor import FeatureExtractor
 
 from streamer.audio import SAMPLE_RATE
-from streamer.speakers import FRAME, resemblyzer_weights, voiced
+from streamer.loudness import FRAME, voiced
+from streamer.speakers import resemblyzer_weights
 
 
 class _Ge2eNetwork(torch.nn.Module):
@@ -55,7 +55,6 @@ class Ge2eEncoder:
         self.network.eval()
         self._filters = torch.from_numpy(FeatureExtractor.get_mel_filters(SAMPLE_RATE, 400, 40).astype(np.float32))
         self._window = torch.hann_window(400)
-        self._lock = threading.Lock()  # one forward pass at a time: sessions share the model
 
     def mel(self, audio: np.ndarray) -> torch.Tensor:
         n = len(audio) // FRAME
@@ -81,7 +80,7 @@ class Ge2eEncoder:
                 full.append(mel[s : s + self.PARTIAL])
                 owners.append(i)
         sums = torch.zeros(len(pieces), self.dim)
-        with self._lock, torch.inference_mode():
+        with torch.inference_mode():  # no lock: the worker and the held thread may run passes at once (no state changes)
             if full:
                 sums.index_add_(0, torch.tensor(owners), self.network(torch.stack(full)))
             if short:  # pieces of different lengths in one pass

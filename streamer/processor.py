@@ -24,6 +24,7 @@ from streamer.config import FusedWindows, StreamingOptions
 from streamer.keyterm_prompt import KeytermSelector
 from streamer.protocol import Final, Partial
 from streamer.vad import StreamingVad
+from streamer.word_times import AROUND, fit_to_speech
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +241,7 @@ class StreamingProcessor:
             self._finalize_done()
             self.flushed_until = request.end
             if new:
-                events.append(self._commit(new, endpoint=True))
+                events.append(self._commit(new, endpoint=True, at=request.end))
             elif self.utterance_open:  # its words are all final already: close it with an empty final
                 events.append(self._commit([], endpoint=True, at=request.end))
             self.policy.reset()
@@ -248,7 +249,7 @@ class StreamingProcessor:
         else:
             done = self.policy.update(new, request.end) if request.commits else []
             if done:
-                events.append(self._commit(done, endpoint=False))
+                events.append(self._commit(done, endpoint=False, at=request.end))
             self.uncommitted = new[len(done) :]
         self._maybe_trim()
         partial = join_words(self.uncommitted)
@@ -297,14 +298,22 @@ class StreamingProcessor:
         # "you" on a tone scores a fair log-prob (-0.2 to -0.5) only because it is short.
         return hyp.avg_logprob < o.logprob_threshold or mean_p < o.unsure_word_probability
 
-    def _commit(self, words: list[Word], endpoint: bool, at: float = 0.0) -> Final:
+    def _commit(self, words: list[Word], endpoint: bool, at: float) -> Final:
+        """A final of `words`, decided by the window that ends at `at`: their times fitted to the speech in the
+        buffer up to there (the same audio live or uploaded); the processor keeps Whisper's own times."""
+        shown = [replace(w, word=w.word.strip()) for w in words]
+        if shown:
+            first = int((shown[0].start - AROUND - self.buffer_start) * SAMPLE_RATE)
+            last = int((min(shown[-1].end + AROUND, at) - self.buffer_start) * SAMPLE_RATE)
+            origin = self.buffer_start + max(first, 0) / SAMPLE_RATE
+            shown = fit_to_speech(shown, self.buffer.samples(first, last), origin)
         final = Final(
             segment=self.segment,
             text=join_words(words),
-            start=words[0].start if words else at,
-            end=words[-1].end if words else at,
+            start=shown[0].start if shown else at,
+            end=shown[-1].end if shown else at,
             endpoint=endpoint,
-            words=[replace(w, word=w.word.strip()) for w in words],
+            words=shown,
         )
         self.segment += 1
         self.utterance_open = not endpoint

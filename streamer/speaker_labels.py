@@ -3,10 +3,12 @@ each session's labeller.
 
 Nothing here imports torch. The encoder (streamer/ge2e.py) is imported and loaded on the stage's worker thread,
 once per process, when the first session that asks for labels opens: a daemon whose sessions never ask loads
-nothing. Every embedding is computed on that thread, never on the event loop or the decode thread, with one
-torch thread, as the session's audio arrives (`OnlineDiarizer.prepare`). A final carries its labels, so it
-waits for them: a lookup among the embeddings made ahead, on the event loop (well under a millisecond); only
-when its context is not embedded yet (an upload's first final, a worker that lags) does it wait for the worker.
+nothing. Every embedding is computed on the stage's threads, never on the event loop or the decode thread, with
+one torch thread, as the session's audio arrives (`OnlineDiarizer.prepare`, on the worker). A final carries its
+labels, so it waits for them: a lookup among the embeddings made ahead, on the event loop (well under a
+millisecond); only when its context is not embedded yet (an upload's first final, a worker that lags) does it
+wait for one embedding, made on a thread of its own (`held`), not queued behind every session's embeddings of
+new audio on the worker.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import os
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -29,6 +33,8 @@ from streamer.protocol import Final, Start
 from streamer.speakers import DiarizerOptions, OnlineDiarizer, Timed, resemblyzer_weights
 
 log = logging.getLogger(__name__)
+
+BACKGROUND_NICE = 10  # the worker's CPU priority below the decode threads'
 
 
 def diarizer_options(defaults: SpeakerOptions, start: Start | None = None) -> DiarizerOptions | None:
@@ -52,24 +58,35 @@ def labelled(final: Final, speakers: Sequence[int]) -> Final:
 
 
 def _one_torch_thread() -> None:
-    """The worker's torch runs on one intra-op thread (per thread with OpenMP: the LLM's setting is untouched);
+    """The stage's torch runs on one intra-op thread (per thread with OpenMP: the LLM's setting is untouched);
     with two, one embedding costs 4-6x the CPU on a 2-core machine."""
     import torch
 
     torch.set_num_threads(1)
 
 
+def _background_thread() -> None:
+    """The worker: one torch thread, and on Linux a lower CPU priority (nice +10) for this thread alone, so the
+    embeddings made ahead take the cores between decodes instead of slowing them (it needs a few percent of a
+    core; if it falls behind, a final's context is made on the held thread, at normal priority)."""
+    _one_torch_thread()
+    if sys.platform == "linux":
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
+
+
 class SpeakerStage:
-    """The process's speaker stage: the shared encoder (loaded on first use, on the worker), the one worker thread
-    every label is computed on, and the diarizers of ended connections, so that a resumed session keeps its
-    speakers (the last `KEEP` sessions; their audio is dropped)."""
+    """The process's speaker stage: the shared encoder (loaded on first use, on the worker), the worker thread
+    that embeds every session's audio as it comes, the thread that labels finals held for an embedding, and the
+    diarizers of ended connections, so that a resumed session keeps its speakers (the last `KEEP` sessions;
+    their audio is dropped)."""
 
     KEEP = 256
     dim = 256
 
     def __init__(self) -> None:
-        self._executor: ThreadPoolExecutor | None = None
+        self._executors: dict[str, ThreadPoolExecutor] = {}
         self._encoder = None
+        self._loading = threading.Lock()
         self._kept: collections.OrderedDict[str, OnlineDiarizer] = collections.OrderedDict()
         self._lock = threading.Lock()
 
@@ -80,22 +97,34 @@ class SpeakerStage:
 
     @property
     def executor(self) -> ThreadPoolExecutor:
+        """The worker: every session's embeddings of new audio, one job at a time."""
+        return self._thread("speakers", _background_thread)
+
+    @property
+    def held(self) -> ThreadPoolExecutor:
+        """Finals held for an embedding: a thread of their own, at normal priority, so one waits for its own
+        embedding only (the encoder takes passes from both threads at once: no lock to wait on behind the
+        worker, which runs at a lower priority)."""
+        return self._thread("speakers-held", _one_torch_thread)
+
+    def _thread(self, name: str, initializer: Callable[[], None]) -> ThreadPoolExecutor:
         with self._lock:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(1, thread_name_prefix="speakers", initializer=_one_torch_thread)
-            return self._executor
+            if name not in self._executors:
+                self._executors[name] = ThreadPoolExecutor(1, thread_name_prefix=name, initializer=initializer)
+            return self._executors[name]
 
     def embed(self, pieces: Sequence[np.ndarray]) -> np.ndarray:
         """The `SpeakerEncoder` of every session's diarizer; runs on the worker thread only."""
         return self._model().embed(pieces)
 
     def _model(self):
-        if self._encoder is None:
-            from streamer.ge2e import Ge2eEncoder
+        with self._loading:  # the worker and the held thread: loaded once
+            if self._encoder is None:
+                from streamer.ge2e import Ge2eEncoder
 
-            started = time.perf_counter()
-            self._encoder = Ge2eEncoder()
-            log.info("speaker encoder loaded (Resemblyzer GE2E) in %.1f s", time.perf_counter() - started)
+                started = time.perf_counter()
+                self._encoder = Ge2eEncoder()
+                log.info("speaker encoder loaded (Resemblyzer GE2E) in %.1f s", time.perf_counter() - started)
         return self._encoder
 
     def open(self, session_id: str | None, options: DiarizerOptions, start_time: float, previous: Sequence[Final] = ()) -> "SessionSpeakers":
@@ -193,7 +222,7 @@ class SessionSpeakers:
             speakers = self.diarizer.label(final.words, until, compute=False)
             if speakers is None:
                 self.stats.held += 1
-                speakers, cpu = await asyncio.get_running_loop().run_in_executor(self.stage.executor, self._label, final.words, until)
+                speakers, cpu = await asyncio.get_running_loop().run_in_executor(self.stage.held, self._label, final.words, until)
                 self.stats.cpu_seconds += cpu
         except Exception:
             log.exception("session %s: speaker labels failed; final %d goes without them", self.session_id, final.segment)

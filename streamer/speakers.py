@@ -20,19 +20,10 @@ from typing import Protocol, Sequence
 import numpy as np
 
 from streamer.audio import SAMPLE_RATE
+from streamer.loudness import FRAME, QUIET_DB, voiced
 
 
-FRAME = 160  # 10 ms
-QUIET_DB = 40.0  # a 10 ms frame this far below the loudest of its piece is a pause, not speech
 TURN_DB = 25.0  # a context may also start after a pause this far below the loudest (a noisy room's pauses stay within 40 dB)
-
-
-def voiced(audio: np.ndarray, quiet_db: float = QUIET_DB) -> np.ndarray:
-    """Which 10 ms frames hold speech, by energy against the piece's loudest frame. Resemblyzer trims pauses
-    (webrtcvad) before embedding; a context here often holds a pause, or the silence after a turn."""
-    n = len(audio) // FRAME
-    energy = np.square(audio[: n * FRAME].reshape(n, FRAME), dtype=np.float64).mean(axis=1)
-    return energy > (energy.max(initial=0.0) * 10 ** (-quiet_db / 10) if n else 0.0) + 1e-12
 
 
 class Timed(Protocol):

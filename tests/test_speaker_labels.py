@@ -98,10 +98,10 @@ def test_session_options_come_from_start_else_config():
 
 def test_a_session_without_diarize_touches_no_speaker_stage():
     fmt = AudioFormat(16000, "pcm_s16le", 1)
-    before = (STAGE.loaded, STAGE._executor, dict(STAGE._kept))
+    before = (STAGE.loaded, dict(STAGE._executors), dict(STAGE._kept))
     assert open_speakers("b" * 32, Start(format=fmt), SpeakerOptions(), 0.0) is None
     assert open_speakers(None, None, SpeakerOptions(), 0.0) is None
-    assert (STAGE.loaded, STAGE._executor, dict(STAGE._kept)) == before  # a daemon's: test_speaker_daemon.py
+    assert (STAGE.loaded, dict(STAGE._executors), dict(STAGE._kept)) == before  # a daemon's: test_speaker_daemon.py
 
 
 # -- exports -------------------------------------------------------------------------------------------------
@@ -204,3 +204,41 @@ def test_the_stage_keeps_a_session_speakers_for_its_resume(monkeypatch):
     unknown = stage.open("d" * 32, DiarizerOptions(), 4.0, previous=[final(0, "fellow Americans", 1.0, speakers=[0, 4])])
     assert unknown.diarizer.first_label == 5
     stage.executor.shutdown()
+
+
+def test_a_final_held_for_an_embedding_does_not_queue_behind_the_worker():
+    """The worker embeds every session's new audio, one job at a time, at a lower CPU priority; a final whose
+    context is not made yet is labelled on a thread of its own, so it waits for its own embedding, not for that
+    queue (here: a worker stuck on another job)."""
+    import asyncio
+    import os
+    import threading
+
+    import numpy as np
+
+    from streamer.speaker_labels import BACKGROUND_NICE, SpeakerStage
+    from streamer.speakers import DiarizerOptions
+
+    class OneVoice:
+        dim = 2
+
+        def embed(self, pieces):
+            return np.tile([1.0, 0.0], (len(pieces), 1))
+
+    stage = SpeakerStage()
+    stage._encoder = OneVoice()
+    busy = threading.Event()
+    stage.executor.submit(busy.wait, 30)  # the worker is busy: this session's embeddings ahead wait behind it
+    session = stage.open("e" * 32, DiarizerOptions(), 0.0)
+    session.accept(np.full(3 * 16000, 0.1, np.float32))
+    try:
+        done = asyncio.run(asyncio.wait_for(session.label(final(0, "and so my", 0.5), until=3.0), 10))
+        assert [w.speaker for w in done.words] == [0, 0, 0] and session.stats.held == 1
+    finally:
+        busy.set()
+    # the worker runs below the decode threads' CPU priority (Linux), the held thread at theirs
+    nice = lambda: os.getpriority(os.PRIO_PROCESS, threading.get_native_id())  # noqa: E731
+    assert stage.executor.submit(nice).result() == nice() + BACKGROUND_NICE
+    assert stage.held.submit(nice).result() == nice()
+    stage.executor.shutdown()
+    stage.held.shutdown()
