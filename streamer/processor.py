@@ -300,8 +300,9 @@ class StreamingProcessor:
 
     def _commit(self, words: list[Word], endpoint: bool, at: float) -> Final:
         """A final of `words`, decided by the window that ends at `at`: their times fitted to the speech in the
-        buffer up to there (the same audio live or uploaded); the processor keeps Whisper's own times."""
-        shown = [replace(w, word=w.word.strip()) for w in words]
+        buffer up to there (the same audio live or uploaded); the processor keeps Whisper's own times, and so does
+        the final, in `aligned`."""
+        aligned = shown = [replace(w, word=w.word.strip()) for w in words]
         if shown:
             first = int((shown[0].start - AROUND - self.buffer_start) * SAMPLE_RATE)
             last = int((min(shown[-1].end + AROUND, at) - self.buffer_start) * SAMPLE_RATE)
@@ -314,6 +315,7 @@ class StreamingProcessor:
             end=shown[-1].end if shown else at,
             endpoint=endpoint,
             words=shown,
+            aligned=aligned,
         )
         self.segment += 1
         self.utterance_open = not endpoint

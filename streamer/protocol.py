@@ -238,6 +238,9 @@ class Final:
     speaker: int | None = None
     speaker_change: bool = False
     words: list[Word] = field(default_factory=list)  # stripped of Whisper's leading space
+    # The same words with Whisper's own times (`words` are fitted to the speech, streamer/word_times.py): what the
+    # speaker labeller judges runs on. Not sent, not stored, not compared.
+    aligned: list[Word] = field(default_factory=list, compare=False, repr=False)
 
 
 @dataclass
@@ -290,6 +293,7 @@ def _round(obj: Any) -> Any:
 def to_dict(message: ServerMessage) -> dict[str, Any]:
     out = {"type": message.type, **_round(asdict(message))}
     if isinstance(message, Final):  # speaker fields only where speakers are labelled: otherwise as before them
+        del out["aligned"]
         if out["speaker"] is None:
             del out["speaker"]
         if not out["speaker_change"]:

@@ -64,7 +64,8 @@ def test_turns_from_labelled_words_join_short_pauses_only():
 
 def test_cpwer_counts_a_misattributed_word_twice_and_ignores_label_names():
     ref = {"ann": "hello there", "bob": "good morning"}
-    finals = [CommittedFinal(words(("hello", 0, 1), ("there", 1, 2)), 2.5), CommittedFinal(words(("good", 3, 4), ("morning", 4, 5)), 5.5)]
+    said = [words(("hello", 0, 1), ("there", 1, 2)), words(("good", 3, 4), ("morning", 4, 5))]
+    finals = [CommittedFinal(said[0], said[0], 2.5), CommittedFinal(said[1], said[1], 5.5)]
     assert cp_errors(ref, finals, [[7, 7], [3, 3]]) == (0, 4)
     assert cp_errors(ref, finals, [[7, 7], [7, 3]]) == (2, 4)
 
@@ -73,7 +74,8 @@ def test_oracle_labels_and_der_of_a_perfect_hypothesis():
     ref = Annotation()
     ref[Segment(0.0, 2.0)] = "ann"
     ref[Segment(2.5, 5.0)] = "bob"
-    finals = [CommittedFinal(words(("a", 0.1, 1.0), ("b", 1.0, 1.9), ("c", 2.6, 4.9)), 5.5)]
+    said = words(("a", 0.1, 1.0), ("b", 1.0, 1.9), ("c", 2.6, 4.9))
+    finals = [CommittedFinal(said, said, 5.5)]
     labels = oracle_labels(finals, ref)
     assert labels == [["ann", "ann", "bob"]]
     der = DiarizationErrorRate(collar=0.25)(ref, hypothesis([f.words for f in finals], labels))

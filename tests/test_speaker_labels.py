@@ -242,3 +242,17 @@ def test_a_final_held_for_an_embedding_does_not_queue_behind_the_worker():
     assert stage.held.submit(nice).result() == nice()
     stage.executor.shutdown()
     stage.held.shutdown()
+
+
+def test_the_labeller_judges_whisper_times_and_the_wire_carries_the_fitted_ones():
+    """A final's words are fitted to the speech (word_times.py); `aligned` keeps Whisper's times for the speaker
+    labeller (its runs are cut at pauses between those), and is never sent, stored or compared."""
+    from dataclasses import replace
+
+    from streamer.speaker_labels import _judged
+
+    whisper = final(0, "may be", 2.4)
+    fitted = replace(whisper, words=[replace(w, start=w.start + 0.1) for w in whisper.words], aligned=whisper.words)
+    assert _judged(fitted) == whisper.words and _judged(whisper) == whisper.words
+    assert "aligned" not in to_dict(fitted) and to_dict(fitted)["words"][0]["start"] == 2.5
+    assert replace(fitted, aligned=[]) == fitted  # not compared: a final read back from the store equals the one sent

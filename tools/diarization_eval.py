@@ -138,9 +138,11 @@ def hypothesis(finals: list[list[TimedWord]], labels: list[list[int]], join: flo
 
 @dataclass
 class CommittedFinal:
-    """A final as the session saw it: its words and how far the stream's audio had arrived."""
+    """A final as the session saw it: its words (times fitted to the speech: the turns scored), the same words
+    with Whisper's times (what the labeller judges) and how far the stream's audio had arrived."""
 
     words: list[TimedWord]
+    aligned: list[TimedWord]
     audio_end: float
 
 
@@ -148,7 +150,8 @@ def run_asr(path: str, cache: Path, reuse: bool, commit: str = "hybrid") -> tupl
     """Finals of the streaming pipeline (asr mode, `streaming.commit` as given) and its CPU seconds; cached."""
     if reuse and cache.exists():
         data = json.loads(cache.read_text())
-        return [CommittedFinal([TimedWord(**w) for w in f["words"]], f["audio_end"]) for f in data["finals"]], data["cpu"]
+        return [CommittedFinal([TimedWord(**w) for w in f["words"]], [TimedWord(**w) for w in f["aligned"]], f["audio_end"])
+                for f in data["finals"]], data["cpu"]
     from streamer.engine import Engine
     from streamer.pipeline import run_stream
     from streamer.protocol import Final
@@ -161,8 +164,8 @@ def run_asr(path: str, cache: Path, reuse: bool, commit: str = "hybrid") -> tupl
 
     def on_event(event) -> None:
         if isinstance(event, Final) and event.words:
-            words = [TimedWord(w.word, w.start, w.end) for w in event.words]
-            finals.append(CommittedFinal(words, processor.stream_time))
+            words, aligned = ([TimedWord(w.word, w.start, w.end) for w in ws] for ws in (event.words, event.aligned))
+            finals.append(CommittedFinal(words, aligned, processor.stream_time))
 
     cpu = time.process_time()
     run_stream(engine, processor, load_audio(path), on_event)
@@ -185,7 +188,7 @@ def label_stream(audio: np.ndarray, finals: list[CommittedFinal], diarizer: Onli
         t0 = time.process_time()
         diarizer.accept(audio[fed:upto])
         diarizer.prepare()
-        labels.append(diarizer.label(final.words, final.audio_end))
+        labels.append(diarizer.label(final.aligned, final.audio_end))
         cpu.append(time.process_time() - t0)
         fed = max(fed, upto)
     return labels, cpu
