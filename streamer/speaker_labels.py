@@ -57,7 +57,7 @@ def labelled(final: Final, speakers: Sequence[int]) -> Final:
     return replace(final, words=words, speaker=speakers[0], speaker_change=any(s != speakers[0] for s in speakers))
 
 
-def _judged(final: Final) -> list:
+def _judged(final: Final) -> Sequence[Timed]:
     """The words the labeller judges: with Whisper's own times where the final has them. Its rules (runs cut at
     0.3 s pauses, rechecks, contexts) were chosen on those times; on the fitted ones every comma pause starts a
     run, and a session's first voice, still young, split in two on the LJSpeech/JFK test stream (5 runs in 20)."""
@@ -121,7 +121,7 @@ class SpeakerStage:
             return self._executors[name]
 
     def embed(self, pieces: Sequence[np.ndarray]) -> np.ndarray:
-        """The `SpeakerEncoder` of every session's diarizer; runs on the worker thread only."""
+        """The `SpeakerEncoder` of every session's diarizer; runs on the stage's two threads only."""
         return self._model().embed(pieces)
 
     def _model(self):
