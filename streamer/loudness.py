@@ -17,7 +17,12 @@ def frame_energy(audio: np.ndarray) -> np.ndarray:
     return np.square(audio[: n * FRAME].reshape(n, FRAME), dtype=np.float64).mean(axis=1)
 
 
+def speech_floor(loudest: float, quiet_db: float = QUIET_DB) -> float:
+    """The frame energy above which a frame holds speech, against the loudest frame near it."""
+    return loudest * 10 ** (-quiet_db / 10) + 1e-12
+
+
 def voiced(audio: np.ndarray, quiet_db: float = QUIET_DB) -> np.ndarray:
     """Which 10 ms frames hold speech, by energy against the piece's loudest frame."""
     energy = frame_energy(audio)
-    return energy > (energy.max(initial=0.0) * 10 ** (-quiet_db / 10) if len(energy) else 0.0) + 1e-12
+    return energy > speech_floor(energy.max(initial=0.0), quiet_db)

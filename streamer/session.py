@@ -139,7 +139,6 @@ class Session:
         loop = asyncio.get_running_loop()
         self.failure: asyncio.Future[StreamError] = loop.create_future()  # set when the session cannot go on
         self._task = loop.create_task(self._decode_loop(), name=f"decode-{session_id}")
-        self.closed = False
         self._closing: asyncio.Future | None = None  # the one close, that a second `close` waits for
         self.stopping = False  # the daemon is shutting down: audio that still arrives is not taken
 
@@ -274,12 +273,16 @@ class Session:
         self.metrics.errors.labels(error.code).inc()
         self.outbox.put(Error(code=error.code, message=error.message))
 
+    @property
+    def closed(self) -> bool:
+        """Closing or closed: it takes no audio, and its connection is done with it."""
+        return self._closing is not None
+
     async def close(self) -> None:
         """Stop decoding, close the transcript (its stream end written) and keep the speakers for a resume. A
         second call (a resume taking the session over while its connection ends it) returns when the first is done,
         so a resume never reads the store, or opens the speakers, before the old connection has left them."""
         if self._closing is None:
-            self.closed = True
             self._closing = asyncio.ensure_future(self._close())
         await asyncio.shield(self._closing)
 

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 
 from core.types import SAMPLE_RATE, Word
-from streamer.loudness import FRAME, QUIET_DB, frame_energy
+from streamer.loudness import FRAME, QUIET_DB, frame_energy, speech_floor
 
 AROUND = 1.5  # seconds each side of a word whose loudest frame sets what counts as quiet
 STEP = FRAME / SAMPLE_RATE
@@ -34,7 +34,7 @@ def fit_to_speech(words: Sequence[Word], audio: np.ndarray, origin: float, quiet
         if a >= b:
             out.append(w)
             continue
-        speech = np.flatnonzero(energy[a:b] > energy[lo:hi].max() * 10 ** (-quiet_db / 10) + 1e-12)
+        speech = np.flatnonzero(energy[a:b] > speech_floor(energy[lo:hi].max(), quiet_db))
         if not len(speech):
             out.append(w)
             continue

@@ -148,8 +148,8 @@ class CommittedFinal:
 
 def run_asr(path: str, cache: Path, reuse: bool, commit: str = "hybrid") -> tuple[list[CommittedFinal], float]:
     """Finals of the streaming pipeline (asr mode, `streaming.commit` as given) and its CPU seconds; cached."""
-    if reuse and cache.exists():
-        data = json.loads(cache.read_text())
+    data = json.loads(cache.read_text()) if reuse and cache.exists() else None
+    if data and all("aligned" in f for f in data["finals"]):  # a cache without Whisper's times (older) is decoded again
         return [CommittedFinal([TimedWord(**w) for w in f["words"]], [TimedWord(**w) for w in f["aligned"]], f["audio_end"])
                 for f in data["finals"]], data["cpu"]
     from streamer.engine import Engine
