@@ -101,9 +101,13 @@ class LLMScorer:
             ],
             config=self.llm.model.config,
         )
-        out = self.llm.model(input_ids=inputs, cache=cache, use_cache=True)
-        logp = torch.log_softmax(out.logits.float() / self.tau, dim=-1)
+        logits = self.llm.model(input_ids=inputs, cache=cache, use_cache=True).logits
+        # A row at a time: the whole batch's log-softmax over a 262k vocabulary is a B x L x 1 MB tensor,
+        # twice over (scaled, normalised), which set the daemon's peak memory with several sessions fusing.
         for row, s in enumerate(seqs):
+            if len(s) < 2:
+                continue
+            logp = torch.log_softmax(logits[row, : len(s) - 1].float() / self.tau, dim=-1)
             for j in range(1, len(s)):
-                scores[row] += float(logp[row, j - 1, s[j]])
+                scores[row] += float(logp[j - 1, s[j]])
         return scores
