@@ -85,6 +85,16 @@ def test_capacity_is_served_only_when_every_client_meets_the_word_targets():
     assert level([(2.4, 4.0)]).worst == {"p50": 2.4, "p90": 4.0, "max": 5.0}
 
 
+def test_the_capacity_wer_slack_is_measured_against_the_clips_streamed_alone():
+    from tools.bench import streamed_alone_wer
+    from tools.bench_results import Clip, FileResult
+
+    clips = [Clip("a", "long", "a.wav", "ask not what your", 2.0), Clip("b", "long", "b.wav", "country can do for", 2.0)]
+    files = [FileResult("a", "long", "asr", "ask not what your", 0.0, None), FileResult("b", "long", "asr", "country can do", 0.25, None)]
+    assert streamed_alone_wer(files, clips) == pytest.approx(1 / 8)
+    assert streamed_alone_wer(files[:1], clips) is None  # a clip the one-stream run did not stream: no reference
+
+
 def test_wer_uses_whisper_normaliser():
     assert wer(["Mister Smith, ninety-five!"], ["mr smith 95"]) == 0.0
 

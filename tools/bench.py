@@ -170,6 +170,15 @@ async def run_mode(url: str, mode: str, sets: dict[str, list[Clip]], refs: dict[
     return rows, files
 
 
+def streamed_alone_wer(files: list[FileResult], clips: list[Clip]) -> float | None:
+    """WER of the capacity clips as the mode's own run streamed them, one session at a time: the reference of
+    the capacity criterion's WER slack when the sweep has no one-client level (None if a clip was not run)."""
+    alone = {f.clip: f for f in files}
+    if not clips or any(c.id not in alone for c in clips):
+        return None
+    return wer([c.text for c in clips], [alone[c.id].text for c in clips])
+
+
 async def run_capacity(url: str, mode: str, clients: int, clips: list[Clip], per_client: int, refs: dict[str, Reference], speed: float, monitor: ResourceMonitor | None, wer_one_stream: float | None = None) -> CapacityLevel:
     """`clients` concurrent sessions, each streaming `per_client` clips in turn (rotated, staggered starts)."""
 
@@ -261,7 +270,7 @@ def bench_daemon(url: str, pid: int | None, modes: list[str], sets: dict[str, li
             run.rows += rows
             run.files += files
             capacity_clips = sets.get(args.capacity_set) or next(iter(sets.values()))
-            one_stream = None
+            one_stream = streamed_alone_wer(files, capacity_clips)
             for n in levels.get(mode, []):
                 level = asyncio.run(run_capacity(url, mode, n, capacity_clips, args.capacity_clips, refs, args.speed, monitor, one_stream))
                 if n == 1:
