@@ -29,9 +29,9 @@ class TranscriptResult:
     audio_seconds: float
     decode_seconds: float
     stats: StepStats = field(default_factory=StepStats)
-    # per final word: seconds of stream time from the word's end (its aligned time) to the decision point
-    # that made it final (the commit policy's delay), and that plus the decode time of its window (what a
-    # real-time client waits when the decoder has no queue)
+    # per final word: seconds of stream time from the word's end as sent (fitted to the speech, word_times.py)
+    # to the decision point that made it final (the commit policy's delay), and that plus the decode time of its
+    # window (what a real-time client waits when the decoder has no queue)
     word_waits: list[float] = field(default_factory=list)
     word_delays: list[float] = field(default_factory=list)
 
