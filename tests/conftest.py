@@ -13,12 +13,19 @@ from tools.data import DATA, corpus_wer, load_manifest, manifest_path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _missing(name: str) -> None:
+def _missing(path: Path) -> None:
     """Speech data is part of the test environment: under CI (`CI` set) its absence fails the run."""
-    message = f"speech data {DATA / name} is not present"
+    message = f"speech data {path} is not present"
     if os.environ.get("CI"):
         pytest.fail(message + " (required under CI)")
     pytest.skip(message)
+
+
+def required(path: Path) -> Path:
+    """A file of the shared speech data; missing, it fails the test under CI and skips it elsewhere."""
+    if not path.exists():
+        _missing(path)
+    return path
 
 
 def manifest(name: str) -> list[dict]:
@@ -26,14 +33,11 @@ def manifest(name: str) -> list[dict]:
     try:
         return load_manifest(name)
     except FileNotFoundError:
-        _missing(name)
+        _missing(DATA / name)
 
 
 def manifest_file(name: str) -> str:
-    path = manifest_path(name)
-    if not path.exists():
-        _missing(name)
-    return str(path)
+    return str(required(manifest_path(name)))
 
 
 @pytest.fixture(scope="session")

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import pytest
 
+from conftest import required
 from tools.biasing import DATA, Vocabulary, keyterm_lists, main, rare_words
 from tools.biasing_metrics import BiasCounts, score, score_report, set_totals
 
@@ -149,8 +149,5 @@ def test_keyterm_lists_are_seeded_nested_and_never_hold_other_reference_words():
 
 
 def test_committed_manifests_are_a_rebuild_of_the_shared_sets():
-    if not (DATA / "speech-dev" / "manifest.jsonl").exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"speech data {DATA} is not present")
-        pytest.skip(f"speech data {DATA} is not present")
+    required(DATA / "speech-dev" / "manifest.jsonl")
     assert main(["--check"]) == 0

@@ -2,22 +2,18 @@
 
 from __future__ import annotations
 
-import os
-
 import pytest
 from pyannote.core import Annotation, Segment
 from pyannote.metrics.diarization import DiarizationErrorRate
 
+from conftest import required
 from tools.diarization_eval import CommittedFinal, TimedWord, cp_errors, hypothesis, oracle_labels
 from tools.meeting_streams import DATA, build_stream, load_clips, parse_seeds, rttm_lines, speaker_of
 
 
 @pytest.fixture(scope="module")
 def clips():
-    if not (DATA / "manifest.jsonl").exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"speech data {DATA} is missing")
-        pytest.skip(f"speech data {DATA} is not present")
+    required(DATA / "manifest.jsonl")
     return load_clips()
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import urllib.request
 from unittest.mock import ANY
 
@@ -24,6 +23,7 @@ from openai.types.audio import TranscriptionDiarized
 
 from clients.stream import to_pcm16
 from compat_util import environment
+from conftest import required
 from streamer.audio import SAMPLE_RATE
 from tools.daemon_process import start_daemon, stop_daemon
 from tools.meeting_streams import DATA, StreamOptions, build_stream, load_clips
@@ -36,10 +36,7 @@ SPLIT = 14.2  # seconds: the pause between the second and the third turn, where 
 @pytest.fixture(scope="module")
 def meeting() -> tuple[np.ndarray, dict]:
     """26.6 s: LJSpeech and JFK taking five turns (seed 4), with reference turns."""
-    if not (DATA / "manifest.jsonl").exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"speech data {DATA} is missing")
-        pytest.skip(f"speech data {DATA} is not present")
+    required(DATA / "manifest.jsonl")
     audio, entry = build_stream(4, load_clips(), StreamOptions(cast=("lj", "jfk"), main_seconds=8.0))
     assert [s["speaker"] for s in entry["segments"]] == ["lj", "jfk", "lj", "jfk", "lj"]
     return audio, entry

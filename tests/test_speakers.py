@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from conftest import required
 from streamer.audio import SAMPLE_RATE, load_audio
 from streamer.ge2e import Ge2eEncoder
 from streamer.speakers import DiarizerOptions, OnlineDiarizer
+from tools.data import DATA
 
-DEV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "speech-dev"
+DEV = DATA / "speech-dev"
 
 
 @dataclass
@@ -219,12 +219,7 @@ def test_rechecks_inside_a_run_are_rate_limited():
 
 
 def dev_clip(name: str) -> np.ndarray:
-    path = DEV / f"{name}.wav"
-    if not path.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"speech data {path} is missing")
-        pytest.skip(f"speech data {path} is not present")
-    return load_audio(str(path))
+    return load_audio(str(required(DEV / f"{name}.wav")))
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,9 @@ cover."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
-import pytest
 
+from conftest import required
 from core.types import SAMPLE_RATE, Word
 from streamer.pipeline import run_stream
 from streamer.word_times import fit_to_speech
@@ -50,10 +48,7 @@ def test_finals_show_the_pause_between_two_speakers(engine):
     reference turns), and the processor's own commits are those of Whisper's times."""
     from tools.meeting_streams import DATA, StreamOptions, build_stream, load_clips
 
-    if not (DATA / "manifest.jsonl").exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"speech data {DATA} is missing")
-        pytest.skip(f"speech data {DATA} is not present")
+    required(DATA / "manifest.jsonl")
     audio, entry = build_stream(4, load_clips(), StreamOptions(cast=("lj", "jfk"), main_seconds=8.0))
     lj, jfk = entry["segments"][:2]
     result = run_stream(engine, engine.new_processor("asr"), audio[: seconds(jfk["end"] + 0.5)])

