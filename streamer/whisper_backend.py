@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 import ctranslate2
 import numpy as np
+import threadpoolctl
 from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_compression_ratio, merge_punctuations
@@ -32,6 +33,12 @@ log = logging.getLogger(__name__)
 # audio, +450 MB). Without it, decoding is as fast (20.4 s vs 20.8 s for the same 3 minutes) and memory
 # stays flat. Read when the first primitive is made, so setting it before the engine loads is enough.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "0")
+
+# numpy's OpenBLAS runs the log-mel product of every window (feature extraction) on one thread a core, and
+# those threads spin after each call, taking the cores from CTranslate2's: on 2 cores one `asr` stream cost
+# 0.455 CPU s per audio s with them and 0.311 with one thread, same text and latency; on a 16-core GPU
+# machine one stream kept 2.5 cores busy. A window's product takes ~5 ms on one thread.
+threadpoolctl.threadpool_limits(limits=1, user_api="blas")
 
 TAIL_PAD = 0.5  # seconds of zeros after the window's audio
 MAX_SECONDS = 29.0  # longest window the encoder takes (30 s of frames, less the pad)
@@ -102,13 +109,17 @@ class WhisperBackend:
         return np.array(out)
 
     def encode(self, audios: Sequence[np.ndarray]) -> tuple[np.ndarray, list[int]]:
-        """Encode a batch of windows; returns (encoder output [B, 1500, d], content frames per window)."""
-        longest = max(len(a) for a in audios)
-        padded_len = min(longest + int(TAIL_PAD * SAMPLE_RATE), int(30 * SAMPLE_RATE))
-        feats = np.stack([self._features(np.pad(a[:padded_len], (0, padded_len - min(len(a), padded_len)))) for a in audios])
-        encoded = self._encode_frames(feats)
+        """Encode a batch of windows; returns (encoder output [B, 1500, d], content frames per window).
+
+        Each window is encoded on its own: padded to its batch mates' longest, a window's encoding (and text)
+        depended on which other streams were decoded with it (dev-concat, 12 random short windows each batched
+        with a longer one: 3 texts changed, final words dropped), so streams lost words under load. Alone, the
+        encoder costs the sum of the windows' lengths instead of the batch size times the longest."""
         out = np.repeat(self.silence, len(audios), axis=0)
-        out[:, : encoded.shape[1]] = encoded
+        pad = int(TAIL_PAD * SAMPLE_RATE)
+        for i, audio in enumerate(audios):
+            encoded = self._encode_frames(self._features(np.pad(audio[: 30 * SAMPLE_RATE - pad], (0, pad))))
+            out[i, : encoded.shape[1]] = encoded[0]
         frames = [min(int(len(a) / SAMPLE_RATE * 100) // 2 * 2, 3000) for a in audios]
         return out, frames
 
@@ -140,17 +151,21 @@ class WhisperBackend:
         return DecodeTask(prompt, max_length(len(request.audio) / SAMPLE_RATE, len(prompt)), self.text_tokens(request.prefix), request.context)
 
     def align(self, encoder_output: np.ndarray, decoded: list[DecodeResult], frames: list[int]) -> list[list[dict]]:
-        """Word timings (window time) of each decoded window, with punctuation merged into its word."""
+        """Word timings (window time) of each decoded window, with punctuation merged into its word.
+
+        One window at a time, as `encode`: aligned in a batch, a word's probability (which gates commits)
+        depended on its batch mates (0.145 alone, 0.171 with a longer window), and on the CPU the batch of 8
+        windows took 620 ms against 240 ms one by one."""
         todo = [i for i, d in enumerate(decoded) if d.tokens]
         words: list[list[dict]] = [[] for _ in decoded]
         if not todo:
             return words
-        alignments = self.whisper_model.find_alignment(
-            self.tokenizer,
-            [decoded[i].tokens for i in todo],
-            ctranslate2.StorageView.from_array(np.ascontiguousarray(encoder_output[todo])),
-            [frames[i] for i in todo],
-        )
+        alignments = [
+            self.whisper_model.find_alignment(
+                self.tokenizer, [decoded[i].tokens], ctranslate2.StorageView.from_array(encoder_output[i : i + 1]), [frames[i]]
+            )[0]
+            for i in todo
+        ]
         for i, alignment in zip(todo, alignments):
             fused = decoded[i].fused
             position = 0

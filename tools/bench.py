@@ -205,6 +205,7 @@ async def run_capacity(url: str, mode: str, clients: int, clips: list[Clip], per
         rss_peak_mb=usage.rss_peak_mb if usage else None,
         per_client=[summary([v for r in rs for v in r.latency.final]) for rs in by_client],
         wer_one_stream=wer_one_stream,
+        texts=[{"clip": r.clip, "text": r.text} for r in results],
     )
 
 
@@ -335,7 +336,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
             row.rss_peak_mb = me.memory_info().rss / 2**20
             rows.append(row)
             files += [r for r, _ in pairs]
-    model_name = backend.model_name
+    model_name = f"{backend.model_name} ({backend.device} {backend.compute_type})"
     del backend, engine
     gc.collect()
 

@@ -6,6 +6,8 @@ import json
 import os
 import platform
 import shlex
+import shutil
+import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -27,6 +29,18 @@ def _round(obj):
     return obj
 
 
+def gpu_name() -> str | None:
+    """The machine's GPU as nvidia-smi names it (None without one): the report says what the figures ran on."""
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    names = out.stdout.strip().splitlines()
+    return names[0] if names else None
+
+
 def build_report(args, started, wall, model_name, sets, rows, files, capacity, unavailable, daemon_runs) -> dict:
     overall = all_rows(rows, files, sets)
     cap: dict[str, int] = {}
@@ -43,6 +57,7 @@ def build_report(args, started, wall, model_name, sets, rows, files, capacity, u
             "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "python": platform.python_version(),
             "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            "gpu": gpu_name(),
         },
         "model": model_name,
         "speed": args.speed,
@@ -92,7 +107,8 @@ def markdown(report: dict) -> str:
         "",
         f"`{report['command']}`",
         "",
-        f"Model {report['model']}, {report['machine']['cpu_count']} CPU cores ({report['machine']['processor']}), "
+        f"Model {report['model']}, {report['machine']['cpu_count']} CPU cores ({report['machine']['processor']})"
+        f"{', GPU ' + report['machine']['gpu'] if report['machine'].get('gpu') else ''}, "
         f"load average {report['machine']['load_average_at_end'][2]:.1f} (15 min, at the end), "
         f"audio at {report['speed']:g}x real time, one client per mode. Latencies per word, in seconds after the word "
         "ends in the stream (reference word times: offline faster-whisper word timestamps).",
@@ -131,7 +147,7 @@ def markdown(report: dict) -> str:
         lines += ["", f"Memory: one `{soak['mode']}` stream of {soak['audio_seconds'] / 60:.1f} min of audio at {soak['speed']:g}x: "
                   f"daemon RSS {soak['rss_start_mb']:.0f} -> {soak['rss_end_mb']:.0f} MB ({soak['growth_mb']:+.0f} MB, peak "
                   f"{soak['rss_peak_mb']:.0f} MB), {soak['finals']} finals{', ERROR ' + soak['error'] if soak['error'] else ''}."]
-    lines += ["", "Targets (tiny.en, 2-core CPU, real time):", ""]
+    lines += ["", "Targets (real time; set for tiny.en on a 2-core CPU):", ""]
     lines += [f"- {t}" for t in targets(report)]
     gaps = wer_gaps(report)
     if gaps:

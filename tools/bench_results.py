@@ -107,6 +107,7 @@ class CapacityLevel:
     rss_peak_mb: float | None
     per_client: list[dict] = field(default_factory=list)  # each client's per-word final latency summary
     wer_one_stream: float | None = None  # the same mode's WER with one client, for the WER criterion
+    texts: list[dict] = field(default_factory=list)  # each session's clip and final text: what load changed, word by word
 
     @property
     def worst(self) -> dict:
