@@ -47,8 +47,8 @@ class StreamDriver:
     async def pump(self) -> None:
         """Decode what is due at each decision point since the last pump: at each point every endpoint
         window, then at most one running window."""
-        for point in self.processor.decision_points(self.processor.options.max_lag):
-            while (request := self.processor.next_request(point)) is not None:
+        for point, running in self.processor.decision_points(self.processor.options.max_lag):
+            while (request := self.processor.next_request(point, running)) is not None:
                 if not request.final and not self.admit(request):
                     break  # shed: the next point asks again
                 try:

@@ -113,6 +113,59 @@ def test_silence_is_never_decoded(engine):
     assert len(processor.buffer) <= SAMPLE_RATE  # silence is dropped, not buffered
 
 
+def test_a_lagging_decoder_skips_running_windows_but_no_point_that_ends_an_utterance():
+    """Behind by more than `max_lag`, only the newest point may decide a running window; every point may
+    still decide an endpoint window."""
+    from streamer.config import StreamingOptions
+
+    p = StreamingProcessor(StreamingOptions(max_lag=0.5))
+    for _ in range(3):
+        p.insert_audio(np.zeros(1600, np.float32))
+    assert [running for _, running in p.decision_points(0.5)] == [True, True, True]
+    for _ in range(8):
+        p.insert_audio(np.zeros(1600, np.float32))
+    points = p.decision_points(0.5)
+    assert [point for point, _ in points] == [1600 * k for k in range(4, 12)]
+    assert [running for _, running in points] == [False] * 7 + [True]
+
+
+def test_a_lagging_decoder_still_ends_utterances_at_their_pauses(engine, long_run):
+    """The long stream with decisions 0.8 s apart (a decoder that far behind, as under load): every pause that
+    ends an utterance in the unhurried run ends one here too, within a decision point. (Taking only the newest
+    point, 3 of dev-concat's 24 pauses were missed, utterances ran together and WER rose 10.8 -> 13.2%.)"""
+    import asyncio
+
+    from streamer.drive import StreamDriver
+
+    entry, _, _, unhurried = long_run
+    audio = load_audio(entry["path"])
+    processor = engine.new_processor("asr")
+    finals = []
+
+    async def decode(request):
+        return engine.transcribe([request])[0]
+
+    async def emit(event):
+        if hasattr(event, "endpoint"):
+            finals.append(event)
+
+    async def lagging():
+        driver = StreamDriver(processor, decode, emit)
+        frame, behind = 1600, 8
+        for i in range(0, len(audio), frame * behind):
+            for j in range(i, min(i + frame * behind, len(audio)), frame):
+                processor.insert_audio(audio[j : j + frame])
+            await driver.pump()
+        await driver.flush()
+
+    asyncio.run(lagging())
+    ends = [f.end for f in finals if f.endpoint]
+    expected = [f.end for f in unhurried.finals if f.endpoint]
+    missed = [e for e in expected if not any(abs(e - x) <= 1.0 for x in ends)]
+    assert not missed and len(ends) == len(expected), (missed, ends)
+    assert wer([entry["text"]], [" ".join(f.text for f in finals if f.text)]) < 0.13
+
+
 def test_processor_is_model_free():
     """The processor hands out requests without a model: it can be driven by any backend."""
     from streamer.config import StreamingOptions
