@@ -50,7 +50,7 @@ class StreamingOptions:
     commit_after: float = 2.5  # no commits from running windows before the utterance has this many seconds of audio
     force_committed: bool = False  # committed words still in a window are forced as its decoder prefix, not re-decoded
     fused_windows: FusedWindows = FusedWindows.ENDPOINT
-    max_lag: float = 0.5  # a decoder behind by more than this many seconds of decision points skips to the newest
+    max_lag: float = 0.5  # a decoder behind by more than this many seconds of decision points decides running windows at the newest only (endpoints at every point)
     prompt_words: int = 40
     vad_threshold: float = 0.5
     vad_neg_threshold: float = 0.35
