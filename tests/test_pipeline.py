@@ -113,6 +113,31 @@ def test_silence_is_never_decoded(engine):
     assert len(processor.buffer) <= SAMPLE_RATE  # silence is dropped, not buffered
 
 
+def drive(engine, processor, feed) -> list:
+    """The daemon's drive loop on `processor` with the real model: `feed(driver)` inserts audio and pumps as a
+    test's decoder would keep up (or not), then the stream is flushed. Returns the finals."""
+    import asyncio
+
+    from streamer.drive import StreamDriver
+
+    finals = []
+
+    async def decode(request):
+        return engine.transcribe([request])[0]
+
+    async def emit(event):
+        if hasattr(event, "endpoint"):
+            finals.append(event)
+
+    async def run():
+        driver = StreamDriver(processor, decode, emit)
+        await feed(driver)
+        await driver.flush()
+
+    asyncio.run(run())
+    return finals
+
+
 def test_a_lagging_decoder_skips_running_windows_but_no_point_that_ends_an_utterance():
     """Behind by more than `max_lag`, only the newest point may decide a running window; every point may
     still decide an endpoint window."""
@@ -133,32 +158,18 @@ def test_a_lagging_decoder_still_ends_utterances_at_their_pauses(engine, long_ru
     """The long stream with decisions 0.8 s apart (a decoder that far behind, as under load): every pause that
     ends an utterance in the unhurried run ends one here too, within a decision point. (Taking only the newest
     point, 3 of dev-concat's 24 pauses were missed, utterances ran together and WER rose 10.8 -> 13.2%.)"""
-    import asyncio
-
-    from streamer.drive import StreamDriver
-
     entry, _, _, unhurried = long_run
     audio = load_audio(entry["path"])
     processor = engine.new_processor("asr")
-    finals = []
 
-    async def decode(request):
-        return engine.transcribe([request])[0]
-
-    async def emit(event):
-        if hasattr(event, "endpoint"):
-            finals.append(event)
-
-    async def lagging():
-        driver = StreamDriver(processor, decode, emit)
+    async def lagging(driver):
         frame, behind = 1600, 8
         for i in range(0, len(audio), frame * behind):
             for j in range(i, min(i + frame * behind, len(audio)), frame):
                 processor.insert_audio(audio[j : j + frame])
             await driver.pump()
-        await driver.flush()
 
-    asyncio.run(lagging())
+    finals = drive(engine, processor, lagging)
     ends = [f.end for f in finals if f.endpoint]
     expected = [f.end for f in unhurried.finals if f.endpoint]
     missed = [e for e in expected if not any(abs(e - x) <= 1.0 for x in ends)]
@@ -253,34 +264,21 @@ def test_a_flush_behind_the_decision_points_commits_everything(engine):
     """A daemon still behind its decision points at `stop` (a busy decoder, a max_lag it never reaches): the
     pending points decode as usual, then the finalize covers all the audio received. (Taken at the oldest
     pending point, it once closed the utterance there and left the rest as a partial, lost at `end`.)"""
-    import asyncio
     from dataclasses import replace
-
-    from streamer.drive import StreamDriver
 
     entry = next(e for e in manifest("speech-dev") if e["id"] == "40dc021d")
     audio = load_audio(entry["path"])
     processor = engine.new_processor("asr")
     processor.options = replace(processor.options, max_lag=60.0)
-    finals = []
 
-    async def decode(request):
-        return engine.transcribe([request])[0]
-
-    async def emit(event):
-        if hasattr(event, "endpoint"):
-            finals.append(event)
-
-    async def behind_then_stop():
-        driver = StreamDriver(processor, decode, emit)
+    async def behind_then_stop(driver):
         for i in range(0, len(audio) * 3 // 4, 1600):  # three quarters of the clip decoded as it comes
             processor.insert_audio(audio[i : i + 1600])
             await driver.pump()
         for i in range(len(audio) * 3 // 4, len(audio), 1600):  # the rest arrives while the decoder is busy
             processor.insert_audio(audio[i : i + 1600])
-        await driver.flush()
 
-    asyncio.run(behind_then_stop())
+    finals = drive(engine, processor, behind_then_stop)
     text = " ".join(f.text for f in finals if f.text)
     assert finals[-1].endpoint and not processor.uncommitted and not processor.finalize_requested
     assert wer([entry["text"]], [text]) < 0.1, text

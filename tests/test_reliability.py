@@ -659,14 +659,21 @@ async def test_five_minutes_of_non_speech_give_no_words(request, mode, kind):
 
 @pytest.mark.parametrize("mode", ["uadf", "uadf-llm"])
 async def test_fusion_modes_transcribe_speech(llm_daemon, mode):
-    """The LLM daemon (conftest) is a working one: speech gives words in uadf and in the experimental
-    uadf-llm mode, with the LLM consulted."""
+    """The LLM daemon (conftest) is a working one: speech in bus noise (Whisper unsure enough for the gate to
+    consult the LLM; on clean jfk `uadf` consults it 0 times) gives words in uadf and in the experimental
+    uadf-llm mode, with the LLM consulted. Only uadf's text is held to a WER bound: uadf-llm does not follow its
+    prompt at 270M parameters (README, Fusion; on jfk's short utterances it writes its prompt's own labels,
+    "Hypothesis: Like not."). Its bound here held only while a client sending at full speed had its whole clip
+    decoded as one window; the utterances now end at their pauses, as in real time."""
     calls = metric(metrics(llm_daemon), "uadf_llm_calls_total")
     async with session(llm_daemon.ws_url, mode=mode) as (ws, ready):
-        await send_audio(ws, speech("jfk"), speed=0)
+        await send_audio(ws, speech("jfk_bus", "speech-dev-hard"), speed=0)
         msgs = await expect_end(ws)
+    text = " ".join(m["text"] for m in finals_in(msgs))
     assert ready["mode"] == mode
-    assert wer([reference("jfk")], [" ".join(m["text"] for m in finals_in(msgs))]) < 0.3
+    assert text.split()
+    if mode == "uadf":
+        assert wer([reference("jfk_bus", "speech-dev-hard")], [text]) < 0.3, text
     assert metric(metrics(llm_daemon), "uadf_llm_calls_total") > calls
 
 
