@@ -143,7 +143,7 @@ def test_a_lagging_decoder_skips_running_windows_but_no_point_that_ends_an_utter
     still decide an endpoint window."""
     from streamer.config import StreamingOptions
 
-    p = StreamingProcessor(StreamingOptions(max_lag=0.5))
+    p = StreamingProcessor(StreamingOptions())
     for _ in range(3):
         p.insert_audio(np.zeros(1600, np.float32))
     assert [running for _, running in p.decision_points(0.5)] == [True, True, True]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import threadpoolctl
 
+from conftest import manifest
 from core.types import SAMPLE_RATE, WindowRequest
 from streamer.audio import load_audio
-from tests.conftest import manifest
 
 
 def test_a_window_decodes_the_same_alone_and_in_any_batch(engine):
