@@ -12,6 +12,7 @@ from typing import Any
 
 from core.types import FusionOptions
 from streamer.commit import POLICIES
+from streamer.keyterm_prompt import MAX_TERMS, MIN_SIMILARITY
 from streamer.protocol import MAX_SPEAKERS
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
@@ -52,6 +53,8 @@ class StreamingOptions:
     fused_windows: FusedWindows = FusedWindows.ENDPOINT
     max_lag: float = 0.5  # a decoder behind by more than this many seconds of decision points decides running windows at the newest only (endpoints at every point)
     prompt_words: int = 40
+    keyterm_similarity: float = MIN_SIMILARITY  # a keyterm enters a window's prompt when words heard spell it this close (rapidfuzz ratio)
+    keyterm_terms: int = MAX_TERMS  # ... at most this many a window besides those heard exactly (0: no bound)
     vad_threshold: float = 0.5
     vad_neg_threshold: float = 0.35
     no_speech_threshold: float = 0.6

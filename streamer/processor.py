@@ -77,7 +77,7 @@ class StreamingProcessor:
         self.committed_in_buffer: list[Word] = []
         self.context_words: list[str] = history.split()[-options.prompt_words :]  # committed, out of the buffer
         self.meeting = meeting
-        self._keyterms = KeytermSelector(meeting.keyterms)
+        self._keyterms = self._keyterm_selector()
         self._prompt_keyterms: tuple[str, ...] = ()  # the keyterms the next window's prompt carries
         self.uncommitted: list[Word] = []
         self.segment = first_segment
@@ -126,10 +126,13 @@ class StreamingProcessor:
     def set_meeting(self, meeting: MeetingContext) -> None:
         """Replace the session's keyterms and notes (a mid-stream `context` message)."""
         self.meeting = meeting
-        self._keyterms = KeytermSelector(meeting.keyterms)
+        self._keyterms = self._keyterm_selector()
         self._prompt_keyterms = ()
         if self.decoder_context is not None:
             self.decoder_context.set_meeting(meeting)
+
+    def _keyterm_selector(self) -> KeytermSelector:
+        return KeytermSelector(self.meeting.keyterms, self.options.keyterm_similarity, self.options.keyterm_terms)
 
     def request_finalize(self) -> None:
         """Commit everything received so far (a client `finalize`, `stop`, or end of file), at the first decision

@@ -28,3 +28,13 @@ def test_nothing_heard_or_nothing_close_selects_nothing():
 
 def test_punctuation_and_case_do_not_count():
     assert KeytermSelector(("Schoeffer",)).select(["SCHOEFFER,"]) == ("Schoeffer",)
+
+
+def test_a_long_list_puts_at_most_max_terms_in_besides_those_heard_exactly():
+    # look-alikes of common words ("fur", "dee", "fort") are what a long list adds: the bound keeps the most similar
+    terms = ("fur", "dee", "fort", "ford", "form", "Whittemore", "staple")
+    heard = "the staple for Whit more".split()
+    # "staple" heard exactly; then "Whittemore" (ratio 89 to "whitmore"), "fort" (86 to "for", first of three ties)
+    assert KeytermSelector(terms, max_terms=2).select(heard) == ("staple", "Whittemore", "fort")
+    assert KeytermSelector(terms, max_terms=0).select(heard) == ("staple", "Whittemore", "fort", "ford", "form", "fur")  # no bound
+    assert KeytermSelector(terms, min_similarity=87, max_terms=2).select(heard) == ("staple", "Whittemore")

@@ -3,6 +3,7 @@ message, their limits and error codes; the new meeting reaching Whisper's prompt
 
 import asyncio
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -10,8 +11,10 @@ from clients.stream import connect
 from core.types import MeetingContext, Mode
 from fusion.decoder import FusionContext
 from streamer.errors import StreamError
+from streamer.processor import StreamingProcessor
 from streamer.protocol import MAX_CONTEXT_WORDS, MAX_KEYTERM_CHARS, MAX_KEYTERMS, Context, Start, parse_client_message
 from streamer.wire.v1 import V1Adapter
+from tools.biasing import OUT as BIASING
 from streamutil import ERROR_CODES, expect_end, pcm16, speech, start
 
 
@@ -88,18 +91,40 @@ def test_the_prompt_carries_the_keyterms_heard_and_new_ones_replace_them(engine)
     terms = ("Gutenberg", "fellow Americans", "Schoeffer", "countree", "Maintz")
     processor = engine.new_processor(Mode.ASR, meeting=MeetingContext(terms))
     audio = speech("jfk")
-    prompts = []
-    for i in range(0, 16000 * 9, 1600):
-        processor.insert_audio(audio[i : i + 1600])
-        if (request := processor.next_request()) is not None:
-            prompts.append(request.keyterms)
-            processor.accept_hypothesis(engine.transcribe([request])[0], request)
+    prompts, _ = _window_keyterms(processor, engine, audio[: 16000 * 9])
     assert prompts[0] == () and {"fellow Americans", "countree"} <= set(prompts[-1]), prompts
     assert not {"Gutenberg", "Schoeffer", "Maintz"} & set(prompts[-1]), prompts
     processor.set_meeting(MeetingContext(("Berlin",)))
     processor.insert_audio(audio[16000 * 9 : 16000 * 10])
     request = processor.next_request()
     assert request is not None and request.keyterms == ()
+
+
+def _window_keyterms(processor: StreamingProcessor, engine, audio) -> tuple[list[tuple[str, ...]], set[str]]:
+    """Each window's prompt keyterms, and every word (lower case) a window heard."""
+    prompts, words = [], set()
+    for i in range(0, len(audio), 1600):
+        processor.insert_audio(audio[i : i + 1600])
+        if (request := processor.next_request()) is not None:
+            prompts.append(request.keyterms)
+            hypothesis = engine.transcribe([request])[0]
+            words |= {w.word.strip(" ,.?!").lower() for w in hypothesis.words}
+            processor.accept_hypothesis(hypothesis, request)
+    return prompts, words
+
+
+def test_a_long_list_puts_at_most_keyterm_terms_look_alikes_in_a_prompt(engine):
+    """Real model, the 500-distractor list of jfk in eval/biasing: many distractors are spelled within ratio 60 of
+    JFK's words ("fur", "dee"); a window's prompt carries at most `keyterm_terms` of them besides the terms heard."""
+    entry = next(e for e in map(json.loads, (BIASING / "speech-dev-noisy" / "n500.jsonl").open()) if e["id"] == "jfk_pink5db")
+    meeting = MeetingContext(tuple(entry["keyterms"]))
+    options = engine.config.streaming
+    bounded, heard = _window_keyterms(StreamingProcessor(options, Mode.ASR, meeting=meeting), engine, speech("jfk"))
+    unbounded, _ = _window_keyterms(
+        StreamingProcessor(replace(options, keyterm_terms=0), Mode.ASR, meeting=meeting), engine, speech("jfk")
+    )
+    assert options.keyterm_terms == 5 and max(len(set(p) - heard) for p in bounded) == 5, bounded
+    assert max(len(set(p) - heard) for p in unbounded) > 10, unbounded
 
 
 def test_daemon_takes_keyterms_and_context_messages(daemon):

@@ -25,9 +25,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools.biasing import OUT as BIASING
 from tools.biasing_metrics import BiasCounts, score_report
 
-BIASING = Path(__file__).resolve().parents[1] / "eval" / "biasing"
 DOMAINS = {"speech-dev": "read", "speech-dev-noisy": "noisy", "speech-dev-hard": "noisy, reverberant",
            "speech-meeting": "conversational"}
 TARGET_N = 100
