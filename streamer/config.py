@@ -69,6 +69,8 @@ class StreamingOptions:
         if self.fused_windows not in set(FusedWindows):
             raise ValueError(f"streaming.fused_windows must be one of {[w.value for w in FusedWindows]}, got {self.fused_windows!r}")
         self.fused_windows = FusedWindows(self.fused_windows)
+        if not 0 <= self.keyterm_similarity <= 100 or self.keyterm_terms < 0:
+            raise ValueError("streaming.keyterm_similarity must be 0-100 and streaming.keyterm_terms >= 0")
 
 
 @dataclass

@@ -1,5 +1,8 @@
 """Which keyterms a window's prompt carries (pure logic: rapidfuzz over the words heard)."""
 
+import pytest
+
+from streamer.config import ConfigError, load_config
 from streamer.keyterm_prompt import KeytermSelector
 
 TERMS = ("Gutenberg", "Whittemore", "Kaldi", "New Jersey", "staple", "aforesaid")
@@ -38,3 +41,10 @@ def test_a_long_list_puts_at_most_max_terms_in_besides_those_heard_exactly():
     assert KeytermSelector(terms, max_terms=2).select(heard) == ("staple", "Whittemore", "fort")
     assert KeytermSelector(terms, max_terms=0).select(heard) == ("staple", "Whittemore", "fort", "ford", "form", "fur")  # no bound
     assert KeytermSelector(terms, min_similarity=87, max_terms=2).select(heard) == ("staple", "Whittemore")
+
+
+def test_the_bound_and_the_threshold_are_checked_in_config():
+    assert load_config(overrides=["streaming.keyterm_terms=2"]).streaming.keyterm_terms == 2
+    for bad in ("streaming.keyterm_terms=-1", "streaming.keyterm_similarity=101"):
+        with pytest.raises(ConfigError, match="keyterm"):
+            load_config(overrides=[bad])
