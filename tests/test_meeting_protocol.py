@@ -116,7 +116,8 @@ def _window_keyterms(processor: StreamingProcessor, engine, audio) -> tuple[list
 def test_a_long_list_puts_at_most_keyterm_terms_look_alikes_in_a_prompt(engine):
     """Real model, the 500-distractor list of jfk in eval/biasing: many distractors are spelled within ratio 60 of
     JFK's words ("fur", "dee"); a window's prompt carries at most `keyterm_terms` of them besides the terms heard."""
-    entry = next(e for e in map(json.loads, (BIASING / "speech-dev-noisy" / "n500.jsonl").open()) if e["id"] == "jfk_pink5db")
+    lines = (BIASING / "speech-dev-noisy" / "n500.jsonl").read_text().splitlines()
+    entry = next(e for e in map(json.loads, lines) if e["id"] == "jfk_pink5db")
     meeting = MeetingContext(tuple(entry["keyterms"]))
     options = engine.config.streaming
     bounded, heard = _window_keyterms(StreamingProcessor(options, Mode.ASR, meeting=meeting), engine, speech("jfk"))
