@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Awaitable, Callable
 
 import numpy as np
 
@@ -45,9 +45,14 @@ class TranscriptResult:
 
 
 async def stream(
-    engine: Engine, processor: StreamingProcessor, audio: np.ndarray, on_event: Callable[[Partial | Final], None] | None = None
+    engine: Engine,
+    processor: StreamingProcessor,
+    audio: np.ndarray,
+    on_event: Callable[[Partial | Final], None] | None = None,
+    feed: Callable[[StreamDriver], Awaitable[None]] | None = None,
 ) -> TranscriptResult:
-    """Feed audio frame by frame through the drive loop, then flush."""
+    """Feed audio frame by frame through the drive loop, then flush. `feed(driver)`, when given, inserts `audio` and
+    pumps in its own rhythm instead (a decoder that falls behind, as under load)."""
     result = TranscriptResult([], [], len(audio) / SAMPLE_RATE, 0.0, processor.stats)
     last_decode = [0.0]
 
@@ -68,13 +73,13 @@ async def stream(
             on_event(event)
 
     driver = StreamDriver(processor, decode, emit)
-    await driver.feed(audio)
+    await (feed(driver) if feed else driver.feed(audio))
     await driver.flush()
     return result
 
 
-def run_stream(engine: Engine, processor: StreamingProcessor, audio: np.ndarray, on_event=None) -> TranscriptResult:
-    return asyncio.run(stream(engine, processor, audio, on_event))
+def run_stream(engine: Engine, processor: StreamingProcessor, audio: np.ndarray, on_event=None, feed=None) -> TranscriptResult:
+    return asyncio.run(stream(engine, processor, audio, on_event, feed))
 
 
 def transcribe_file(

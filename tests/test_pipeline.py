@@ -113,31 +113,6 @@ def test_silence_is_never_decoded(engine):
     assert len(processor.buffer) <= SAMPLE_RATE  # silence is dropped, not buffered
 
 
-def drive(engine, processor, feed) -> list:
-    """The daemon's drive loop on `processor` with the real model: `feed(driver)` inserts audio and pumps as a
-    test's decoder would keep up (or not), then the stream is flushed. Returns the finals."""
-    import asyncio
-
-    from streamer.drive import StreamDriver
-
-    finals = []
-
-    async def decode(request):
-        return engine.transcribe([request])[0]
-
-    async def emit(event):
-        if hasattr(event, "endpoint"):
-            finals.append(event)
-
-    async def run():
-        driver = StreamDriver(processor, decode, emit)
-        await feed(driver)
-        await driver.flush()
-
-    asyncio.run(run())
-    return finals
-
-
 def test_a_lagging_decoder_skips_running_windows_but_no_point_that_ends_an_utterance():
     """Behind by more than `max_lag`, only the newest point may decide a running window; every point may
     still decide an endpoint window."""
@@ -169,7 +144,7 @@ def test_a_lagging_decoder_still_ends_utterances_at_their_pauses(engine, long_ru
                 processor.insert_audio(audio[j : j + frame])
             await driver.pump()
 
-    finals = drive(engine, processor, lagging)
+    finals = run_stream(engine, processor, audio, feed=lagging).finals
     ends = [f.end for f in finals if f.endpoint]
     expected = [f.end for f in unhurried.finals if f.endpoint]
     missed = [e for e in expected if not any(abs(e - x) <= 1.0 for x in ends)]
@@ -278,7 +253,7 @@ def test_a_flush_behind_the_decision_points_commits_everything(engine):
         for i in range(len(audio) * 3 // 4, len(audio), 1600):  # the rest arrives while the decoder is busy
             processor.insert_audio(audio[i : i + 1600])
 
-    finals = drive(engine, processor, behind_then_stop)
+    finals = run_stream(engine, processor, audio, feed=behind_then_stop).finals
     text = " ".join(f.text for f in finals if f.text)
     assert finals[-1].endpoint and not processor.uncommitted and not processor.finalize_requested
     assert wer([entry["text"]], [text]) < 0.1, text
