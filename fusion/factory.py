@@ -27,7 +27,9 @@ DEFAULT_CALIBRATION = Path(__file__).with_name("calibration.json")
 def create_fusion(backend: AsrBackend, options: FusionOptions) -> FusionDecoder:
     """Load the calibration and, when `options.llm` is set, the LLM, around the backend's Whisper."""
     path = Path(options.calibration).expanduser() if options.calibration else DEFAULT_CALIBRATION
-    calibration = Calibration.load(path) if path.exists() else Calibration()
+    if not path.is_file():  # a misspelt path would otherwise fuse with uncalibrated defaults, quietly
+        raise FileNotFoundError(f"fusion.calibration: no file {path} (write one with `uadf-stream calibrate`, or leave it empty for the shipped one)")
+    calibration = Calibration.load(path)
     scorer = None
     if options.llm:
         if calibration.llm != options.llm:

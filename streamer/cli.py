@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args)
-    except ConfigError as exc:
+    except (ConfigError, FileNotFoundError) as exc:  # a bad setting or a missing file it names: a message, not a traceback
         parser.error(str(exc))
     except KeyboardInterrupt:
         return 130

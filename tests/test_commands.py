@@ -47,3 +47,15 @@ def test_calibrate_writes_a_calibration_the_daemon_can_load(tmp_path):
     calibration = Calibration.load(str(out))
     assert calibration.llm == "gemma3-270m" and calibration.asr_tau > 0 and calibration.llm_tau > 0
     assert calibration.details["manifests"] == [str(tiny)]
+
+
+def test_a_missing_calibration_file_is_an_error_not_uncalibrated_fusion(tmp_path):
+    """A misspelt `fusion.calibration` once fused with default temperatures and gate, with only a log warning."""
+    missing = tmp_path / "no-such-calibration.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "streamer", "eval", "--manifest", str(tiny_manifest(tmp_path / "tiny", CLIPS[1:])),
+         "--mode", "uadf", "--set", f"fusion.calibration={missing}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert f"fusion.calibration: no file {missing}" in run.stderr and "Traceback" not in run.stderr

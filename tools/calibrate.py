@@ -224,7 +224,7 @@ def run(args: argparse.Namespace, config) -> int:
         decisions, temperatures = load_decisions(args.from_decisions)
     else:
         backend = WhisperBackend(config.asr)
-        decoder = create_fusion(backend, options)
+        decoder = create_fusion(backend, replace(options, calibration=""))  # refitted below; the configured file may not exist yet
         decoder.calibration, decoder.scorer.tau = Calibration(), 1.0  # fit from tau = 1
         modes = {Mode.ASR: GreedyDecoder(backend.model, backend.tokenizer.eot), Mode.UADF: ModeDecoder(decoder, Mode.UADF)}
         engine = Engine(config, backend, modes)
