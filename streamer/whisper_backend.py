@@ -44,11 +44,6 @@ TAIL_PAD = 0.5  # seconds of zeros after the window's audio
 MAX_SECONDS = 29.0  # longest window the encoder takes (30 s of frames, less the pad)
 MAX_PROMPT_TOKENS = 448 // 2 - 1  # Whisper's previous-text budget: half its 448-token context, less sot_prev
 KEYTERM_TOKENS = 48  # of that budget, at most this much for keyterms (the closest to words heard first): committed text keeps the rest
-# The keyterms as a labelled sentence ("Glossary: a, b."), not a bare list: Whisper reads its prompt as the words
-# just before the window, and after a bare lower-case list it went on in that style (no capitals or full stops in 13
-# to 21 of 45 utterances a set, none without keyterms), dropped opening words the list ended with ("Printing") and
-# copied look-alikes ("amr,"). Labelled: 143 errors against 146 over the first 45 of each read set, N = 100 (docs/biasing.md).
-KEYTERM_HEAD = " Glossary:"
 PREPEND_PUNCTUATION = "\"'“¿([{-"
 APPEND_PUNCTUATION = "\"'.。,，!！?？:：”)]}、"
 
@@ -131,20 +126,18 @@ class WhisperBackend:
     # -- decoding -----------------------------------------------------------------------------
     def prompt_tokens(self, text: str | list[int], keyterms: Sequence[str] = ()) -> list[int]:
         """Whisper's prompt: keyterms (as faster-whisper's `hotwords`: before the previous text, whole terms
-        within KEYTERM_TOKENS, as a sentence after KEYTERM_HEAD), then the previous text (text: its last
-        `asr.prompt_tokens` tokens, so that every stream with that much history has a prompt of one length and
-        CTranslate2 can batch them; a token list: within MAX_PROMPT_TOKENS in all), then the start of transcript."""
+        within KEYTERM_TOKENS), then the previous text (text: its last `asr.prompt_tokens` tokens, so that every
+        stream with that much history has a prompt of one length and CTranslate2 can batch them; a token list:
+        within MAX_PROMPT_TOKENS in all), then the start of transcript."""
         previous = self.tokenizer.encode(" " + text.strip()) if isinstance(text, str) and text.strip() else list(text or [])
         if isinstance(text, str):
             previous = previous[-self.options.prompt_tokens :]
-        head, end = self.tokenizer.encode(KEYTERM_HEAD), self.tokenizer.encode(".")
-        hot = list(head)
+        hot: list[int] = []
         for term in keyterms:
-            tokens = self.tokenizer.encode((", " if len(hot) > len(head) else " ") + term.strip())
-            if len(hot) + len(tokens) + len(end) > KEYTERM_TOKENS:
+            tokens = self.tokenizer.encode((", " if hot else " ") + term.strip())
+            if len(hot) + len(tokens) > KEYTERM_TOKENS:
                 break
             hot += tokens
-        hot = hot + end if len(hot) > len(head) else []
         previous = previous[len(previous) - (MAX_PROMPT_TOKENS - len(hot)) :] if len(hot) + len(previous) > MAX_PROMPT_TOKENS else previous
         prompt = [self.tokenizer.sot_prev] + hot + previous if hot or previous else []
         return prompt + list(self.tokenizer.sot_sequence) + [self.tokenizer.no_timestamps]

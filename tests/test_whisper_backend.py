@@ -39,15 +39,14 @@ def test_numpy_blas_runs_on_one_thread(engine):
     assert numpy_blas and all(p["num_threads"] == 1 for p in numpy_blas)
 
 
-def test_keyterms_enter_the_prompt_as_a_labelled_sentence_before_the_previous_text(engine):
-    """After a bare lower-case list Whisper went on in its style (no capitals, no full stops) and skipped opening
-    words the list ended with; labelled and ended, the list reads as a note, not as the words just spoken."""
+def test_keyterms_enter_the_prompt_as_a_bare_list_before_the_previous_text(engine):
+    """As faster-whisper's `hotwords`. A labelled sentence ("Glossary: a, b.") kept Whisper's capitals and full
+    stops but spelt the keyterms less: on the 87 speech-dev-hard clips the format was not chosen on, B-WER 16.1%
+    against 11.0% (docs/biasing.md)."""
     backend = engine.backend
     tokenizer = backend.tokenizer
     prompt = backend.prompt_tokens("and so my fellow Americans", ("Gutenberg", "Schoeffer"))
     assert prompt[0] == tokenizer.sot_prev
     text = tokenizer.decode(prompt[1 : prompt.index(tokenizer.sot)])
-    assert text == " Glossary: Gutenberg, Schoeffer. and so my fellow Americans", text
-    no_terms = backend.prompt_tokens("and so my fellow Americans")
-    assert tokenizer.decode(no_terms[1 : no_terms.index(tokenizer.sot)]) == " and so my fellow Americans"
+    assert text == " Gutenberg, Schoeffer and so my fellow Americans", text
     assert backend.prompt_tokens("") == list(tokenizer.sot_sequence) + [tokenizer.no_timestamps]
