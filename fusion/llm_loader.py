@@ -113,18 +113,38 @@ def resolve_path(spec: str, cache_dir: str = DEFAULT_CACHE_DIR) -> str:
     return _resolve(spec, cache_dir)[0]
 
 
-def load_llm(spec: str, device: str = "auto", cache_dir: str = DEFAULT_CACHE_DIR, quantize: bool = False) -> LoadedLLM:
-    """Load tokenizer and model in eval mode (fp32 on CPU, fp16 on CUDA).
+def model_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 on a GPU that has it, else float32. Never float16: Gemma 3's activations overflow its
+    range, and every score came out NaN (fusion then silently kept the ASR text; on an H200 a window failed)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+@torch.inference_mode()
+def check_finite(llm: LoadedLLM, text: str = "The meeting starts at nine.") -> None:
+    """Refuse a model whose logits are not finite in the dtype it was loaded in: one short forward at start-up."""
+    ids = llm.tokenizer(text, return_tensors="pt").input_ids.to(llm.device)
+    logits = llm.model(input_ids=ids).logits
+    if not torch.isfinite(logits).all():
+        raise RuntimeError(f"LLM {llm.name!r} gives non-finite logits in {llm.model.dtype} on {llm.device}")
+
+
+def load_llm(
+    spec: str, device: str = "auto", cache_dir: str = DEFAULT_CACHE_DIR, quantize: bool = False, dtype: torch.dtype | None = None
+) -> LoadedLLM:
+    """Load tokenizer and model in eval mode (`model_dtype` unless `dtype` says), checked to give finite logits.
 
     quantize: int8 dynamic quantization of the linear layers on CPU. Scoring a few tokens is
     memory-bound on the fp32 weights, so this is ~3.5x faster for SmolLM2 on one core; the
     compacted model holds no float32 copy of the weights (Gemma 3 270M adds ~0.45 GB resident, not 1.6 GB)."""
     where, converted = _resolve(spec, cache_dir)
     dev = resolve_device(device)
-    dtype = torch.float16 if dev.type == "cuda" else torch.float32
     tokenizer = load_tokenizer(where, converted)
-    model = AutoModelForCausalLM.from_pretrained(where, local_files_only=True, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(where, local_files_only=True, dtype=dtype or model_dtype(dev))
     model.to(dev).eval()
     if quantize and dev.type == "cpu":
         model = compact_for_cpu(model, Path(where))
-    return LoadedLLM(name=spec, model=model, tokenizer=tokenizer, device=dev)
+    llm = LoadedLLM(name=spec, model=model, tokenizer=tokenizer, device=dev)
+    check_finite(llm)
+    return llm

@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3TextConfig, TokenizersBackend
 
-from fusion.llm_loader import load_llm, load_tokenizer, resolve_path
+from fusion.llm_loader import load_llm, load_tokenizer, model_dtype, resolve_path
 from fusion.llm_memory import FileEmbedding, compact_for_cpu
 from fusion.llm_scorer import LLMScorer, LLMState
 from tools.llm_bench import reference_llm
@@ -108,3 +108,11 @@ def test_loading_adds_little_memory():
     added_mb = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1]).stdout.split()[-1])
     print(f"load_llm added {added_mb:.0f} MB resident")
     assert added_mb < 600  # 1.2 GB before fusion.llm_memory (float32 embedding, deep copy, AutoTokenizer)
+
+
+def test_a_dtype_that_overflows_is_refused_at_load_not_fused_as_nan():
+    """Gemma 3 in float16 gave NaN for every LLM score (the daemon loaded it so on CUDA until 2026-11-28):
+    the loader now picks bfloat16 or float32 and refuses a model whose logits are not finite."""
+    assert model_dtype(torch.device("cpu")) == torch.float32
+    with pytest.raises(RuntimeError, match="non-finite logits in torch.float16"):
+        load_llm("gemma3-270m", "cpu", dtype=torch.float16)

@@ -17,6 +17,7 @@ import asyncio
 import gc
 import json
 import logging
+import shutil
 import sys
 import tempfile
 import time
@@ -372,6 +373,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
             daemon_runs.append(result)
         finally:
             stop_daemon(daemon)
+            # kept beside the report: a failed window's traceback is only in the daemon's log
+            shutil.copyfile(daemon.log, out / f"daemon-{'-'.join(m.value for m in group)}.log")
     for r in daemon_runs:
         rows += r.rows
         files += r.files
