@@ -83,6 +83,7 @@ class DecodeResult:
     avg_logprob: float
     no_speech_prob: float
     llm_calls: int = 0
+    fallback: bool = False  # the mode's decoder raised: decoded by plain ASR instead
 
 
 @dataclass
@@ -97,6 +98,7 @@ class Hypothesis:
     llm_calls: int = 0
     tokens: int = 0
     fused_tokens: int = 0
+    fallback: bool = False  # decoded by plain ASR because the mode's decoder raised
 
 
 @dataclass

@@ -28,6 +28,9 @@ class Metrics:
         )
         self.finals = Counter("uadf_finals_total", "Final messages committed", registry=r)
         self.llm_calls = Counter("uadf_llm_calls_total", "LLM scoring calls made by fusion", registry=r)
+        self.fusion_fallbacks = Counter(
+            "uadf_fusion_fallbacks_total", "Windows decoded by plain ASR because the fusion decoder raised", registry=r
+        )
         self.errors = Counter("uadf_errors_total", "Errors sent to clients", ["code"], registry=r)
         self.send_queue_depth = Gauge("uadf_send_queue_depth", "Messages waiting in the sessions' send queues", registry=r)
         self.send_queue_max = Gauge("uadf_send_queue_max", "Longest send queue of a session", registry=r)

@@ -198,6 +198,8 @@ class Session:
         hyp = await self.scheduler.submit(request)
         self.decoded_at = self.processor.stream_time
         self.metrics.llm_calls.inc(hyp.llm_calls)
+        if hyp.fallback:
+            self.metrics.fusion_fallbacks.inc()
         return hyp
 
     async def _emit(self, event: Partial | Final) -> None:

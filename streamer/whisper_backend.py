@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from dataclasses import replace
 from typing import Callable, Sequence
 
 import ctranslate2
@@ -188,11 +189,23 @@ class WhisperBackend:
             for i, r in enumerate(requests):
                 by_mode.setdefault(r.mode, []).append(i)
             for mode, rows in by_mode.items():
-                results = decoder_for(mode).decode(encoder_output[rows], [tasks[i] for i in rows])
+                results = self._decode(decoder_for, mode, encoder_output[rows], [tasks[i] for i in rows])
                 for i, result in zip(rows, results):
                     decoded[i] = result
             word_lists = self.align(encoder_output, decoded, frames)  # type: ignore[arg-type]
         return [self._hypothesis(r, a, d, w) for r, a, d, w in zip(requests, audios, decoded, word_lists)]  # type: ignore[arg-type]
+
+    @staticmethod
+    def _decode(decoder_for: Callable[[Mode], TokenDecoder], mode: Mode, encoder_output: np.ndarray, tasks: list[DecodeTask]) -> list[DecodeResult]:
+        """The mode's decoder, or plain ASR where it raises: a fusion fault costs that window its fusion, not its
+        words, nor the windows of other sessions in the same batch (an exception here failed them all)."""
+        try:
+            return decoder_for(mode).decode(encoder_output, tasks)
+        except Exception:
+            if mode == Mode.ASR:
+                raise
+            log.exception("%s decoder failed on %d window(s): decoded as asr", mode, len(tasks))
+            return [replace(r, fallback=True) for r in decoder_for(Mode.ASR).decode(encoder_output, tasks)]
 
     def _hypothesis(self, request: WindowRequest, audio: np.ndarray, decoded: DecodeResult, words: list[dict]) -> Hypothesis:
         offset = request.offset + (len(request.audio) - len(audio)) / SAMPLE_RATE
@@ -213,6 +226,7 @@ class WhisperBackend:
             no_speech_prob=float(decoded.no_speech_prob),
             compression_ratio=get_compression_ratio(text) if text else 0.0,
             llm_calls=decoded.llm_calls,
+            fallback=decoded.fallback,
             tokens=len(decoded.tokens),
             fused_tokens=sum(decoded.fused),
         )

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import threadpoolctl
 
 from conftest import manifest
-from core.types import SAMPLE_RATE, WindowRequest
+from core.types import SAMPLE_RATE, Mode, WindowRequest
 from streamer.audio import load_audio
 
 
@@ -50,3 +52,27 @@ def test_keyterms_enter_the_prompt_as_a_bare_list_before_the_previous_text(engin
     text = tokenizer.decode(prompt[1 : prompt.index(tokenizer.sot)])
     assert text == " Gutenberg, Schoeffer and so my fellow Americans", text
     assert backend.prompt_tokens("") == list(tokenizer.sot_sequence) + [tokenizer.no_timestamps]
+
+
+class _Raising:
+    """A fusion decoder with a fault (small fake: what is tested is the backend's answer to it)."""
+
+    def new_context(self, meeting=None):
+        return None
+
+    def decode(self, encoder_output, tasks):
+        raise RuntimeError("fusion fault")
+
+
+def test_a_fusion_decoder_that_raises_costs_the_window_its_fusion_not_its_words(engine):
+    """On an H200 a fusion fault failed a window of every `uadf` session, and each session lost its words from there
+    on (README GPU): the window is decoded by plain ASR instead, marked, and the log keeps the traceback."""
+    entry = next(e for e in manifest("speech-long") if e["id"] == "dev-concat")
+    audio = load_audio(entry["path"])[: 6 * SAMPLE_RATE]
+    asr = WindowRequest(audio, 0.0, 6.0)
+    fused = replace(asr, mode=Mode.UADF)
+    decoders = {Mode.ASR: engine.decoder_for(Mode.ASR), Mode.UADF: _Raising()}
+    (expected,) = engine.transcribe([asr])
+    got, plain = engine.backend.transcribe([fused, asr], decoders.__getitem__)
+    assert got.words and got.fallback and not plain.fallback and not expected.fallback
+    assert replace(got, fallback=False) == expected == plain
