@@ -15,7 +15,13 @@ import threading
 from dataclasses import replace
 from typing import Callable, Sequence
 
-import ctranslate2
+# Intel MKL (CTranslate2's CPU backend on Intel) picks kernels by each call's memory alignment, so the same window
+# could decode differently in two processes where two words nearly tie ("Ask"/"ask": the daemon against the
+# in-process pipeline on an Intel Xeon, tests/test_server.py). Strict reproducibility, at no measured cost (dev-concat:
+# CPU RTF 0.214-0.231 either way); read when MKL starts, so set before any model loads.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
+import ctranslate2  # noqa: E402
 import numpy as np
 import threadpoolctl
 from faster_whisper import WhisperModel
