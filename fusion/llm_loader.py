@@ -115,7 +115,7 @@ def resolve_path(spec: str, cache_dir: str = DEFAULT_CACHE_DIR) -> str:
 
 def model_dtype(device: torch.device) -> torch.dtype:
     """bfloat16 on a GPU that has it, else float32. Never float16: Gemma 3's activations overflow its
-    range, and every score came out NaN (fusion then silently kept the ASR text; on an H200 a window failed)."""
+    range, and every score came out NaN (fusion then silently kept the ASR text: README, GPU)."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
