@@ -6,6 +6,8 @@
 # 4.8.5, built against CUDA 12, is given the image's cuBLAS 13 under the name it loads (libcublas.so.12):
 # it calls only cublasCreate/SetStream/GemmEx/GemmStridedBatchedEx/Sgemm*, whose signatures CUDA 13 keeps.
 #   STAGE=/root/stage OUT=/tmp/out bash tools/gpu_bench.sh          (DEVICE=cpu: the same run on the CPU, no staging)
+# At most 8 files come back from the machine: bench.log, gpu_use.csv and the report's 6 (one daemon log), so one
+# mode group (asr, or the fusion modes) a run.
 set -euo pipefail
 STAGE=${STAGE:-/root/stage}
 OUT=${OUT:-/tmp/out}
