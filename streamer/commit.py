@@ -73,10 +73,12 @@ class CommitPolicy(Protocol):
         """The utterance ended (an endpoint window committed the rest)."""
 
 
-def ripe(words: list[Word], until: float) -> int:
-    """How many leading words end by `until`, without cutting a written word ("181" ".8")."""
+def ripe(words: list[Word], until: float, unsure_until: float | None = None, confidence: float = 0.0) -> int:
+    """How many leading words end by `until` (a word less sure than `confidence`: by `unsure_until`), without
+    cutting a written word ("181" ".8")."""
+    unsure_until = until if unsure_until is None else unsure_until
     n = 0
-    while n < len(words) and words[n].end <= until:
+    while n < len(words) and words[n].end <= (until if words[n].probability >= confidence else unsure_until):
         n += 1
     while n and not starts_word(words, n):
         n -= 1
@@ -137,16 +139,23 @@ class EndpointOnly:
 
 class Lookahead:
     """`lookahead`: a word is final once a window decoded `delay` seconds past its end holds it, so every
-    word is decided with that much right context and waits about that long (plus a step), pause or not."""
+    word is decided with that much right context and waits about that long (plus a step), pause or not.
+    A word Whisper gives less probability than `confidence` waits `unsure_delay` instead: more right context
+    where a guess is most likely to change."""
 
-    def __init__(self, delay: float):
+    def __init__(self, delay: float, unsure_delay: float | None = None, confidence: float = 0.0):
         self.delay = delay
+        self.unsure_delay = delay if unsure_delay is None else max(unsure_delay, delay)
+        self.confidence = confidence
 
     def commit_window(self, now: float, speech_start: float) -> bool:
         return now - speech_start >= self.delay
 
+    def ripe(self, uncommitted: list[Word], window_end: float) -> int:
+        return ripe(uncommitted, window_end - self.delay, window_end - self.unsure_delay, self.confidence)
+
     def update(self, uncommitted: list[Word], window_end: float) -> list[Word]:
-        return uncommitted[: ripe(uncommitted, window_end - self.delay)]
+        return uncommitted[: self.ripe(uncommitted, window_end)]
 
     def reset(self) -> None:
         pass
@@ -159,14 +168,15 @@ class PolicyOptions(Protocol):
     commit_margin: float
     commit_confidence: float
     commit_delay: float
+    commit_unsure_delay: float
 
 
 class AgreementOrLookahead(Lookahead):
     """`hybrid`: words two consecutive committing windows agree on are final once they end `margin` before the
     window's end (LocalAgreement-2); any word is final at the latest once `delay` of audio follows it."""
 
-    def __init__(self, margin: float, delay: float, confidence: float = 0.0):
-        super().__init__(delay)
+    def __init__(self, margin: float, delay: float, confidence: float = 0.0, unsure_delay: float | None = None):
+        super().__init__(delay, unsure_delay, confidence)
         self.agreement = LocalAgreement(2, margin, confidence)
 
     def commit_window(self, now: float, speech_start: float) -> bool:
@@ -174,7 +184,7 @@ class AgreementOrLookahead(Lookahead):
 
     def update(self, uncommitted: list[Word], window_end: float) -> list[Word]:
         agreed = len(self.agreement.update(uncommitted, window_end))
-        n = max(agreed, ripe(uncommitted, window_end - self.delay))
+        n = max(agreed, self.ripe(uncommitted, window_end))
         self.agreement.drop(n - agreed)  # the lookahead committed past the agreed prefix
         return uncommitted[:n]
 
@@ -185,8 +195,8 @@ class AgreementOrLookahead(Lookahead):
 POLICIES: dict[str, Callable[[PolicyOptions], CommitPolicy]] = {
     "agreement": lambda o: LocalAgreement(2, o.commit_margin, o.commit_confidence),
     "endpoint": lambda o: EndpointOnly(),
-    "lookahead": lambda o: Lookahead(o.commit_delay),
-    "hybrid": lambda o: AgreementOrLookahead(o.commit_margin, o.commit_delay, o.commit_confidence),
+    "lookahead": lambda o: Lookahead(o.commit_delay, o.commit_unsure_delay, o.commit_confidence),
+    "hybrid": lambda o: AgreementOrLookahead(o.commit_margin, o.commit_delay, o.commit_confidence, o.commit_unsure_delay),
 }
 
 

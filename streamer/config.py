@@ -48,6 +48,7 @@ class StreamingOptions:
     commit_margin: float = 0.8
     commit_confidence: float = 0.5  # agreement: words Whisper gives less probability than this wait for the lookahead
     commit_delay: float = 1.25  # lookahead: a word is final once this much audio after it was decoded
+    commit_unsure_delay: float = 1.25  # ... a word less sure than commit_confidence once this much (at least commit_delay)
     commit_after: float = 2.5  # no commits from running windows before the utterance has this many seconds of audio
     force_committed: bool = False  # committed words still in a window are forced as its decoder prefix, not re-decoded
     fused_windows: FusedWindows = FusedWindows.ENDPOINT
