@@ -110,3 +110,15 @@ def test_lookahead_commits_words_with_enough_audio_after_them():
     assert policy.commit_window(3.0, speech_start=1.5)
     written = words("totaled 181") + [Word(".8", 1.0, 1.2, 0.9), Word(" million", 1.2, 1.6, 0.9)]
     assert [w.word for w in policy.update(written, 2.1)] == [" totaled"]  # "181" waits for ".8"
+
+
+def test_an_unsure_word_waits_longer_for_right_context_and_holds_back_the_words_after_it():
+    policy = Lookahead(delay=1.0, unsure_delay=2.0, confidence=0.5)
+    hyp = words("one two three four")  # ends 0.45, 0.95, 1.45, 1.95
+    hyp[1] = Word(" two", 0.5, 0.95, 0.3)  # Whisper unsure of "two"
+    assert [w.word.strip() for w in policy.update(hyp, 2.5)] == ["one"]  # "two" needs 2.0 s after it, "three" waits
+    assert [w.word.strip() for w in policy.update(hyp, 2.95)] == ["one", "two", "three", "four"]
+    assert Lookahead(delay=1.0, unsure_delay=0.5, confidence=0.5).unsure_delay == 1.0  # never shorter than the delay
+    hybrid = make_policy(StreamingOptions(commit="hybrid", commit_margin=0.5, commit_delay=1.0, commit_unsure_delay=2.0))
+    hybrid.update(hyp, 2.5)
+    assert [w.word.strip() for w in hybrid.update(hyp, 2.6)] == ["one"]  # agreement stops at the unsure word too

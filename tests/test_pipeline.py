@@ -63,13 +63,13 @@ LATE = 1.5  # seconds: how much later than the policy's bound a word Whisper hea
 
 def test_default_policy_bounds_every_word_and_never_revises(engine, long_run):
     """The default commit policy on minutes of continuous speech (stream time, not wall time): 99% of the words
-    are final within max(commit_delay, commit_after) + one step of their end (as sent), pause or not, and every
+    are final within max(commit_unsure_delay, commit_after) + one step of their end (as sent), pause or not, and every
     word within LATE more (a word Whisper first hears, or re-times earlier, in a later window, or whose end is
     fitted earlier into the speech); finals are numbered without gaps and their words are never emitted again (the
     transcript is the finals joined)."""
     _, _, _, result = long_run
     options = engine.config.streaming
-    bound = max(options.commit_delay, options.commit_after) + options.step + 0.1
+    bound = max(options.commit_delay, options.commit_unsure_delay, options.commit_after) + options.step + 0.1
     waits = result.word_waits
     assert waits and sum(w > bound for w in waits) <= 0.01 * len(waits), sorted(waits)[-8:]
     assert max(waits) <= bound + LATE, sorted(waits)[-5:]

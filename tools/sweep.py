@@ -44,7 +44,8 @@ def sweep(engine: Engine, manifests: list[str], mode: Mode, settings: list[str],
         report = evaluate(engine, manifests, mode, limit=limit)
         row = {"label": label, "mode": str(mode), "setting": text,
                "sets": {k: {m: v[m] for m in ("wer", "word_delay", "word_wait", "rtf", "ref_words")} for k, v in (report["sets"] | {"all": report["all"]}).items()},
-               "rows": [{k: r[k] for k in ("set", "id", "errors", "ref_words", "text")} for r in report["rows"]]}
+               "rows": [{k: r[k] for k in ("set", "id", "errors", "ref_words", "text")} | {"max_wait": max(r["word_waits"], default=0.0)}
+                        for r in report["rows"]]}
         log.info("%s: %s", label, json.dumps(row["sets"]["all"]))
         out.append(row)
     engine.config = base
