@@ -73,10 +73,9 @@ class CommitPolicy(Protocol):
         """The utterance ended (an endpoint window committed the rest)."""
 
 
-def ripe(words: list[Word], until: float, unsure_until: float | None = None, confidence: float = 0.0) -> int:
+def ripe(words: list[Word], until: float, unsure_until: float, confidence: float) -> int:
     """How many leading words end by `until` (a word less sure than `confidence`: by `unsure_until`), without
     cutting a written word ("181" ".8")."""
-    unsure_until = until if unsure_until is None else unsure_until
     n = 0
     while n < len(words) and words[n].end <= (until if words[n].probability >= confidence else unsure_until):
         n += 1
@@ -173,7 +172,8 @@ class PolicyOptions(Protocol):
 
 class AgreementOrLookahead(Lookahead):
     """`hybrid`: words two consecutive committing windows agree on are final once they end `margin` before the
-    window's end (LocalAgreement-2); any word is final at the latest once `delay` of audio follows it."""
+    window's end (LocalAgreement-2); any word is final at the latest once `delay` of audio follows it (`unsure_delay`
+    for a word less sure than `confidence`, which agreement does not commit either)."""
 
     def __init__(self, margin: float, delay: float, confidence: float = 0.0, unsure_delay: float | None = None):
         super().__init__(delay, unsure_delay, confidence)
