@@ -142,9 +142,9 @@ class Lookahead:
     A word Whisper gives less probability than `confidence` waits `unsure_delay` instead: more right context
     where a guess is most likely to change."""
 
-    def __init__(self, delay: float, unsure_delay: float | None = None, confidence: float = 0.0):
+    def __init__(self, delay: float, unsure_delay: float = 0.0, confidence: float = 0.0):
         self.delay = delay
-        self.unsure_delay = delay if unsure_delay is None else max(unsure_delay, delay)
+        self.unsure_delay = max(unsure_delay, delay)
         self.confidence = confidence
 
     def commit_window(self, now: float, speech_start: float) -> bool:
@@ -175,7 +175,7 @@ class AgreementOrLookahead(Lookahead):
     window's end (LocalAgreement-2); any word is final at the latest once `delay` of audio follows it (`unsure_delay`
     for a word less sure than `confidence`, which agreement does not commit either)."""
 
-    def __init__(self, margin: float, delay: float, confidence: float = 0.0, unsure_delay: float | None = None):
+    def __init__(self, margin: float, delay: float, confidence: float = 0.0, unsure_delay: float = 0.0):
         super().__init__(delay, unsure_delay, confidence)
         self.agreement = LocalAgreement(2, margin, confidence)
 

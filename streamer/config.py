@@ -46,7 +46,7 @@ class StreamingOptions:
     endpoint_silence: float = 0.5
     commit: str = "hybrid"  # a name in streamer.commit.POLICIES; one policy in every mode
     commit_margin: float = 0.8
-    commit_confidence: float = 0.5  # agreement: words Whisper gives less probability than this wait for the lookahead
+    commit_confidence: float = 0.5  # words Whisper gives less probability than this: agreement leaves them, the lookahead waits commit_unsure_delay
     commit_delay: float = 1.0  # lookahead: a word is final once this much audio after it was decoded
     commit_unsure_delay: float = 2.25  # ... a word less sure than commit_confidence once this much (at least commit_delay)
     commit_after: float = 2.5  # no commits from running windows before the utterance has this many seconds of audio
