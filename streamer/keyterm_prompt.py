@@ -23,7 +23,8 @@ MAX_TERMS = 5  # at most this many terms a window besides those heard exactly (0
 _LETTERS = re.compile(r"[^a-z0-9' ]+")
 
 
-def _norm(text: str) -> str:
+def normalise(text: str) -> str:
+    """Lower case, letters, digits and apostrophes: how keyterms and words heard are compared."""
     return " ".join(_LETTERS.sub(" ", text.lower()).split())
 
 
@@ -37,7 +38,7 @@ class KeytermSelector:
         self.keyterms = tuple(keyterms)
         self.min_similarity = min_similarity
         self.max_terms = max_terms
-        normed = [_norm(t) for t in self.keyterms]
+        normed = [normalise(t) for t in self.keyterms]
         # terms by word count: a term of n words is compared with spans of n-1 to n+1 words ("Kal Dee"), and
         # with the span's letters run together (spoken "a fore said" for "aforesaid")
         self._by_words: dict[int, tuple[list[int], list[str]]] = {}
@@ -49,7 +50,7 @@ class KeytermSelector:
 
     def select(self, words: Sequence[str]) -> tuple[str, ...]:
         """The keyterms that words heard may spell, most similar first."""
-        heard = _norm(" ".join(words)).split()
+        heard = normalise(" ".join(words)).split()
         if not heard or not self._by_words:
             return ()
         best = np.zeros(len(self.keyterms))

@@ -31,6 +31,7 @@ from faster_whisper.transcribe import get_compression_ratio, merge_punctuations
 from core.interfaces import DecodeTask, TokenDecoder
 from core.types import SAMPLE_RATE, DecodeResult, Hypothesis, Mode, WindowRequest, Word
 from streamer.config import AsrOptions
+from streamer.keyterm_merge import keyterm_spans
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +154,8 @@ class WhisperBackend:
         """Tokens of text as Whisper writes it after other words (leading space)."""
         return self.tokenizer.encode(" " + text.strip()) if text.strip() else []
 
-    def _task(self, request: WindowRequest) -> DecodeTask:
-        prompt = self.prompt_tokens(request.prompt, request.keyterms)
+    def _task(self, request: WindowRequest, keyterms: bool = True) -> DecodeTask:
+        prompt = self.prompt_tokens(request.prompt, request.keyterms if keyterms else ())
         return DecodeTask(prompt, max_length(len(request.audio) / SAMPLE_RATE, len(prompt)), self.text_tokens(request.prefix), request.context)
 
     def align(self, encoder_output: np.ndarray, decoded: list[DecodeResult], frames: list[int]) -> list[list[dict]]:
@@ -189,7 +190,10 @@ class WhisperBackend:
         with self._lock:
             audios = [r.audio[-int(MAX_SECONDS * SAMPLE_RATE) :] for r in requests]
             encoder_output, frames = self.encode(audios)
-            tasks = [self._task(r) for r in requests]
+            # windows whose words may become final, with keyterms: decoded in their mode without the keyterms,
+            # and by plain ASR with them; a span of the second is kept where it spells a keyterm (keyterm_merge)
+            guarded = [i for i, r in enumerate(requests) if r.keyterms and r.commits and self.options.keyterm_spans_only]
+            tasks = [self._task(r, keyterms=i not in guarded) for i, r in enumerate(requests)]
             decoded: list[DecodeResult | None] = [None] * len(requests)
             by_mode: dict[Mode, list[int]] = {}
             for i, r in enumerate(requests):
@@ -199,7 +203,19 @@ class WhisperBackend:
                 for i, result in zip(rows, results):
                     decoded[i] = result
             word_lists = self.align(encoder_output, decoded, frames)  # type: ignore[arg-type]
+            if guarded:
+                self._keyterm_spans(requests, guarded, decoder_for, encoder_output, frames, word_lists)
         return [self._hypothesis(r, a, d, w) for r, a, d, w in zip(requests, audios, decoded, word_lists)]  # type: ignore[arg-type]
+
+    def _keyterm_spans(
+        self, requests: Sequence[WindowRequest], guarded: list[int], decoder_for: Callable[[Mode], TokenDecoder],
+        encoder_output: np.ndarray, frames: list[int], word_lists: list[list[dict]],
+    ) -> None:
+        """Windows `guarded` were decoded without their keyterms: decode them by plain ASR with the keyterms, and
+        take from that decode the spans that spell a keyterm (streamer/keyterm_merge.py)."""
+        prompted = self._decode(decoder_for, Mode.ASR, encoder_output[guarded], [self._task(requests[i]) for i in guarded])
+        for i, words in zip(guarded, self.align(encoder_output[guarded], prompted, [frames[i] for i in guarded])):
+            word_lists[i] = keyterm_spans(word_lists[i], words, requests[i].keyterms)
 
     @staticmethod
     def _decode(decoder_for: Callable[[Mode], TokenDecoder], mode: Mode, encoder_output: np.ndarray, tasks: list[DecodeTask]) -> list[DecodeResult]:
