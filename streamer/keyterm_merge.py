@@ -15,23 +15,18 @@ from difflib import SequenceMatcher
 from streamer.keyterm_prompt import normalise
 
 
-def _holds(words: list[str], term: list[str]) -> bool:
-    n = len(term)
-    return any(words[i : i + n] == term for i in range(len(words) - n + 1))
-
-
 def keyterm_spans(plain: list[dict], prompted: list[dict], keyterms: Sequence[str]) -> list[dict]:
     """`plain` with each differing span replaced by `prompted`'s where that span spells a keyterm that plain's does
     not (word dicts as faster-whisper's alignment gives them, each with a "word")."""
-    terms = [t for t in (normalise(k).split() for k in keyterms) if t]
+    terms = [f" {t} " for t in map(normalise, keyterms) if t]
     a = [normalise(w["word"]) for w in plain]
     b = [normalise(w["word"]) for w in prompted]
     out: list[dict] = []
     for op, i1, i2, j1, j2 in SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
         if op != "equal":
-            pa = " ".join(a[i1:i2]).split()
-            pb = " ".join(b[j1:j2]).split()
-            if any(_holds(pb, t) and not _holds(pa, t) for t in terms):
+            # spelled exactly: the term's words in a row, as KeytermSelector's "heard exactly"
+            pa, pb = (f" {normalise(' '.join(span))} " for span in (a[i1:i2], b[j1:j2]))
+            if any(t in pb and t not in pa for t in terms):
                 out += prompted[j1:j2]
                 continue
         out += plain[i1:i2]
