@@ -27,7 +27,7 @@ class AsrOptions:
     workers: int = 2  # model replicas decoding batches at once (see config.toml)
     language: str = "en"
     prompt_tokens: int = 48  # previous text in Whisper's prompt, in tokens: one length for every long-running stream batches them
-    keyterm_spans_only: bool = True  # a window that may commit words takes from the keyterm-prompted decode only spans spelling a keyterm
+    keyterm_spans_only: bool = True  # windows decoded without the keyterms; a committing window respells look-alikes Whisper shown them would write as keyterms
 
 
 class FusedWindows(StrEnum):

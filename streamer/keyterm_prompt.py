@@ -1,4 +1,7 @@
-"""Which of a session's keyterms go into Whisper's prompt: those spelled close to words the stream has.
+"""Which of a session's keyterms a window may spell: those spelled close to words the stream has.
+
+They are the terms a window's look-alikes may be respelled as (streamer/keyterm_merge.py), or, with
+`asr.keyterm_spans_only = false`, the terms in Whisper's prompt. Measured in the prompt:
 
 Every keyterm in every window's prompt cost 26-31% more decode time at 100 terms (docs/biasing.md): a window
 every 0.5 s re-reads up to 160 prompt tokens, most of them terms nobody said. A keyterm only helps Whisper
@@ -26,6 +29,17 @@ _LETTERS = re.compile(r"[^a-z0-9' ]+")
 def normalise(text: str) -> str:
     """Lower case, letters, digits and apostrophes: how keyterms and words heard are compared."""
     return " ".join(_LETTERS.sub(" ", text.lower()).split())
+
+
+def span_forms(heard: Sequence[str], lengths: range) -> list[tuple[int, int, str]]:
+    """The spans of `lengths` normalised words, spaced and with their letters run together (spoken "a fore said" for
+    "aforesaid"): (first word, after the last, form)."""
+    return [
+        (i, i + k, form)
+        for k in lengths
+        for i in range(len(heard) - k + 1)
+        for form in (" ".join(heard[i : i + k]), "".join(heard[i : i + k]))
+    ]
 
 
 class KeytermSelector:
@@ -57,12 +71,7 @@ class KeytermSelector:
         exact = np.zeros(len(self.keyterms), dtype=bool)
         spoken = f" {' '.join(heard)} "
         for n, (rows, texts) in self._by_words.items():
-            spans = {
-                form
-                for k in range(max(n - 1, 1), n + 2)
-                for i in range(len(heard) - k + 1)
-                for form in (" ".join(heard[i : i + k]), "".join(heard[i : i + k]))
-            }
+            spans = {form for _, _, form in span_forms(heard, range(max(n - 1, 1), n + 2))}  # "Kal Dee"
             if spans:
                 scores = process.cdist(texts, list(spans), scorer=fuzz.ratio, dtype=np.float32)
                 best[rows] = scores.max(axis=1)

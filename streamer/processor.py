@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from core.types import SAMPLE_RATE, Hypothesis, MeetingContext, Mode, WindowRequest, Word
+from core.types import SAMPLE_RATE, Hypothesis, MeetingContext, Mode, SpanVerdicts, WindowRequest, Word
 from streamer.audio import SampleBuffer
 from streamer.commit import make_policy, strip_committed
 from streamer.config import FusedWindows, StreamingOptions
@@ -66,7 +66,8 @@ class StreamingProcessor:
     ):
         """decoder_context: the mode's per-stream decoder state (fusion: the LLM context), told every
         committed final. start_time, first_segment and history (committed text) continue a resumed
-        session's stream; `meeting`'s keyterms go into Whisper's prompt (those spelled close to words heard)."""
+        session's stream; `meeting`'s keyterms spelled close to words heard go with each window (the backend respells
+        look-alikes of them, or puts them in Whisper's prompt)."""
         self.options = options
         self.mode = mode
         self.decoder_context = decoder_context
@@ -78,7 +79,8 @@ class StreamingProcessor:
         self.context_words: list[str] = history.split()[-options.prompt_words :]  # committed, out of the buffer
         self.meeting = meeting
         self._keyterms = self._keyterm_selector()
-        self._prompt_keyterms: tuple[str, ...] = ()  # the keyterms the next window's prompt carries
+        self._prompt_keyterms: tuple[str, ...] = ()  # the keyterms the next window may spell (keyterm_prompt)
+        self._verdicts = SpanVerdicts()
         self.uncommitted: list[Word] = []
         self.segment = first_segment
         self.last_decode_end = start_time
@@ -128,6 +130,7 @@ class StreamingProcessor:
         self.meeting = meeting
         self._keyterms = self._keyterm_selector()
         self._prompt_keyterms = ()
+        self._verdicts = SpanVerdicts()
         if self.decoder_context is not None:
             self.decoder_context.set_meeting(meeting)
 
@@ -209,6 +212,8 @@ class StreamingProcessor:
             prefix=join_words(self.committed_in_buffer) if mode.fused or self.options.force_committed else "",
             final=final,
             commits=final or commit,
+            settled=self._committed_end(),
+            verdicts=self._verdicts,
         )
 
     # -- results -------------------------------------------------------------------------------

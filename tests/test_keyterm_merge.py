@@ -1,50 +1,46 @@
-"""The keyterm-prompted decode gives a window only the spans that spell a keyterm (streamer/keyterm_merge.py).
+"""Which spans of a window may be respelled as a keyterm (streamer/keyterm_merge.py), and the stream's memory of
+spans already scored (core.types.SpanVerdicts).
 
-Pure logic on word lists shaped as faster-whisper's alignment gives them; the real-model path is in
-tests/test_whisper_backend.py."""
+Pure logic; the real-model path (Whisper scoring the respellings) is in tests/test_whisper_backend.py."""
 
-from streamer.keyterm_merge import keyterm_spans
-
-
-def words(text: str) -> list[dict]:
-    return [{"word": " " + w, "start": float(i), "end": i + 0.5, "probability": 0.9} for i, w in enumerate(text.split())]
+from core.types import SpanVerdicts
+from streamer.keyterm_merge import look_alikes
 
 
-def text(ws: list[dict]) -> str:
-    return "".join(w["word"] for w in ws).strip()
+def spans(words: str, keyterms: list[str], min_similarity: float = 60) -> list[tuple[str, str]]:
+    """(the words a respelling replaces, its text)."""
+    ws = [" " + w for w in words.split()]
+    return [("".join(ws[r.start : r.stop]).strip(), r.text) for r in look_alikes(ws, keyterms, min_similarity)]
 
 
-def test_a_span_that_spells_a_keyterm_comes_from_the_prompted_decode():
-    plain = words("not only by Schofer.")
-    prompted = words("not only by Schoeffer,")
-    got = keyterm_spans(plain, prompted, ["Schoeffer"])
-    assert text(got) == "not only by Schoeffer,"
-    assert got[-1] is prompted[-1]  # its timing and probability come with it
+def test_a_look_alike_is_respelled_with_its_capital_and_punctuation():
+    assert spans("Mr. Joyans will oversee", ["joynes"]) == [("Joyans", "Joynes"), ("Mr. Joyans", "Joynes")]
+    assert spans('not only by "Schofer."', ["Schoeffer"]) == [('"Schofer."', '"Schoeffer."'), ('by "Schofer."', 'Schoeffer."')]
 
 
-def test_words_the_list_changed_elsewhere_stay_as_decoded_without_it():
-    plain = words("Especially as regards the lower case letters, not only by Schofer.")
-    prompted = words("especially as regards the lower lowercase letters not only by Schoeffer,")
-    assert text(keyterm_spans(plain, prompted, ["Schoeffer"])) == (
-        "Especially as regards the lower case letters, not only by Schoeffer,"
-    )
+def test_the_two_closest_spans_of_each_term_closest_first():
+    # "totaled" heard as "total to", "uncommon" as "a common": the closest single word is not always the span
+    assert spans("Exchange total to 181", ["totaled"]) == [("total", "totaled"), ("total to", "totaled")]
+    assert spans("not in a common sight", ["uncommon"]) == [("common", "uncommon"), ("a common", "uncommon")]
 
 
-def test_a_span_is_not_taken_for_a_keyterm_the_plain_span_already_has():
-    plain = words("Mr. Joynes will oversee the units.")
-    prompted = words("Mr. Joynes will oversee the units to help me sit.")
-    assert text(keyterm_spans(plain, prompted, ["Joynes"])) == "Mr. Joynes will oversee the units."
+def test_a_term_of_several_words_heard_as_one_and_one_heard_as_several():
+    assert spans("the nepluultra of Gothic type", ["Ne Plus Ultra"])[0] == ("nepluultra", "Ne Plus Ultra")
+    assert spans("the wood cutters came", ["woodcutters"])[0] == ("wood cutters", "woodcutters")
 
 
-def test_multi_word_terms_case_and_punctuation():
-    plain = words("the nepluultra of Gothic type")
-    prompted = words("the ne plus ultra, of Gothic type")
-    assert text(keyterm_spans(plain, prompted, ["Ne Plus Ultra"])) == "the ne plus ultra, of Gothic type"
-    assert text(keyterm_spans(plain, prompted, ["plus minus"])) == "the nepluultra of Gothic type"
+def test_nothing_for_a_term_spelled_already_or_spelled_too_far():
+    assert spans("Mr. Joynes will oversee the units", ["Joynes", "oversee"]) == []
+    assert spans("ask not what your country can do", ["Gutenberg"]) == []
+    assert spans("ask not what your country can do", ["county"], min_similarity=95) == []
+    assert spans("", ["Gutenberg"]) == [] and spans("ask not", []) == []
 
 
-def test_no_keyterms_or_no_difference_keeps_the_plain_words():
-    plain = words("ask not what your country can do for you")
-    assert keyterm_spans(plain, words("ask not what your county can do for you"), []) == plain
-    assert keyterm_spans(plain, words("ask not what your country can do for you"), ["country"]) == plain
-    assert text(keyterm_spans([], words("Gutenberg"), ["Gutenberg"])) == "Gutenberg"
+def test_a_span_scored_once_keeps_its_verdict_near_the_same_time_until_it_is_final():
+    verdicts = SpanVerdicts()
+    verdicts.put("joyans", "Joynes", 1.00, 7.1)
+    assert verdicts.get("joyans", "Joynes", 1.2) == 7.1  # the next window's alignment moved it a little
+    assert verdicts.get("joyans", "Joynes", 1.5) is None  # another place in the stream
+    assert verdicts.get("joyans", "Pans", 1.0) is None and verdicts.get("joins", "Joynes", 1.0) is None
+    verdicts.forget_before(1.01)  # the span became final
+    assert verdicts.get("joyans", "Joynes", 1.0) is None and verdicts.entries == []
