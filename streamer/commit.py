@@ -38,6 +38,11 @@ def common_prefix(a: Sequence[Word], b: Sequence[Word]) -> int:
     return n
 
 
+def past_committed(start: float, end: float, committed_end: float) -> bool:
+    """A word lying mostly after `committed_end` (its midpoint, with 0.1 s of timing slack): not committed yet."""
+    return (start + end) / 2 >= committed_end - 0.1
+
+
 def strip_committed(hypothesis: Sequence[Word], committed: Sequence[Word], committed_end: float) -> list[Word]:
     """The part of a window's hypothesis that is not committed yet.
 
@@ -57,7 +62,7 @@ def strip_committed(hypothesis: Sequence[Word], committed: Sequence[Word], commi
     for k in range(len(tail), 0, -1):
         for j in range(len(hypothesis), k - 1, -1):
             if keys[j - k : j] == tail[-k:] and abs(hypothesis[j - 1].end - committed_end) <= NEAR:
-                return [w for w in hypothesis[j:] if (w.start + w.end) / 2 >= committed_end - 0.1]
+                return [w for w in hypothesis[j:] if past_committed(w.start, w.end, committed_end)]
     return [w for w in hypothesis if w.start >= committed_end - 0.1]
 
 

@@ -1,6 +1,6 @@
 """Which of a session's keyterms a window may spell: those spelled close to words the stream has.
 
-They are the terms a window's look-alikes may be respelled as (streamer/keyterm_merge.py), or, with
+They are the terms a window's look-alikes may be respelled as (streamer/keyterm_respell.py), or, with
 `asr.keyterm_spans_only = false`, the terms in Whisper's prompt. Measured in the prompt:
 
 Every keyterm in every window's prompt cost 26-31% more decode time at 100 terms (docs/biasing.md): a window

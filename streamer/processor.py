@@ -79,7 +79,7 @@ class StreamingProcessor:
         self.context_words: list[str] = history.split()[-options.prompt_words :]  # committed, out of the buffer
         self.meeting = meeting
         self._keyterms = self._keyterm_selector()
-        self._prompt_keyterms: tuple[str, ...] = ()  # the keyterms the next window may spell (keyterm_prompt)
+        self._window_keyterms: tuple[str, ...] = ()  # the keyterms the next window may spell (keyterm_prompt)
         self._verdicts = SpanVerdicts()
         self.uncommitted: list[Word] = []
         self.segment = first_segment
@@ -129,7 +129,7 @@ class StreamingProcessor:
         """Replace the session's keyterms and notes (a mid-stream `context` message)."""
         self.meeting = meeting
         self._keyterms = self._keyterm_selector()
-        self._prompt_keyterms = ()
+        self._window_keyterms = ()
         self._verdicts = SpanVerdicts()
         if self.decoder_context is not None:
             self.decoder_context.set_meeting(meeting)
@@ -206,7 +206,7 @@ class StreamingProcessor:
             offset=self.buffer_start,
             end=end,
             prompt=prompt,
-            keyterms=self._prompt_keyterms,
+            keyterms=self._window_keyterms,
             mode=mode,
             context=self.decoder_context if mode.fused else None,
             prefix=join_words(self.committed_in_buffer) if mode.fused or self.options.force_committed else "",
@@ -236,7 +236,7 @@ class StreamingProcessor:
             words = []
         if self.meeting.keyterms and words:
             heard = self.context_words + [w.word for w in self.committed_in_buffer + words]  # context_words: the prompt's
-            self._prompt_keyterms = self._keyterms.select(heard)
+            self._window_keyterms = self._keyterms.select(heard)
         new = strip_committed(words, self.committed_in_buffer, self._committed_end())
         if not new and self.committed_in_buffer and self._speech_ignored(request):
             # Whisper sometimes transcribes the committed context and stops, skipping the new

@@ -30,8 +30,9 @@ from faster_whisper.transcribe import get_compression_ratio, merge_punctuations
 
 from core.interfaces import DecodeTask, TokenDecoder
 from core.types import SAMPLE_RATE, DecodeResult, Hypothesis, Mode, SpanVerdicts, WindowRequest, Word
+from streamer.commit import past_committed
 from streamer.config import AsrOptions
-from streamer.keyterm_merge import Respelling, look_alikes
+from streamer.keyterm_respell import Respelling, look_alikes
 from streamer.keyterm_prompt import MIN_SIMILARITY, normalise
 
 log = logging.getLogger(__name__)
@@ -213,11 +214,11 @@ class WhisperBackend:
         self, request: WindowRequest, offset: float, decoded: DecodeResult, words: list[dict], encoder_output: np.ndarray, frames: int
     ) -> tuple[DecodeResult, list[dict]]:
         """A window decoded without its keyterms, with each look-alike of one among its words not final yet
-        (streamer/keyterm_merge.py) respelled as the keyterm where Whisper, shown the keyterms, would choose it
+        (streamer/keyterm_respell.py) respelled as the keyterm where Whisper, shown the keyterms, would choose it
         (`_gains`); of overlapping respellings the one chosen by more. A span an earlier window of the stream scored
         keeps its verdict (SpanVerdicts): the next windows re-decode the same words until they are final."""
-        # words final already were respelled (or not) by an earlier window; midpoint rule as commit.strip_committed
-        first = next((j for j, w in enumerate(words) if offset + (w["start"] + w["end"]) / 2 >= request.settled - 0.1), len(words))
+        # words final already were respelled (or not) by an earlier window
+        first = next((j for j, w in enumerate(words) if past_committed(offset + w["start"], offset + w["end"], request.settled)), len(words))
         candidates = [
             replace(c, start=c.start + first, stop=c.stop + first)
             for c in look_alikes([w["word"] for w in words[first:]], request.keyterms, MIN_SIMILARITY)

@@ -1,10 +1,10 @@
-"""Which spans of a window may be respelled as a keyterm (streamer/keyterm_merge.py), and the stream's memory of
+"""Which spans of a window may be respelled as a keyterm (streamer/keyterm_respell.py), and the stream's memory of
 spans already scored (core.types.SpanVerdicts).
 
 Pure logic; the real-model path (Whisper scoring the respellings) is in tests/test_whisper_backend.py."""
 
 from core.types import SpanVerdicts
-from streamer.keyterm_merge import look_alikes
+from streamer.keyterm_respell import look_alikes
 
 
 def spans(words: str, keyterms: list[str], min_similarity: float = 60) -> list[tuple[str, str]]:

@@ -49,7 +49,8 @@ def look_alikes(words: Sequence[str], keyterms: Sequence[str], min_similarity: f
         forms = [form for *_, form in spans]
         scores = process.cdist([target, target.replace(" ", "")], forms, scorer=fuzz.ratio, dtype=np.float32).max(axis=0)
         taken: set[tuple[int, int]] = set()
-        for best in np.argsort(-scores, kind="stable")[: 2 * SPANS]:  # the first of equals: the shortest span
+        # each span is there twice (spaced, run together): its 2 * SPANS best forms hold its SPANS best spans; of equals the shortest
+        for best in np.argsort(-scores, kind="stable")[: 2 * SPANS]:
             start, stop, _ = spans[best]
             if scores[best] >= min_similarity and len(taken) < SPANS and (start, stop) not in taken:
                 taken.add((start, stop))
