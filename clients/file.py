@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--token", default=os.environ.get("UADF_TOKEN"), help="bearer token (default: $UADF_TOKEN, which ps does not show)")
     p.add_argument("--out", help="write every message (with arrival times) as JSON lines here")
     p.add_argument("--quiet", action="store_true", help="print only the final transcript")
+    p.add_argument("--keyterm", action="append", default=[], help="a word or phrase to favour: a name, a product, jargon (repeatable, at most 100)")
     args = p.parse_args(argv)
 
     audio, rate = sf.read(args.audio, dtype="float32", always_2d=True)
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         received = asyncio.run(
-            stream_audio(args.url, audio, rate, audio.shape[1], args.mode, args.speed, args.chunk, args.token, show)
+            stream_audio(args.url, audio, rate, audio.shape[1], args.mode, args.speed, args.chunk, args.token, show, keyterms=args.keyterm)
         )
     finally:
         if out:

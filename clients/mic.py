@@ -73,7 +73,7 @@ async def run(args: argparse.Namespace, stop: asyncio.Event, out=sys.stdout) -> 
         elif msg["type"] == "error":
             print(f"\nerror {msg['code']}: {msg['message']}", file=sys.stderr)
 
-    session = ResumableSession(args.url, rate, 1, args.mode, args.token, show)
+    session = ResumableSession(args.url, rate, 1, args.mode, args.token, show, keyterms=args.keyterm)
 
     async def capture() -> None:
         with sd.InputStream(
@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=int, help="capture sample rate (default: the device's)")
     p.add_argument("--mode", choices=Mode.names())
     p.add_argument("--token", default=os.environ.get("UADF_TOKEN"), help="bearer token (default: $UADF_TOKEN, which ps does not show)")
+    p.add_argument("--keyterm", action="append", default=[], help="a word or phrase to favour: a name, a product, jargon (repeatable, at most 100)")
     args = p.parse_args(argv)
     if args.list_devices:
         print(_sounddevice().query_devices())

@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, Sequence
 
 import numpy as np
 import websockets
@@ -62,12 +62,17 @@ def start_message(
     session_id: str | None = None,
     resume_token: str | None = None,
     resume_from: int = 0,
+    keyterms: Sequence[str] = (),
 ) -> str:
-    msg = {"type": "start", "sample_rate": sample_rate, "encoding": "pcm_s16le", "channels": channels}
+    """A `start` (docs/protocol.md); a resume carries the keyterms again, since a resumed session takes its
+    meeting context from the `start` that resumes it."""
+    msg: dict = {"type": "start", "sample_rate": sample_rate, "encoding": "pcm_s16le", "channels": channels}
     if mode:
         msg["mode"] = str(Mode(mode))
     if session_id:
         msg.update(session_id=session_id, resume_token=resume_token, resume_from=resume_from)
+    if keyterms:
+        msg["keyterms"] = list(keyterms)
     return json.dumps(msg)
 
 
@@ -132,10 +137,12 @@ class ResumableSession:
         reconnect: Reconnect = Reconnect(),
         max_buffer: float = 30.0,
         replay: float = 60.0,
+        keyterms: Sequence[str] = (),
     ):
         """`max_buffer`: seconds of audio queued while disconnected before `send` waits for room; `replay`:
-        seconds of sent audio kept to send again after a resume."""
+        seconds of sent audio kept to send again after a resume; `keyterms`: the meeting's words to favour."""
         self.url, self.token, self.mode = url, token, mode
+        self.keyterms = tuple(keyterms)
         self.sample_rate, self.channels = sample_rate, channels
         self.on_message = on_message
         self.reconnect = reconnect
@@ -233,7 +240,7 @@ class ResumableSession:
         message, close code); raises OSError/ConnectionClosed/InvalidStatus when it drops or is refused."""
         async with connect(self.url, self.token) as ws:
             self.connections += 1
-            await ws.send(start_message(self.sample_rate, self.channels, self.mode, self.session_id, self.resume_token, self.finals))
+            await ws.send(start_message(self.sample_rate, self.channels, self.mode, self.session_id, self.resume_token, self.finals, self.keyterms))
             sender: asyncio.Task | None = None
             error = None
             try:
@@ -294,10 +301,11 @@ async def stream_audio(
     token: str | None = None,
     on_message: Callable[[Received], None] | None = None,
     reconnect: Reconnect = Reconnect(),
+    keyterms: Sequence[str] = (),
 ) -> list[Received]:
     """Send audio (float, [frames] or [frames, channels]) at `speed` x real time, then stop; collect every
     message (the first is `ready`), reconnecting and resuming when the connection drops."""
-    session = ResumableSession(url, sample_rate, channels, mode, token, on_message, reconnect)
+    session = ResumableSession(url, sample_rate, channels, mode, token, on_message, reconnect, keyterms=keyterms)
 
     async def produce() -> None:
         async for block in paced_blocks(audio, sample_rate, speed, chunk):

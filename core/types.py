@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -87,7 +87,10 @@ class WindowRequest:
     offset: float  # stream time of audio[0]
     end: float  # stream time the window ends at (what the processor asked for)
     prompt: str = ""  # committed text before the window, for Whisper's prompt
-    keyterms: tuple[str, ...] = ()  # the session's keyterms spelled close to words heard: what a window may respell (or Whisper's prompt)
+    keyterms: tuple[str, ...] = ()  # the session's keyterms spelled close to the words heard before: Whisper's prompt (keyterm_spans_only off)
+    # the session's keyterms that a window's words may spell (with the committed words before it): a committing window
+    # respells look-alikes of those, so the first window of a stream (a file sent at once: the only one) has them too
+    keyterms_for: Callable[[Sequence[str]], tuple[str, ...]] | None = None
     mode: Mode = Mode.ASR
     context: Any = None  # the decoder's per-stream state (fusion: the LLM context), from TokenDecoder.new_context
     prefix: str = ""  # the window's words that are final already: a fusion decoder forces them, not re-decides them

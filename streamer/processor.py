@@ -13,7 +13,8 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass, replace
-from typing import Any
+from functools import partial
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -137,6 +138,12 @@ class StreamingProcessor:
     def _keyterm_selector(self) -> KeytermSelector:
         return KeytermSelector(self.meeting.keyterms, self.options.keyterm_similarity, self.options.keyterm_terms)
 
+    def _keyterms_heard(self, before: tuple[str, ...], words: Sequence[str]) -> tuple[str, ...]:
+        """The keyterms a window's `words` may spell, selected as for the prompt: over the committed words before
+        the window (`before`) and the window's own, so the first window of a stream (a file sent at once: its
+        only one) has them too (selected from the previous hypothesis, it had none)."""
+        return self._keyterms.select([*before, *words])
+
     def request_finalize(self) -> None:
         """Commit everything received so far (a client `finalize`, `stop`, or end of file), at the first decision
         point that holds all of it: a daemon still replaying earlier points decodes those as usual first (a
@@ -207,6 +214,7 @@ class StreamingProcessor:
             end=end,
             prompt=prompt,
             keyterms=self._window_keyterms,
+            keyterms_for=partial(self._keyterms_heard, tuple(self.context_words)) if self.meeting.keyterms else None,
             mode=mode,
             context=self.decoder_context if mode.fused else None,
             prefix=join_words(self.committed_in_buffer) if mode.fused or self.options.force_committed else "",

@@ -194,7 +194,7 @@ class WhisperBackend:
             encoder_output, frames = self.encode(audios)
             # keyterm_spans_only: windows are decoded without the keyterms; in those whose words may become final,
             # look-alikes of a keyterm are respelled where Whisper, shown the keyterms, would write them (_respell)
-            guarded = [i for i, r in enumerate(requests) if r.keyterms and r.commits and self.options.keyterm_spans_only]
+            guarded = [i for i, r in enumerate(requests) if r.keyterms_for and r.commits and self.options.keyterm_spans_only]
             tasks = [self._task(r) for r in requests]
             decoded: list[DecodeResult | None] = [None] * len(requests)
             by_mode: dict[Mode, list[int]] = {}
@@ -219,10 +219,9 @@ class WhisperBackend:
         keeps its verdict (SpanVerdicts): the next windows re-decode the same words until they are final."""
         # words final already were respelled (or not) by an earlier window
         first = next((j for j, w in enumerate(words) if past_committed(offset + w["start"], offset + w["end"], request.settled)), len(words))
-        candidates = [
-            replace(c, start=c.start + first, stop=c.stop + first)
-            for c in look_alikes([w["word"] for w in words[first:]], request.keyterms, MIN_SIMILARITY)
-        ]
+        open_words = [w["word"] for w in words[first:]]
+        keyterms = request.keyterms_for([w["word"] for w in words]) if open_words and request.keyterms_for else ()
+        candidates = [replace(c, start=c.start + first, stop=c.stop + first) for c in look_alikes(open_words, keyterms, MIN_SIMILARITY)]
         if not candidates:
             return decoded, words
         verdicts = request.verdicts if request.verdicts is not None else SpanVerdicts()
@@ -230,7 +229,7 @@ class WhisperBackend:
         keys = [(normalise(" ".join(w["word"] for w in words[c.start : c.stop])), c.text, offset + float(words[c.start]["start"])) for c in candidates]
         known = [verdicts.get(*key) for key in keys]
         todo = [j for j, g in enumerate(known) if g is None]
-        for j, gain in zip(todo, self._gains(request.keyterms, words, [candidates[j] for j in todo], encoder_output, frames)):
+        for j, gain in zip(todo, self._gains(keyterms, words, [candidates[j] for j in todo], encoder_output, frames)):
             known[j] = gain
             verdicts.put(*keys[j], gain)
         gains: list[float] = known  # type: ignore[assignment]

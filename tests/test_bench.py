@@ -99,6 +99,21 @@ def test_wer_uses_whisper_normaliser():
     assert wer(["Mister Smith, ninety-five!"], ["mr smith 95"]) == 0.0
 
 
+def test_bench_keyterms_are_the_clips_rare_words_and_distractors_within_the_protocols_limit():
+    """`bench --keyterms N`: a stream's list as the eval's biasing lists (tools/biasing.py), cut to N (at most the
+    protocol's 100, which the eval's lists of rare words + 100 distractors pass)."""
+    from streamer.protocol import MAX_KEYTERMS
+    from tools.bench import meeting_keyterms
+    from tools.biasing import rare_words, vocabulary
+
+    entry = next(e for e in manifest("speech-long") if e["id"] == "dev-concat")
+    terms = meeting_keyterms(entry, MAX_KEYTERMS)
+    rare = rare_words(entry["text"], vocabulary())
+    assert len(terms) == len(set(terms)) == MAX_KEYTERMS and set(rare) <= set(terms) and len(rare) > 5
+    assert meeting_keyterms(entry, MAX_KEYTERMS) == terms and meeting_keyterms(entry, 0) == ()
+    assert len(meeting_keyterms(entry, 4)) == 4 and set(meeting_keyterms(entry, 4)) <= set(rare)
+
+
 @pytest.mark.timeout(240)
 def test_bench_quick(tmp_path):
     manifest("speech-dev")  # skips when the data is absent

@@ -159,3 +159,23 @@ def test_transcribe_command_checks_keyterms_like_the_protocol():
 
     with pytest.raises(SystemExit, match="bad_keyterms"):
         main(["transcribe", "--keyterm", "x" * (MAX_KEYTERM_CHARS + 1), "clip.wav"])
+
+
+def test_the_python_clients_send_keyterms_and_the_daemon_spells_them(daemon, tmp_path, capsys):
+    """The file client's `--keyterm` (the mic client's too: one ResumableSession) reaches the daemon in `start`:
+    over a real socket, "Joyans" in the bus-noise clip becomes the keyterm "Joynes" with the list, not without it.
+    A resume's `start` carries the list again (a resumed session takes its meeting from the `start` that resumes it)."""
+    import soundfile as sf
+
+    from clients.file import main as file_client
+    from clients.stream import start_message
+
+    wav = tmp_path / "clip.wav"
+    sf.write(wav, speech("47rc0206_bus-low", "speech-dev-hard"), 16000)
+    keyterms = ["oversee", "Joynes", "permutation", "pans", "peking", "drawstring"]
+    texts = []
+    for terms in ([], keyterms):
+        assert file_client([str(wav), "--url", daemon.ws_url, "--speed", "0", "--quiet", *(a for t in terms for a in ("--keyterm", t))]) == 0
+        texts.append(capsys.readouterr().out)
+    assert "Joynes" not in texts[0] and "Joynes" in texts[1], texts
+    assert json.loads(start_message(16000, 1, None, "s1", "secret", 3, keyterms))["keyterms"] == keyterms

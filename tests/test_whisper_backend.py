@@ -104,7 +104,7 @@ def test_a_window_that_commits_respells_only_look_alikes_whisper_prefers_as_the_
     for name, clip, keyterms in cases:
         audio = load_audio(next(e for e in manifest(name) if e["id"] == clip)["path"])
         request = WindowRequest(audio, 0.0, len(audio) / SAMPLE_RATE, final=True, commits=True)
-        keyed = replace(request, keyterms=keyterms, verdicts=SpanVerdicts())
+        keyed = replace(request, keyterms=keyterms, keyterms_for=lambda words, terms=keyterms: terms, verdicts=SpanVerdicts())
         (plain,) = engine.transcribe([request])
         monkeypatch.setattr(model, "model", Counted())
         (respelled,) = engine.transcribe([keyed])

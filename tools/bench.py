@@ -76,13 +76,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-baselines", action="store_true", help="skip the naive 2 s chunk baseline")
     p.add_argument("--out", default=str(ROOT / "docs" / "bench"), help="output folder")
     p.add_argument("--quick", action="store_true", help="smoke test: 2 short clips, asr only, 1-2 clients (< 2 min)")
+    p.add_argument("--keyterms", type=int, default=0, help="each stream's `start` carries N keyterms, as a meeting's client would: "
+                   "the clip's rare words and seeded distractors (the eval's biasing lists, tools/biasing.py); 0: none")
 
 
-def _manifest(folder: str, name: str, limit: int) -> list[Clip]:
+def _manifest(folder: str, name: str, limit: int, keyterms: int = 0) -> list[Clip]:
     if limit == 0:
         return []
     entries = load_manifest(folder, max(limit, 0))
-    return [Clip(e["id"], name, e["path"], e["text"], float(e["seconds"])) for e in entries]
+    return [Clip(e["id"], name, e["path"], e["text"], float(e["seconds"]), meeting_keyterms(e, keyterms)) for e in entries]
+
+
+def meeting_keyterms(entry: dict, count: int) -> tuple[str, ...]:
+    """`count` keyterms for a clip (none for 0): its reference's rare words, then seeded distractors up to the
+    count (the biasing protocol of `uadf-stream eval`'s lists, cut to the protocol's limit as a client must)."""
+    if count <= 0:
+        return ()
+    from tools.biasing import keyterm_lists, rare_words, vocabulary
+
+    rare = rare_words(entry["text"], vocabulary())[:count]
+    return tuple(keyterm_lists(entry, rare, vocabulary(), counts=(count - len(rare),))[count - len(rare)])
 
 
 def _csv_ints(text: str) -> list[int]:
@@ -141,7 +154,7 @@ async def stream_clip(url: str, clip: Clip, mode: str, speed: float, ref: Refere
     audio = load_audio(clip.path)
     timeout = clip.seconds / max(speed, 0.05) * 3 + 120
     try:
-        received = await asyncio.wait_for(stream_audio(url, audio, SAMPLE_RATE, mode=mode, speed=speed), timeout)
+        received = await asyncio.wait_for(stream_audio(url, audio, SAMPLE_RATE, mode=mode, speed=speed, keyterms=clip.keyterms), timeout)
     except Exception as exc:  # noqa: BLE001 - a failed stream is a result
         return FileResult(clip.id, clip.set, mode, "", float("nan"), FileLatency(), error=f"{type(exc).__name__}: {exc}")
     messages = [(r.message, r.wall) for r in received]
@@ -302,7 +315,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
         args.modes, args.clients, args.fusion_clients, args.capacity_clips = "asr", "1,2", "", 1
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    sets = {k: v for k, v in (("dev", _manifest(args.dev, "dev", args.dev_limit)), ("long", _manifest(args.long, "long", args.long_limit))) if v}
+    sets = {k: v for k, v in (("dev", _manifest(args.dev, "dev", args.dev_limit, args.keyterms)),
+                              ("long", _manifest(args.long, "long", args.long_limit, args.keyterms))) if v}
     if not sets:
         log.error("no clips: check --dev / --long")
         return 2

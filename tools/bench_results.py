@@ -45,6 +45,7 @@ class Clip:
     path: str
     text: str
     seconds: float
+    keyterms: tuple[str, ...] = ()  # sent in the stream's `start` (bench --keyterms)
 
 
 @dataclass

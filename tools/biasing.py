@@ -28,6 +28,7 @@ added `keyterms` (the list), `rare_words` (the reference's keyterms, in order of
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -75,6 +76,12 @@ class Vocabulary:
             if _DISTRACTOR.fullmatch(w) and normalize(w) == [w] and w not in common
         )
         return cls(common, pool)
+
+
+@functools.cache
+def vocabulary() -> Vocabulary:
+    """The vocabulary, built once a process (wordfreq's lists take a second)."""
+    return Vocabulary.from_wordfreq()
 
 
 def rare_words(text: str, vocab: Vocabulary) -> list[str]:
@@ -166,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", dest="sets", action="append", help="a shared set (repeatable; default: the dev sets)")
     parser.add_argument("--check", action="store_true", help="compare with the files in --out instead of writing")
     args = parser.parse_args(argv)
-    vocab = Vocabulary.from_wordfreq()
+    vocab = vocabulary()
     stale = []
     print(f"{'set':18s} {'utts':>5s} {'w/ rare':>7s} {'words':>6s} {'rare occ':>8s} {'unique':>6s}")
     for name in args.sets or SETS:
