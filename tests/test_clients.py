@@ -64,7 +64,7 @@ def test_mic_client_shows_partials_and_finals(daemon, monkeypatch):
     FakeInputStream.audio = audio
     fake = types.SimpleNamespace(InputStream=FakeInputStream, query_devices=lambda *a: {"default_samplerate": 16000})
     monkeypatch.setattr(mic, "_sounddevice", lambda: fake)
-    args = argparse.Namespace(url=daemon.ws_url, device=None, rate=None, mode=None, token=None)
+    args = argparse.Namespace(url=daemon.ws_url, device=None, rate=None, mode=None, token=None, keyterm=[])
     screen = io.StringIO()
 
     async def go():
