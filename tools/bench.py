@@ -46,6 +46,7 @@ from tools.bench_results import (
     capacity_targets,
 )
 from streamer.config import Config
+from tools.biasing import keyterm_lists, rare_words, vocabulary
 from tools.daemon_process import ResourceMonitor, start_daemon, stop_daemon
 from tools.data import DATA, corpus_wer as wer, load_manifest
 
@@ -92,10 +93,10 @@ def meeting_keyterms(entry: dict, count: int) -> tuple[str, ...]:
     count (the biasing protocol of `uadf-stream eval`'s lists, cut to the protocol's limit as a client must)."""
     if count <= 0:
         return ()
-    from tools.biasing import keyterm_lists, rare_words, vocabulary
-
-    rare = rare_words(entry["text"], vocabulary())[:count]
-    return tuple(keyterm_lists(entry, rare, vocabulary(), counts=(count - len(rare),))[count - len(rare)])
+    vocab = vocabulary()
+    rare = rare_words(entry["text"], vocab)[:count]
+    distractors = count - len(rare)
+    return tuple(keyterm_lists(entry, rare, vocab, counts=(distractors,))[distractors])
 
 
 def _csv_ints(text: str) -> list[int]:
