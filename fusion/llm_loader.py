@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from fusion.llm_memory import compact_for_cpu, release_free_heap
 log = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = "~/.cache/uadf-stream/llm"
+KEY_BYTES = 1 << 20  # of a GGUF's head and of its tail, read for the key of its conversion's folder
 
 
 def _smollm2_gguf() -> Path:
@@ -60,9 +62,16 @@ def resolve_device(device: str) -> torch.device:
 
 
 def _gguf_cache_folder(gguf: Path, cache_dir: str) -> Path:
-    stat = gguf.stat()
-    key = hashlib.sha1(f"{gguf.resolve()}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:10]
-    return Path(os.path.expanduser(cache_dir)) / f"{gguf.stem}-{key}"
+    """The folder of a GGUF's conversion, keyed by the file's content (its size, first and last KEY_BYTES), not by
+    its path and time: the same PyPI file installed in another environment (a new virtualenv, each CI clone) finds
+    the conversion already made. Keyed by path, every install wrote another 0.5-1 GB copy (this machine held 20)."""
+    size = gguf.stat().st_size
+    digest = hashlib.sha1(str(size).encode())
+    with open(gguf, "rb") as f:
+        digest.update(f.read(KEY_BYTES))
+        f.seek(max(size - KEY_BYTES, 0))
+        digest.update(f.read(KEY_BYTES))
+    return Path(os.path.expanduser(cache_dir)) / f"{gguf.stem}-{digest.hexdigest()[:10]}"
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
@@ -80,7 +89,12 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.rename(target)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process converted the same file meanwhile: keep its folder
+        if not (target / "config.json").exists():
+            raise
+        shutil.rmtree(tmp)
 
 
 def load_tokenizer(where: str, converted: bool) -> PreTrainedTokenizerBase:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, Gemma3TextConfig, TokenizersBackend
 
-from fusion.llm_loader import load_llm, load_tokenizer, model_dtype, resolve_path
+from fusion.llm_loader import KEY_BYTES, _gguf_cache_folder, load_llm, load_tokenizer, model_dtype, resolve_path
 from fusion.llm_memory import FileEmbedding, compact_for_cpu
 from fusion.llm_scorer import LLMScorer, LLMState
 from tools.llm_bench import reference_llm
@@ -116,3 +116,19 @@ def test_a_dtype_that_overflows_is_refused_at_load_not_fused_as_nan():
     assert model_dtype(torch.device("cpu")) == torch.float32
     with pytest.raises(RuntimeError, match="non-finite logits in torch.float16"):
         load_llm("gemma3-270m", "cpu", dtype=torch.float16)
+
+
+def test_a_gguf_converts_once_wherever_it_is_installed(tmp_path):
+    """The conversion's folder is keyed by the file's content: the same GGUF at another path (another virtualenv)
+    or with a newer mtime shares it; a file differing in its head, its tail or its size does not."""
+    data = bytes(range(256)) * (3 * KEY_BYTES // 256)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = tmp_path / "a" / "model.gguf", tmp_path / "b" / "model.gguf"
+    first.write_bytes(data)
+    second.write_bytes(data)
+    folder = _gguf_cache_folder(first, str(tmp_path / "cache"))
+    assert folder == _gguf_cache_folder(second, str(tmp_path / "cache")) and folder.name.startswith("model-")
+    for changed in (b"x" + data[1:], data[:-1] + b"x", data + b"x"):
+        second.write_bytes(changed)
+        assert _gguf_cache_folder(second, str(tmp_path / "cache")) != folder
