@@ -5,6 +5,7 @@ Real Gemma 3 270M (the default LLM, PyPI GGUF converted once to ~/.cache/uadf-st
 a tiny random Gemma 3 saved to a temporary folder for the embedding's fallback.
 """
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -127,6 +128,7 @@ def test_a_gguf_converts_once_wherever_it_is_installed(tmp_path):
     first, second = tmp_path / "a" / "model.gguf", tmp_path / "b" / "model.gguf"
     first.write_bytes(data)
     second.write_bytes(data)
+    os.utime(second, (first.stat().st_atime + 3600, first.stat().st_mtime + 3600))  # installed an hour later
     folder = _gguf_cache_folder(first, str(tmp_path / "cache"))
     assert folder == _gguf_cache_folder(second, str(tmp_path / "cache")) and folder.name.startswith("model-")
     for changed in (b"x" + data[1:], data[:-1] + b"x", data + b"x"):
