@@ -219,8 +219,9 @@ class WhisperBackend:
         keeps its verdict (SpanVerdicts): the next windows re-decode the same words until they are final."""
         # words final already were respelled (or not) by an earlier window
         first = next((j for j, w in enumerate(words) if past_committed(offset + w["start"], offset + w["end"], request.settled)), len(words))
-        open_words = [w["word"] for w in words[first:]]
-        keyterms = request.keyterms_for([w["word"] for w in words]) if open_words and request.keyterms_for else ()
+        heard = [w["word"] for w in words]
+        open_words = heard[first:]
+        keyterms = request.keyterms_for(heard) if open_words and request.keyterms_for else ()
         candidates = [replace(c, start=c.start + first, stop=c.stop + first) for c in look_alikes(open_words, keyterms, MIN_SIMILARITY)]
         if not candidates:
             return decoded, words

@@ -1,4 +1,5 @@
-import json, collections
+"""Tables of docs/biasing.md's "Probe" section from verdicts.json (probe.py): candidates taken, true / false."""
+import json
 R = json.load(open('docs/bench/keyterms-verdict-probe/verdicts.json'))
 # one record per (utterance, span, respelling): the first scored (the one whose verdict sticks)
 seen, recs = set(), []

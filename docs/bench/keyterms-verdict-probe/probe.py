@@ -1,7 +1,9 @@
 """Probe: for every keyterm respelling candidate scored, Whisper's gain with the keyterm prompt (shipped verdict)
 and without it (the plain decode's own preference, previous text only), labelled by whether the keyterm is one
-of the utterance's rare words (true) or a distractor (false)."""
-import json, sys, os, threading
+of the utterance's rare words (true) or a distractor (false). Mirrors WhisperBackend._gains (first differing token)
+with the keyterms left out of the prompt; run from the repository root with the project's venv:
+`python docs/bench/keyterms-verdict-probe/probe.py speech-dev-noisy speech-dev-hard speech-dev`."""
+import json, sys
 import numpy as np, ctranslate2
 from streamer.config import load_config
 from streamer.engine import Engine
